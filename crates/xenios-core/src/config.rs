@@ -1,0 +1,566 @@
+//! Typed configuration, read from the environment (and an optional `.env` file).
+//!
+//! Every variable is documented where it is read, below, and again in `.env.example`.
+//! Reading never stops at the first problem: [`Config::from_env`] collects every missing or
+//! malformed variable and reports them together in one [`ConfigError`], so an operator fixes a
+//! bad deployment in one go. Secrets are [`SecretString`]s: their `Debug` is redacted and they
+//! are never logged.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// The API key used in development when `XENIOS_BACKEND_API_KEY` is not set. Never accepted
+/// in staging or production.
+pub const DEV_API_KEY: &str = "xenios-dev-key";
+
+/// Deployment environment (`ENVIRONMENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// Local development: human-readable logs, permissive defaults, fake LLM without a key.
+    Development,
+    /// Staging: production rules for logging, relaxed requirements on keys.
+    Staging,
+    /// Production: every secret required, no wildcard CORS.
+    Production,
+}
+
+impl Environment {
+    /// The name as written in `ENVIRONMENT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Staging => "staging",
+            Self::Production => "production",
+        }
+    }
+}
+
+impl FromStr for Environment {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "development" | "dev" | "local" => Ok(Self::Development),
+            "staging" | "stage" => Ok(Self::Staging),
+            "production" | "prod" => Ok(Self::Production),
+            other => Err(format!(
+                "`{other}` is not one of development, staging, production"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Log output format (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (staging and production default).
+    Json,
+    /// Human-readable, coloured when on a terminal (development default).
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" | "text" | "human" => Ok(Self::Pretty),
+            other => Err(format!("`{other}` is not one of json, pretty")),
+        }
+    }
+}
+
+/// Postgres settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`: a libpq-style URL. May carry a password, hence secret.
+    /// `sslmode=require` (Supabase) turns TLS on.
+    pub url: SecretString,
+    /// `DATABASE_POOL_SIZE`: most connections held by this process (default 10).
+    pub pool_size: u32,
+    /// `DATABASE_CONNECT_TIMEOUT_MS`: how long a query waits for a pooled connection
+    /// (default 5000).
+    pub connect_timeout: Duration,
+    /// `DATABASE_PREPARED_STATEMENTS`: cache prepared statements per connection (default true).
+    /// Set to false behind Supabase's transaction pooler (port 6543), which cannot keep
+    /// named statements across transactions.
+    pub prepared_statements: bool,
+    /// `RUN_MIGRATIONS`: apply embedded migrations when the server starts (default false).
+    pub run_migrations: bool,
+}
+
+/// Redis settings.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `REDIS_URL`, e.g. `redis://127.0.0.1:6379/0`. May carry a password, hence secret.
+    pub url: SecretString,
+    /// `REDIS_POOL_SIZE`: most connections held by this process (default 16).
+    pub pool_size: u32,
+}
+
+/// Supabase Auth settings.
+#[derive(Debug, Clone, Default)]
+pub struct SupabaseConfig {
+    /// `SUPABASE_URL`, e.g. `https://<ref>.supabase.co`.
+    pub url: Option<String>,
+    /// `SUPABASE_JWT_SECRET`: the legacy HS256 shared secret.
+    pub jwt_secret: Option<SecretString>,
+    /// `SUPABASE_JWKS_URL`: overrides `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`.
+    pub jwks_url: Option<String>,
+}
+
+/// OpenRouter settings.
+#[derive(Debug, Clone)]
+pub struct OpenRouterConfig {
+    /// `OPENROUTER_API_KEY`. Without it (development only) the built-in fake LLM is used.
+    pub api_key: Option<SecretString>,
+    /// `OPENROUTER_BASE_URL` (default `https://openrouter.ai/api/v1`).
+    pub base_url: String,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `HOST` (default `0.0.0.0`).
+    pub host: String,
+    /// `PORT` (default 8000).
+    pub port: u16,
+    /// `CORS_ORIGINS`: comma-separated allowed origins (default `http://localhost:3000` in
+    /// development, none otherwise). `*` is refused in production.
+    pub cors_origins: Vec<String>,
+    /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may run after SIGTERM (default 25).
+    pub shutdown_timeout: Duration,
+    /// `READY_TIMEOUT_MS`: per-component deadline of the readiness probe (default 1000).
+    pub ready_timeout: Duration,
+    /// `MAX_BODY_BYTES`: largest accepted request body (default 1 MiB).
+    pub max_body_bytes: usize,
+}
+
+/// The whole configuration of the backend.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `ENVIRONMENT` (default development).
+    pub environment: Environment,
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// Postgres settings.
+    pub database: DatabaseConfig,
+    /// Redis settings.
+    pub redis: RedisConfig,
+    /// Supabase Auth settings.
+    pub supabase: SupabaseConfig,
+    /// `XENIOS_BACKEND_API_KEY`: the key the app's proxy sends in `X-API-Key`.
+    /// Defaults to [`DEV_API_KEY`] in development only.
+    pub api_key: SecretString,
+    /// OpenRouter settings.
+    pub openrouter: OpenRouterConfig,
+    /// `DEEPGRAM_API_KEY`: transcription provider key (optional).
+    pub deepgram_api_key: Option<SecretString>,
+    /// `LOG_LEVEL`: a tracing filter such as `info` or `xenios_core=debug,info` (default info).
+    pub log_level: String,
+    /// `LOG_FORMAT`: json or pretty (default: pretty in development, json otherwise).
+    pub log_format: LogFormat,
+    /// `SENTRY_DSN` (optional).
+    pub sentry_dsn: Option<SecretString>,
+}
+
+/// Every problem found while reading the configuration, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration ({} problem{}):\n  - {}", problems.len(), if problems.len() == 1 { "" } else { "s" }, problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One line per problem, each naming its variable.
+    pub problems: Vec<String>,
+}
+
+/// Reads variables and collects problems, so that all are reported at once.
+struct Reader<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    /// A set, non-blank variable.
+    fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse<T: FromStr>(&mut self, name: &str, default: T) -> T
+    where
+        T::Err: fmt::Display,
+    {
+        match self.get(name) {
+            None => default,
+            Some(raw) => match raw.parse() {
+                Ok(v) => v,
+                Err(e) => {
+                    self.problems
+                        .push(format!("{name}: cannot parse `{raw}`: {e}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn bool(&mut self, name: &str, default: bool) -> bool {
+        match self.get(name).map(|v| v.to_ascii_lowercase()) {
+            None => default,
+            Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => true,
+            Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => false,
+            Some(v) => {
+                self.problems
+                    .push(format!("{name}: `{v}` is not a boolean (true/false)"));
+                default
+            }
+        }
+    }
+
+    fn secret(&self, name: &str) -> Option<SecretString> {
+        self.get(name).map(SecretString::from)
+    }
+
+    fn missing(&mut self, name: &str, why: &str) {
+        self.problems.push(format!("{name}: missing ({why})"));
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment, after loading `.env` from the
+    /// current directory if there is one (variables already set win over the file).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env is normal; a malformed one is worth a problem line.
+        let mut dotenv_problem = None;
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => dotenv_problem = Some(format!(".env: cannot be read: {e}")),
+        }
+        let result = Self::from_lookup(&|name| std::env::var(name).ok());
+        match (result, dotenv_problem) {
+            (Ok(config), None) => Ok(config),
+            (Ok(_), Some(p)) => Err(ConfigError { problems: vec![p] }),
+            (Err(mut e), Some(p)) => {
+                e.problems.insert(0, p);
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// Reads the configuration from an explicit map (tests, embedders), with the same rules
+    /// and defaults as [`Config::from_env`].
+    pub fn from_map(vars: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_lookup(&|name| vars.get(name).cloned())
+    }
+
+    /// Reads the configuration through any variable lookup function.
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            lookup,
+            problems: Vec::new(),
+        };
+        let environment = r.parse("ENVIRONMENT", Environment::Development);
+        let dev = environment == Environment::Development;
+        let prod = environment == Environment::Production;
+
+        let database_url = match r.secret("DATABASE_URL") {
+            Some(url) => {
+                if let Err(e) = url::Url::parse(url.expose_secret()) {
+                    // Never echo the URL itself: it may contain a password.
+                    r.problems
+                        .push(format!("DATABASE_URL: not a valid URL ({e})"));
+                }
+                url
+            }
+            None if dev => SecretString::from("postgres://postgres:postgres@127.0.0.1:5432/xenios"),
+            None => {
+                r.missing("DATABASE_URL", "required outside development");
+                SecretString::from("")
+            }
+        };
+        let redis_url = match r.secret("REDIS_URL") {
+            Some(url) => {
+                match url::Url::parse(url.expose_secret()) {
+                    Ok(u) if matches!(u.scheme(), "redis" | "rediss" | "unix") => {}
+                    Ok(u) => r.problems.push(format!(
+                        "REDIS_URL: scheme `{}` is not redis, rediss or unix",
+                        u.scheme()
+                    )),
+                    Err(e) => r.problems.push(format!("REDIS_URL: not a valid URL ({e})")),
+                }
+                url
+            }
+            None if dev => SecretString::from("redis://127.0.0.1:6379/0"),
+            None => {
+                r.missing("REDIS_URL", "required outside development");
+                SecretString::from("")
+            }
+        };
+
+        let api_key = match r.secret("XENIOS_BACKEND_API_KEY") {
+            Some(k) if prod && k.expose_secret().len() < 16 => {
+                r.problems.push(
+                    "XENIOS_BACKEND_API_KEY: too short for production (at least 16 characters)"
+                        .to_owned(),
+                );
+                k
+            }
+            Some(k) => k,
+            None if dev => SecretString::from(DEV_API_KEY),
+            None => {
+                r.missing(
+                    "XENIOS_BACKEND_API_KEY",
+                    "every /api/v1 call is authenticated with it",
+                );
+                SecretString::from("")
+            }
+        };
+
+        let supabase = SupabaseConfig {
+            url: r
+                .get("SUPABASE_URL")
+                .map(|u| u.trim_end_matches('/').to_owned()),
+            jwt_secret: r.secret("SUPABASE_JWT_SECRET"),
+            jwks_url: r.get("SUPABASE_JWKS_URL"),
+        };
+        for (name, value) in [
+            ("SUPABASE_URL", &supabase.url),
+            ("SUPABASE_JWKS_URL", &supabase.jwks_url),
+        ] {
+            if let Some(v) = value {
+                match url::Url::parse(v) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                    _ => r
+                        .problems
+                        .push(format!("{name}: `{v}` is not an http(s) URL")),
+                }
+            }
+        }
+        if prod && supabase.url.is_none() {
+            r.missing(
+                "SUPABASE_URL",
+                "production verifies user JWTs against the project's issuer and JWKS",
+            );
+        }
+        if prod && supabase.jwt_secret.is_none() && supabase.url.is_none() {
+            r.missing(
+                "SUPABASE_JWT_SECRET",
+                "production needs the legacy secret or SUPABASE_URL for JWKS",
+            );
+        }
+
+        let openrouter = OpenRouterConfig {
+            api_key: r.secret("OPENROUTER_API_KEY"),
+            base_url: r
+                .get("OPENROUTER_BASE_URL")
+                .unwrap_or_else(|| "https://openrouter.ai/api/v1".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+        };
+        if url::Url::parse(&openrouter.base_url).is_err() {
+            r.problems.push(format!(
+                "OPENROUTER_BASE_URL: `{}` is not a valid URL",
+                openrouter.base_url
+            ));
+        }
+        if prod && openrouter.api_key.is_none() {
+            r.missing(
+                "OPENROUTER_API_KEY",
+                "production never falls back to the fake LLM",
+            );
+        }
+
+        let cors_origins: Vec<String> = match r.get("CORS_ORIGINS") {
+            Some(v) => v
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            None if dev => vec!["http://localhost:3000".to_owned()],
+            None => Vec::new(),
+        };
+        for origin in &cors_origins {
+            if origin == "*" {
+                if prod {
+                    r.problems.push(
+                        "CORS_ORIGINS: a wildcard `*` origin is refused in production".to_owned(),
+                    );
+                }
+            } else if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || url::Url::parse(origin).is_err()
+            {
+                r.problems.push(format!(
+                    "CORS_ORIGINS: `{origin}` is not an origin like https://app.example.com"
+                ));
+            }
+        }
+
+        let log_format = r.parse(
+            "LOG_FORMAT",
+            if dev {
+                LogFormat::Pretty
+            } else {
+                LogFormat::Json
+            },
+        );
+        let log_level = r.get("LOG_LEVEL").unwrap_or_else(|| "info".to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            r.problems.push(format!(
+                "LOG_LEVEL: `{log_level}` is not a valid filter ({e})"
+            ));
+        }
+
+        let server = ServerConfig {
+            host: r.get("HOST").unwrap_or_else(|| "0.0.0.0".to_owned()),
+            port: r.parse("PORT", 8000u16),
+            cors_origins,
+            shutdown_timeout: Duration::from_secs(r.parse("SHUTDOWN_TIMEOUT_SECS", 25u64)),
+            ready_timeout: Duration::from_millis(r.parse("READY_TIMEOUT_MS", 1000u64)),
+            max_body_bytes: r.parse("MAX_BODY_BYTES", 1024 * 1024usize),
+        };
+        let database = DatabaseConfig {
+            url: database_url,
+            pool_size: r.parse("DATABASE_POOL_SIZE", 10u32).max(1),
+            connect_timeout: Duration::from_millis(r.parse("DATABASE_CONNECT_TIMEOUT_MS", 5000u64)),
+            prepared_statements: r.bool("DATABASE_PREPARED_STATEMENTS", true),
+            run_migrations: r.bool("RUN_MIGRATIONS", false),
+        };
+        let redis = RedisConfig {
+            url: redis_url,
+            pool_size: r.parse("REDIS_POOL_SIZE", 16u32).max(1),
+        };
+
+        let config = Config {
+            environment,
+            server,
+            database,
+            redis,
+            supabase,
+            api_key,
+            openrouter,
+            deepgram_api_key: r.secret("DEEPGRAM_API_KEY"),
+            log_level,
+            log_format,
+            sentry_dsn: r.secret("SENTRY_DSN"),
+        };
+        if r.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                problems: r.problems,
+            })
+        }
+    }
+
+    /// True when the built-in fake LLM stands in for OpenRouter (no key, not production).
+    pub fn uses_fake_llm(&self) -> bool {
+        self.openrouter.api_key.is_none()
+    }
+
+    /// The socket address the server binds, `HOST:PORT`.
+    pub fn bind_address(&self) -> String {
+        if self.server.host.contains(':') {
+            format!("[{}]:{}", self.server.host, self.server.port)
+        } else {
+            format!("{}:{}", self.server.host, self.server.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn development_has_local_defaults() {
+        let c = Config::from_map(&vars(&[])).unwrap();
+        assert_eq!(c.environment, Environment::Development);
+        assert_eq!(c.server.port, 8000);
+        assert_eq!(c.server.host, "0.0.0.0");
+        assert_eq!(c.log_format, LogFormat::Pretty);
+        assert_eq!(c.api_key.expose_secret(), DEV_API_KEY);
+        assert!(c.uses_fake_llm());
+    }
+
+    #[test]
+    fn production_reports_every_missing_variable_at_once() {
+        let err = Config::from_map(&vars(&[("ENVIRONMENT", "production")])).unwrap_err();
+        let text = err.to_string();
+        for name in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "XENIOS_BACKEND_API_KEY",
+            "SUPABASE_URL",
+            "SUPABASE_JWT_SECRET",
+            "OPENROUTER_API_KEY",
+        ] {
+            assert!(text.contains(name), "{name} not named in: {text}");
+        }
+        assert_eq!(err.problems.len(), 6, "{text}");
+    }
+
+    #[test]
+    fn production_refuses_wildcard_cors_and_never_echoes_secrets() {
+        let err = Config::from_map(&vars(&[
+            ("ENVIRONMENT", "production"),
+            ("DATABASE_URL", "postgres://u:hunter2hunter2@db/x"),
+            ("REDIS_URL", "redis://r:6379"),
+            ("XENIOS_BACKEND_API_KEY", "short-secret"),
+            ("SUPABASE_URL", "https://abc.supabase.co"),
+            ("OPENROUTER_API_KEY", "sk-or-very-secret"),
+            ("CORS_ORIGINS", "*"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("CORS_ORIGINS"), "{text}");
+        assert!(text.contains("XENIOS_BACKEND_API_KEY: too short"), "{text}");
+        assert!(!text.contains("hunter2"));
+        assert!(!text.contains("short-secret"));
+        assert!(!text.contains("sk-or-very-secret"));
+    }
+
+    #[test]
+    fn malformed_values_are_named() {
+        let err = Config::from_map(&vars(&[
+            ("PORT", "eighty"),
+            ("LOG_FORMAT", "xml"),
+            ("ENVIRONMENT", "qa"),
+            ("DATABASE_PREPARED_STATEMENTS", "maybe"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        for name in [
+            "PORT",
+            "LOG_FORMAT",
+            "ENVIRONMENT",
+            "DATABASE_PREPARED_STATEMENTS",
+        ] {
+            assert!(text.contains(name), "{name} not named in: {text}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = Config::from_map(&vars(&[("OPENROUTER_API_KEY", "sk-or-topsecret")])).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("sk-or-topsecret"));
+        assert!(!debug.contains(DEV_API_KEY));
+    }
+}

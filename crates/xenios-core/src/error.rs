@@ -1,0 +1,118 @@
+//! The core error type.
+//!
+//! One enum for the whole facade, each variant wrapping a domain's own error where it has one.
+//! Core knows no HTTP: [`Error::kind`] classifies an error and the server maps each
+//! [`ErrorKind`] to a status code in one place (`xenios-server/src/error.rs`).
+
+use std::time::Duration;
+
+use crate::auth::AuthError;
+use crate::config::ConfigError;
+
+/// A classification of [`Error`], stable enough for a transport to map onto its status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The caller is not authenticated (HTTP 401).
+    Unauthenticated,
+    /// The caller is authenticated but not allowed (HTTP 403).
+    Forbidden,
+    /// The request is well-formed but its content is invalid (HTTP 422).
+    Validation,
+    /// The thing asked for does not exist (HTTP 404).
+    NotFound,
+    /// Too many requests (HTTP 429).
+    RateLimited,
+    /// A dependency (Postgres, Redis) is down or timed out (HTTP 503).
+    Unavailable,
+    /// Every upstream provider failed (HTTP 502).
+    Upstream,
+    /// An upstream did not answer in time (HTTP 504).
+    UpstreamTimeout,
+    /// A bug or an unexpected condition (HTTP 500).
+    Internal,
+}
+
+/// Errors returned by [`crate::AiBackend`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Authentication or authorization failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The input is invalid; the message says what and where.
+    #[error("{0}")]
+    Validation(String),
+    /// The named thing was not found.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The caller exceeded its rate limit.
+    #[error("rate limit exceeded, retry in {} s", retry_after.as_secs().max(1))]
+    RateLimited {
+        /// How long until a request will be accepted again.
+        retry_after: Duration,
+    },
+    /// A dependency is down or did not answer in time.
+    #[error("{component} unavailable: {message}")]
+    Unavailable {
+        /// `postgres` or `redis`.
+        component: &'static str,
+        /// What went wrong, without secrets.
+        message: String,
+    },
+    /// An unexpected internal failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The classification of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_) | Error::Internal(_) => ErrorKind::Internal,
+            Error::Auth(e) => e.kind(),
+            Error::Validation(_) => ErrorKind::Validation,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::RateLimited { .. } => ErrorKind::RateLimited,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+        }
+    }
+
+    /// A short machine-readable code for API bodies, e.g. `unauthenticated`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config_error",
+            Error::Auth(e) => e.code(),
+            Error::Validation(_) => "validation_error",
+            Error::NotFound(_) => "not_found",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Unavailable { .. } => "service_unavailable",
+            Error::Internal(_) => "internal_error",
+        }
+    }
+
+    /// How long the caller should wait before retrying, when that is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// Whether trying the same call again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::RateLimited
+                | ErrorKind::Unavailable
+                | ErrorKind::Upstream
+                | ErrorKind::UpstreamTimeout
+        )
+    }
+}
+
+/// Shorthand for results of core calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,60 @@
+//! Health and readiness of the backend's dependencies.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Health of one dependency.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ComponentHealth {
+    /// `postgres` or `redis`.
+    pub name: &'static str,
+    /// True when it answered within the deadline.
+    pub healthy: bool,
+    /// Round-trip time of the probe, in milliseconds.
+    pub latency_ms: u64,
+    /// What went wrong, when it did.
+    pub error: Option<String>,
+}
+
+/// Health of all dependencies.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Readiness {
+    /// True when every component is healthy.
+    pub ready: bool,
+    /// Each component's health.
+    pub components: Vec<ComponentHealth>,
+}
+
+impl Readiness {
+    /// Builds a readiness report from component results.
+    pub fn from_components(components: Vec<ComponentHealth>) -> Self {
+        Self {
+            ready: components.iter().all(|c| c.healthy),
+            components,
+        }
+    }
+}
+
+/// Runs one probe with a deadline and records its outcome.
+pub(crate) async fn probe<F, E>(name: &'static str, deadline: Duration, check: F) -> ComponentHealth
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(deadline, check).await;
+    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let error = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {} ms", deadline.as_millis())),
+    };
+    ComponentHealth {
+        name,
+        healthy: error.is_none(),
+        latency_ms,
+        error,
+    }
+}

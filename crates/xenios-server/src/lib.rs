@@ -1,0 +1,135 @@
+//! # xenios-server
+//!
+//! The HTTP shell over [`xenios_core::AiBackend`], on poem + poem-openapi.
+//!
+//! ## Layout
+//! - [`api`]: the routes, one `#[OpenApi]` impl per area; doc comments become the OpenAPI
+//!   descriptions served at `/openapi.json` and `/docs`.
+//! - [`middleware`]: correlation IDs, access log, API keys.
+//! - [`error`]: the one place that turns errors into `{"error": {...}}` responses.
+//!
+//! [`serve`] is what `main` calls; [`run`] takes a bound listener so tests can use port 0.
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod error;
+pub mod middleware;
+
+use std::future::Future;
+use std::time::Instant;
+
+use poem::listener::{Acceptor, TcpAcceptor};
+use poem::middleware::Cors;
+use poem::{Endpoint, EndpointExt, Route, Server};
+use poem_openapi::OpenApiService;
+use xenios_core::{AiBackend, Config};
+
+use crate::api::health::HealthApi;
+use crate::api::status::StatusApi;
+
+/// Builds the OpenAPI service (routes plus their document).
+pub fn openapi(backend: &AiBackend) -> OpenApiService<(HealthApi, StatusApi), ()> {
+    OpenApiService::new(
+        (
+            HealthApi {
+                backend: backend.clone(),
+            },
+            StatusApi {
+                backend: backend.clone(),
+            },
+        ),
+        "Xenios AI Backend",
+        xenios_core::backend::VERSION,
+    )
+    .description("AI-heavy work for the Xenios coaching platform: LLM routing, jobs, auth.")
+}
+
+/// The whole HTTP application, with middleware, for a backend.
+pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
+    let api = openapi(backend);
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    let cors = cors(backend.config());
+    let key_backend = backend.clone();
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .around(move |ep, req| middleware::api_key(key_backend.clone(), ep, req))
+        .with(cors)
+        .around(middleware::correlation)
+}
+
+fn cors(config: &Config) -> Cors {
+    let mut cors = Cors::new()
+        .allow_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+        .allow_headers([
+            "authorization",
+            "content-type",
+            "x-api-key",
+            "x-request-id",
+            "x-correlation-id",
+        ])
+        .expose_headers(["x-request-id", "retry-after"])
+        .max_age(600);
+    for origin in &config.server.cors_origins {
+        if origin != "*" {
+            cors = cors.allow_origin(origin.as_str());
+        }
+    }
+    cors
+}
+
+/// Serves the application on an already-bound listener until `shutdown` resolves, then stops
+/// accepting, lets in-flight requests finish (at most `SHUTDOWN_TIMEOUT_SECS`) and returns.
+pub async fn run(
+    backend: AiBackend,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let addr = acceptor
+        .local_addr()
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    tracing::info!(%addr, "listening");
+    let timeout = backend.config().server.shutdown_timeout;
+    let app = app(&backend);
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app, shutdown, Some(timeout))
+        .await?;
+    tracing::info!("server stopped; closing pools");
+    drop(backend);
+    Ok(())
+}
+
+/// Builds the backend from `config`, binds `HOST:PORT` and serves until `shutdown`.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let started = Instant::now();
+    let bind = config.bind_address();
+    if config.uses_fake_llm() {
+        tracing::warn!("OPENROUTER_API_KEY is not set: using the built-in fake LLM");
+    }
+    if config.environment == xenios_core::Environment::Development
+        && std::env::var_os("XENIOS_BACKEND_API_KEY").is_none()
+    {
+        tracing::warn!(
+            "XENIOS_BACKEND_API_KEY is not set: development accepts the key `{}`",
+            xenios_core::config::DEV_API_KEY
+        );
+    }
+    let backend = AiBackend::builder(config).build().await?;
+    let listener = tokio::net::TcpListener::bind(&bind).await?;
+    tracing::info!(
+        environment = %backend.config().environment,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "xenios-server started"
+    );
+    run(backend, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: makes sure Postgres and Redis run (installing them if needed),
+# then runs every test with cargo-nextest (or cargo test when nextest is missing).
+# Extra arguments go to the test runner, e.g. `scripts/test.sh -E 'test(ready)'`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/toolchain.sh
+scripts/services.sh
+export TEST_PG_ADMIN_URL=${TEST_PG_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
+export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+else
+  cargo test --workspace --all-targets --no-fail-fast "$@"
+fi

@@ -1,0 +1,474 @@
+//! Test harness: real Postgres, real Redis, the real server on port 0, and local fake
+//! upstreams. Every test gets its own database and its own Redis logical database, both
+//! removed when the test's handles drop (also when the test fails).
+//!
+//! - `TEST_PG_ADMIN_URL` (default `postgres://postgres:postgres@127.0.0.1:5432/postgres`): where test
+//!   databases are created.
+//! - `TEST_REDIS_URL` (default `redis://127.0.0.1:6379`): the Redis whose databases 1-15 are
+//!   handed out, one per test, through lock keys in database 0.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use xenios_core::redis::redis;
+use xenios_core::{AiBackend, Config};
+
+pub const API_KEY: &str = "test-api-key-0123456789";
+
+fn pg_admin_url() -> String {
+    std::env::var("TEST_PG_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn redis_base_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs async cleanup from a `Drop`, on a thread of its own (drop may run inside a runtime).
+fn block_on_thread<F: Future<Output = ()> + Send + 'static>(f: F) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(f);
+        }
+    })
+    .join();
+}
+
+async fn pg_admin() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&pg_admin_url(), tokio_postgres::NoTls)
+        .await
+        .expect("cannot connect to the test Postgres (is it running? see scripts/services.sh)");
+    tokio::spawn(conn);
+    client
+}
+
+/// A database of its own for one test, dropped with the handle.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let admin = pg_admin().await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // Sweep databases left by killed test processes (older than an hour).
+        let stale = admin
+            .query(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'xenios_test_%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        for row in stale {
+            let name: String = row.get(0);
+            let born = name
+                .split('_')
+                .nth(2)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(now);
+            if now.saturating_sub(born) > 3600 {
+                let _ = admin
+                    .execute(
+                        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                        &[],
+                    )
+                    .await;
+            }
+        }
+        let name = format!("xenios_test_{now}_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute(&format!("CREATE DATABASE \"{name}\""), &[])
+            .await
+            .unwrap();
+        let mut url = url_with_path(&pg_admin_url(), &name);
+        if !url.contains("application_name") {
+            url.push_str(if url.contains('?') { "&" } else { "?" });
+            url.push_str("application_name=xenios-tests");
+        }
+        Self { name, url }
+    }
+
+    /// A plain client on this database, for fixtures and assertions.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+}
+
+fn url_with_path(base: &str, db: &str) -> String {
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = head.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = head[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(head.len());
+    let mut url = format!("{}/{}", &head[..host_end], db);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        block_on_thread(async move {
+            if let Ok((client, conn)) =
+                tokio_postgres::connect(&pg_admin_url(), tokio_postgres::NoTls).await
+            {
+                tokio::spawn(conn);
+                let _ = client
+                    .execute(
+                        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                        &[],
+                    )
+                    .await;
+            }
+        });
+    }
+}
+
+/// A Redis logical database (1-15) of its own for one test, flushed and released on drop.
+#[derive(Debug)]
+pub struct TestRedis {
+    pub db: u8,
+    pub url: String,
+    token: String,
+}
+
+const REDIS_LOCK_TTL_SECS: u64 = 900;
+
+impl TestRedis {
+    pub async fn new() -> Self {
+        let client = redis::Client::open(format!("{}/0", redis_base_url())).unwrap();
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("cannot connect to the test Redis (is it running? see scripts/services.sh)");
+        let token = uuid::Uuid::new_v4().to_string();
+        let db = wait_for(
+            "a free Redis test database",
+            Duration::from_secs(120),
+            || {
+                let mut conn = conn.clone();
+                let token = token.clone();
+                async move {
+                    for db in 1u8..=15 {
+                        let taken: Option<String> = redis::cmd("SET")
+                            .arg(format!("xenios-test-lock:{db}"))
+                            .arg(&token)
+                            .arg("NX")
+                            .arg("EX")
+                            .arg(REDIS_LOCK_TTL_SECS)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        if taken.is_some() {
+                            return Some(db);
+                        }
+                    }
+                    None
+                }
+            },
+        )
+        .await;
+        let url = format!("{}/{db}", redis_base_url());
+        let mut db_conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("FLUSHDB")
+            .query_async(&mut db_conn)
+            .await
+            .unwrap();
+        Self { db, url, token }
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let (url, db, token) = (self.url.clone(), self.db, self.token.clone());
+        block_on_thread(async move {
+            let Ok(client) = redis::Client::open(url.as_str()) else {
+                return;
+            };
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                let _: Result<(), _> = redis::cmd("FLUSHDB").query_async(&mut c).await;
+            }
+            let Ok(lock) = redis::Client::open(format!("{}/0", redis_base_url())) else {
+                return;
+            };
+            if let Ok(mut c) = lock.get_multiplexed_async_connection().await {
+                // Release only our own lock.
+                let _: Result<i64, _> = redis::Script::new(
+                    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+                )
+                .key(format!("xenios-test-lock:{db}"))
+                .arg(token)
+                .invoke_async(&mut c)
+                .await;
+            }
+        });
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private `redis-server` process, for tests that stop and restart Redis.
+#[derive(Debug)]
+pub struct RedisProcess {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisProcess {
+    pub async fn start() -> Self {
+        let mut p = Self {
+            port: free_port(),
+            child: None,
+        };
+        p.restart().await;
+        p
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be on PATH");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(
+            "private redis-server to accept",
+            Duration::from_secs(10),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Configuration variables for a test backend on the given database and Redis.
+pub fn test_vars(db: &TestDb, redis_url: &str) -> HashMap<String, String> {
+    [
+        ("ENVIRONMENT", "development"),
+        ("DATABASE_URL", db.url.as_str()),
+        ("REDIS_URL", redis_url),
+        ("XENIOS_BACKEND_API_KEY", API_KEY),
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("READY_TIMEOUT_MS", "500"),
+        ("DATABASE_CONNECT_TIMEOUT_MS", "1000"),
+        ("SHUTDOWN_TIMEOUT_SECS", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// The real server on port 0 against a test database and Redis.
+#[derive(Debug)]
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub backend: AiBackend,
+    pub db: TestDb,
+    pub redis: Option<TestRedis>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    /// Spawns the server on its own database and Redis database.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Spawns the server after letting the test change its configuration variables.
+    pub async fn spawn_with(change: impl FnOnce(&mut HashMap<String, String>)) -> Self {
+        let db = TestDb::new().await;
+        let redis = TestRedis::new().await;
+        let mut vars = test_vars(&db, &redis.url);
+        change(&mut vars);
+        Self::spawn_on(db, Some(redis), vars).await
+    }
+
+    /// Spawns the server with explicit variables (the test owns the Redis it points at).
+    pub async fn spawn_on(
+        db: TestDb,
+        redis: Option<TestRedis>,
+        vars: HashMap<String, String>,
+    ) -> Self {
+        let config = Config::from_map(&vars).expect("test config");
+        let backend = AiBackend::builder(config).build().await.expect("backend");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(xenios_server::run(backend.clone(), listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            backend,
+            db,
+            redis,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// GET with the API key.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .header("x-api-key", API_KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Signals graceful shutdown and waits for the server task to finish.
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(h) => h.await.expect("server task panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.server.take() {
+            h.abort();
+        }
+    }
+}
+
+/// A local fake HTTP upstream (OpenRouter, a JWKS endpoint...) serving any poem endpoint on
+/// port 0. Stops when dropped.
+#[derive(Debug)]
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    pub base: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    pub async fn start<E>(endpoint: E) -> Self
+    where
+        E: poem::Endpoint + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).unwrap();
+        let task = tokio::spawn(async move {
+            let _ = poem::Server::new_with_acceptor(acceptor)
+                .run(endpoint)
+                .await;
+        });
+        Self {
+            addr,
+            base: format!("http://{addr}"),
+            task,
+        }
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,270 @@
+//! The foundation: health, readiness, status, OpenAPI, correlation IDs, error bodies,
+//! graceful shutdown, against the real server, Postgres and Redis.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use xenios_tests::{FakeUpstream, RedisProcess, TestApp, TestDb, test_vars, wait_for};
+
+#[tokio::test]
+async fn health_and_live_answer_without_auth() {
+    let app = TestApp::spawn().await;
+    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"status": "healthy"}));
+    let r = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn ready_reports_postgres_and_redis() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    let names: Vec<&str> = body["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["postgres", "redis"]);
+    for c in body["components"].as_array().unwrap() {
+        assert_eq!(c["status"], "healthy", "{c}");
+    }
+}
+
+#[tokio::test]
+async fn ready_turns_503_while_redis_is_down_and_recovers_without_restart() {
+    let mut redis = RedisProcess::start().await;
+    let db = TestDb::new().await;
+    let vars = test_vars(&db, &redis.url());
+    let app = TestApp::spawn_on(db, None, vars).await;
+    let ready = || async {
+        let r = app
+            .client
+            .get(app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(ready().await.0, 200);
+
+    redis.stop();
+    let body = wait_for("503 with redis down", Duration::from_secs(15), || async {
+        let (s, b) = ready().await;
+        (s == 503).then_some(b)
+    })
+    .await;
+    assert_eq!(body["status"], "not_ready");
+    let redis_c = body["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "redis")
+        .unwrap()
+        .clone();
+    assert_eq!(redis_c["status"], "unhealthy");
+    assert!(redis_c["error"].as_str().is_some_and(|e| !e.is_empty()));
+    let pg = body["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "postgres")
+        .unwrap()
+        .clone();
+    assert_eq!(pg["status"], "healthy");
+    // Liveness does not depend on Redis.
+    let live = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+
+    redis.restart().await;
+    wait_for(
+        "200 after redis restarts",
+        Duration::from_secs(15),
+        || async { (ready().await.0 == 200).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn status_needs_the_api_key() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .client
+        .get(app.url("/api/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "missing_api_key");
+
+    let r = app
+        .client
+        .get(app.url("/api/v1/status"))
+        .header("x-api-key", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert_eq!(body["error"]["message"], "invalid API key");
+
+    let r = app.get("/api/v1/status").await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["service"], "xenios-ai-backend");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(body["environment"], "development");
+    assert!(body["git_commit"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(body["uptime_secs"].is_u64());
+    assert_eq!(body["components"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn unknown_route_and_bad_method_get_json_errors_with_the_correlation_id() {
+    let app = TestApp::spawn().await;
+    let r = app.get("/api/v1/nope").await;
+    assert_eq!(r.status(), 404);
+    let header = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(body["error"]["correlation_id"], header.as_str());
+
+    let r = app.client.post(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn correlation_id_is_taken_when_sane_and_generated_otherwise() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "req-abc.123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-abc.123");
+
+    let r = app
+        .client
+        .get(app.url("/health"))
+        .header("x-correlation-id", "corr-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "corr-7");
+
+    let r = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "evil\tvalue with spaces")
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+}
+
+#[tokio::test]
+async fn openapi_document_and_docs_ui_are_served() {
+    let app = TestApp::spawn().await;
+    let r = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let spec: Value = r.json().await.unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/health", "/health/live", "/health/ready", "/api/v1/status"] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from the spec"
+        );
+    }
+    let r = app.client.get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("swagger"), "not the Swagger UI");
+}
+
+#[tokio::test]
+async fn cors_preflight_allows_only_configured_origins() {
+    let app = TestApp::spawn_with(|v| {
+        v.insert("CORS_ORIGINS".into(), "https://app.xenios.example".into());
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/api/v1/status"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "x-api-key")
+            .send()
+    };
+    let ok = preflight("https://app.xenios.example").await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.xenios.example"
+    );
+    let bad = preflight("https://evil.example").await.unwrap();
+    assert!(bad.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn graceful_shutdown_stops_accepting_and_returns() {
+    let mut app = TestApp::spawn().await;
+    assert_eq!(app.get("/health").await.status(), 200);
+    app.shutdown().await.unwrap();
+    let addr = app.addr;
+    wait_for(
+        "the listener to close",
+        Duration::from_secs(10),
+        || async move { tokio::net::TcpStream::connect(addr).await.err().map(|_| ()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn fake_upstream_helper_serves_real_http() {
+    use poem::{Route, get, handler};
+    #[handler]
+    fn hello() -> &'static str {
+        "hi"
+    }
+    let up = FakeUpstream::start(Route::new().at("/hello", get(hello))).await;
+    let text = reqwest::get(format!("{}/hello", up.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, "hi");
+}
