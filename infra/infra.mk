@@ -1,0 +1,95 @@
+# Deployment targets, included by the root Makefile (`include infra/infra.mk`); make runs from
+# the repository root, so every path here is relative to it. Guide: infra/README.md.
+#
+#   make provision ENV=staging [PROVISION_USER=root]   base system, firewall, Docker, Caddy
+#   make deploy ENV=staging TAG=<git-sha>              or deploy-staging / deploy-prod TAG=...
+#   make rollback ENV=production                       back to the tag before the last deploy
+#   make edit-secrets ENV=production                   ansible-vault edit, then push-secrets
+#   make infra-check                                   offline checks (CI runs them too)
+
+ENV ?= staging
+TAG ?=
+IMAGE ?= ghcr.io/xenios/xenios-backend
+# Ansible Vault password file (git-ignored); see infra/ansible/vault-password.example.
+VAULT_PASSWORD_FILE ?= infra/ansible/.vault-password
+# Extra ansible-playbook arguments, e.g. ANSIBLE_ARGS="--check --diff" or "--limit host".
+ANSIBLE_ARGS ?=
+PROVISION_USER ?=
+DOCKER ?= docker
+DOCKER_COMPOSE ?= docker compose
+DEV_COMPOSE_FILE := infra/docker/docker-compose.yml
+
+INFRA_VENV ?= target/infra-venv
+INFRA_BIN := $(abspath $(INFRA_VENV))/bin
+ANSIBLE_DIR := infra/ansible
+INFRA_VAULT := --vault-password-file $(abspath $(VAULT_PASSWORD_FILE))
+INFRA_INVENTORY := -i inventory/$(ENV).yml
+# Ansible must run from infra/ansible so that its ansible.cfg, roles/ and inventory/ apply.
+INFRA_PLAYBOOK = cd $(ANSIBLE_DIR) && ANSIBLE_CONFIG=ansible.cfg $(INFRA_BIN)/ansible-playbook \
+	$(INFRA_INVENTORY) $(INFRA_VAULT) $(ANSIBLE_ARGS)
+
+.PHONY: provision deploy deploy-staging deploy-prod rollback push-secrets edit-secrets encrypt \
+	lint-ansible docker-build docker-up docker-down infra-check infra-chroot-test infra-venv \
+	infra-env-check infra-vault-check
+
+infra-venv:
+	@infra/tests/venv.sh
+
+infra-env-check:
+	@case "$(ENV)" in staging|production) ;; \
+	  *) echo "ENV must be staging or production, not '$(ENV)'" >&2; exit 2;; esac
+
+infra-vault-check:
+	@test -f "$(VAULT_PASSWORD_FILE)" || { \
+	  echo "No vault password file at $(VAULT_PASSWORD_FILE) (set VAULT_PASSWORD_FILE=...)." >&2; \
+	  echo "To try things out: cp infra/ansible/vault-password.example $(VAULT_PASSWORD_FILE)" >&2; \
+	  exit 2; }
+
+provision: infra-venv infra-env-check infra-vault-check
+	$(INFRA_PLAYBOOK) $(if $(PROVISION_USER),-e ansible_user=$(PROVISION_USER)) playbooks/provision.yml
+
+deploy: infra-venv infra-env-check infra-vault-check
+	@test -n "$(TAG)" || { echo "TAG is required: make deploy ENV=$(ENV) TAG=<image tag>" >&2; exit 2; }
+	$(INFRA_PLAYBOOK) -e app_image_tag=$(TAG) playbooks/deploy.yml
+
+deploy-staging:
+	@$(MAKE) --no-print-directory deploy ENV=staging TAG=$(TAG)
+
+deploy-prod:
+	@$(MAKE) --no-print-directory deploy ENV=production TAG=$(TAG)
+
+rollback: infra-venv infra-env-check infra-vault-check
+	$(INFRA_PLAYBOOK) playbooks/rollback.yml
+
+# Re-render .env from the vault on the hosts, keeping the deployed tag (after edit-secrets).
+push-secrets: infra-venv infra-env-check infra-vault-check
+	$(INFRA_PLAYBOOK) playbooks/secrets.yml
+
+edit-secrets: infra-venv infra-env-check infra-vault-check
+	$(INFRA_BIN)/ansible-vault edit $(INFRA_VAULT) $(ANSIBLE_DIR)/inventory/group_vars/$(ENV)/vault.yml
+
+# Encrypt a plaintext vault file in place (FILE=..., default: the ENV's vault.yml).
+FILE ?= $(ANSIBLE_DIR)/inventory/group_vars/$(ENV)/vault.yml
+encrypt: infra-venv infra-vault-check
+	$(INFRA_BIN)/ansible-vault encrypt $(INFRA_VAULT) $(FILE)
+
+lint-ansible: infra-venv
+	cd $(ANSIBLE_DIR) && $(INFRA_BIN)/ansible-lint -c .ansible-lint --offline --strict
+
+docker-build:
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f infra/docker/Dockerfile --target runtime \
+		-t $(IMAGE):$(or $(TAG),dev) .
+
+# Starts the local Postgres too unless DATABASE_URL is set (e.g. to a Supabase database).
+docker-up:
+	$(DOCKER_COMPOSE) -f $(DEV_COMPOSE_FILE) $(if $(DATABASE_URL),,--profile local-db) up -d --build
+
+docker-down:
+	$(DOCKER_COMPOSE) -f $(DEV_COMPOSE_FILE) --profile local-db down
+
+infra-check:
+	bash infra/tests/check.sh
+
+# Slow (minutes), root only, not run by CI.
+infra-chroot-test:
+	bash infra/tests/chroot-roles.sh
