@@ -44,6 +44,7 @@ inside() {
   echo "--- state inside the chroot"
   chroot "$rootfs" ufw status verbose | tee "$work/ufw-status.txt" || true
   chroot "$rootfs" id deploy || true
+  chroot "$rootfs" cat /home/deploy/.ssh/authorized_keys > "$work/authorized_keys" || true
   chroot "$rootfs" cat /etc/ssh/sshd_config.d/10-xenios-hardening.conf /etc/sysctl.d/60-xenios.conf || true
   chroot "$rootfs" /usr/sbin/sshd -t && echo "sshd -t: config valid" || true
 }
@@ -107,6 +108,10 @@ grep -Eq 'xenios-chroot +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$work
   || { echo "chroot-roles: the second run changed something (not idempotent)"; failed=1; }
 grep -q 'Status: active' "$work/ufw-status.txt" && grep -q 'Default: deny (incoming)' "$work/ufw-status.txt" \
   || { echo "chroot-roles: ufw is not active with a deny policy"; failed=1; }
+grep -q '^ssh-ed25519 .* ops@xenios.example$' "$work/authorized_keys" \
+  || { echo "chroot-roles: the deploy user's authorized_keys lacks the key"; failed=1; }
+grep -qx 'PermitRootLogin no' "$rootfs/etc/ssh/sshd_config.d/10-xenios-hardening.conf" \
+  || { echo "chroot-roles: SSH hardening missing"; failed=1; }
 [[ "$before" == "$after" ]] || { echo "chroot-roles: the host's firewall or sysctls changed!"; failed=1; }
 echo "chroot-roles: $((1 - failed)) passed, $failed failed ($((SECONDS - start))s)"
 exit "$failed"
