@@ -74,7 +74,8 @@ encrypt: infra-venv infra-vault-check
 	$(INFRA_BIN)/ansible-vault encrypt $(INFRA_VAULT) $(FILE)
 
 lint-ansible: infra-venv
-	cd $(ANSIBLE_DIR) && $(INFRA_BIN)/ansible-lint -c .ansible-lint --offline --strict
+	cd $(ANSIBLE_DIR) && $(INFRA_BIN)/ansible-lint -c .ansible-lint --offline --strict \
+		. ../tests/render.yml ../tests/chroot-site.yml
 
 docker-build:
 	DOCKER_BUILDKIT=1 $(DOCKER) build -f infra/docker/Dockerfile --target runtime \

@@ -64,7 +64,8 @@ check_dev_compose() {
 
 # --- Ansible -------------------------------------------------------------------------
 ansible_lint() {
-  cd "$ansible_dir" && XDG_CACHE_HOME="$work/cache" ansible-lint -c .ansible-lint --offline --strict
+  cd "$ansible_dir" && XDG_CACHE_HOME="$work/cache" ansible-lint -c .ansible-lint --offline --strict \
+    . ../tests/render.yml ../tests/chroot-site.yml
 }
 
 syntax_check() {
