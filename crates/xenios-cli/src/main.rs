@@ -18,6 +18,15 @@ enum Command {
     Health,
     /// Print service status as JSON.
     Status,
+    /// Apply the embedded database migrations (schema ai_backend).
+    Migrate {
+        /// Revert the most recent migration instead.
+        #[arg(long)]
+        revert_last: bool,
+        /// Only list pending migrations.
+        #[arg(long, conflicts_with = "revert_last")]
+        pending: bool,
+    },
 }
 
 #[tokio::main]
@@ -51,6 +60,40 @@ async fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Command::Migrate {
+            revert_last,
+            pending,
+        } => {
+            let result = if revert_last {
+                backend.revert_last_migration().await
+            } else if pending {
+                backend.pending_migrations().await
+            } else {
+                backend.migrate().await
+            };
+            match result {
+                Ok(versions) => {
+                    let verb = if revert_last {
+                        "reverted"
+                    } else if pending {
+                        "pending"
+                    } else {
+                        "applied"
+                    };
+                    if versions.is_empty() {
+                        println!("{verb}: none (up to date)");
+                    }
+                    for v in versions {
+                        println!("{verb}: {v}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("xenios-cli: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Status => {

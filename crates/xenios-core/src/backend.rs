@@ -4,11 +4,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel_async::RunQueryDsl;
+use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::auth::{ApiKeyVerifier, AuthError};
 use crate::config::Config;
-use crate::db::{self, PgPool};
+use crate::db::audit::{AuditStatsSnapshot, AuditWriter};
+use crate::db::migrate::{self, Action};
+use crate::db::models::{ExtractionCacheEntry, InferenceLog, JobRecord, Profile};
+use crate::db::{self, PgPool, pool_error, query_error};
 use crate::error::{Error, Result};
 use crate::health::{self, ComponentHealth, Readiness};
 use crate::redis::{self as xredis, RedisPool};
@@ -33,6 +37,7 @@ struct Inner {
     redis: RedisPool,
     http: reqwest::Client,
     api_keys: ApiKeyVerifier,
+    audit: AuditWriter,
     started_at: Instant,
 }
 
@@ -69,7 +74,7 @@ impl AiBackendBuilder {
     pub async fn build(self) -> Result<AiBackend> {
         let db = match self.db {
             Some(p) => p,
-            None => db::build_pool(&self.config.database),
+            None => db::build_pool(&self.config.database)?,
         };
         let redis = match self.redis {
             Some(p) => p,
@@ -124,7 +129,8 @@ impl AiBackend {
         }
     }
 
-    /// Assembles a backend from ready-made parts (tests and embedders).
+    /// Assembles a backend from ready-made parts (tests and embedders). Call it inside a
+    /// Tokio runtime: it starts the audit writer task.
     pub fn from_parts(
         config: Config,
         db: PgPool,
@@ -132,6 +138,7 @@ impl AiBackend {
         http: reqwest::Client,
     ) -> AiBackend {
         let api_keys = ApiKeyVerifier::new(&config.api_key);
+        let audit = AuditWriter::start(db.clone(), config.database.audit_queue_capacity);
         AiBackend {
             inner: Arc::new(Inner {
                 config,
@@ -139,6 +146,7 @@ impl AiBackend {
                 redis,
                 http,
                 api_keys,
+                audit,
                 started_at: Instant::now(),
             }),
         }
@@ -162,6 +170,150 @@ impl AiBackend {
     /// The shared HTTP client for upstream calls.
     pub fn http(&self) -> &reqwest::Client {
         &self.inner.http
+    }
+
+    /// The background writer of audit rows (inference logs, job state changes).
+    pub fn audit(&self) -> &AuditWriter {
+        &self.inner.audit
+    }
+
+    /// Counters of the audit writer.
+    pub fn audit_stats(&self) -> AuditStatsSnapshot {
+        self.inner.audit.stats()
+    }
+
+    /// Applies pending migrations (idempotent, safe to race with other processes) and
+    /// returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<String>> {
+        self.migration(Action::Run).await
+    }
+
+    /// Reverts the most recent migration and returns its version.
+    pub async fn revert_last_migration(&self) -> Result<Vec<String>> {
+        self.migration(Action::RevertLast).await
+    }
+
+    /// Names of the migrations not yet applied.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>> {
+        self.migration(Action::Pending).await
+    }
+
+    async fn migration(&self, action: Action) -> Result<Vec<String>> {
+        let db = &self.inner.config.database;
+        let (url, options) = db::connect::parse_url(db.url.expose_secret(), db.prepared_statements)
+            .map_err(|e| Error::Validation(format!("DATABASE_URL: {e}")))?;
+        migrate::execute(url, options, action)
+            .await
+            .map_err(|message| Error::Unavailable {
+                component: "postgres",
+                message: format!("migration failed: {message}"),
+            })
+    }
+
+    /// Flushes queued audit rows and waits for them to be written (shutdown, tests).
+    pub async fn flush_audit(&self) {
+        self.inner.audit.flush().await;
+    }
+
+    /// The stored metadata of one job.
+    pub async fn job_record(&self, task_id: &str) -> Result<Option<JobRecord>> {
+        use crate::db::schema::job_queue_metadata::dsl;
+        use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
+        let mut conn = self.inner.db.get().await.map_err(pool_error)?;
+        dsl::job_queue_metadata
+            .filter(dsl::task_id.eq(task_id))
+            .select(JobRecord::as_select())
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(query_error)
+    }
+
+    /// Inference log rows of one correlation ID, oldest first.
+    pub async fn inference_logs_for(&self, correlation_id: &str) -> Result<Vec<InferenceLog>> {
+        use crate::db::schema::inference_logs::dsl;
+        use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
+        let mut conn = self.inner.db.get().await.map_err(pool_error)?;
+        dsl::inference_logs
+            .filter(dsl::correlation_id.eq(correlation_id))
+            .order(dsl::created_at.asc())
+            .select(InferenceLog::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(query_error)
+    }
+
+    /// A cached extraction of a document, unless it expired.
+    pub async fn cached_extraction(
+        &self,
+        content_hash: &str,
+        extractor: &str,
+        extractor_version: &str,
+    ) -> Result<Option<ExtractionCacheEntry>> {
+        use crate::db::schema::extraction_cache::dsl;
+        use diesel::{
+            BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper,
+        };
+        let mut conn = self.inner.db.get().await.map_err(pool_error)?;
+        dsl::extraction_cache
+            .filter(dsl::content_hash.eq(content_hash))
+            .filter(dsl::extractor.eq(extractor))
+            .filter(dsl::extractor_version.eq(extractor_version))
+            .filter(
+                dsl::expires_at
+                    .is_null()
+                    .or(dsl::expires_at.gt(diesel::dsl::now)),
+            )
+            .select(ExtractionCacheEntry::as_select())
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(query_error)
+    }
+
+    /// Stores (or replaces) an extraction result. The hash must be lower-case SHA-256 hex.
+    pub async fn store_extraction(&self, entry: &ExtractionCacheEntry) -> Result<()> {
+        use crate::db::schema::extraction_cache::dsl;
+        use diesel::ExpressionMethods;
+        use diesel::upsert::excluded;
+        let valid_hash = entry.content_hash.len() == 64
+            && entry
+                .content_hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !valid_hash {
+            return Err(Error::Validation(
+                "content_hash must be 64 lower-case hex characters (SHA-256)".to_owned(),
+            ));
+        }
+        let mut conn = self.inner.db.get().await.map_err(pool_error)?;
+        diesel::insert_into(dsl::extraction_cache)
+            .values(entry)
+            .on_conflict((dsl::content_hash, dsl::extractor, dsl::extractor_version))
+            .do_update()
+            .set((
+                dsl::result.eq(excluded(dsl::result)),
+                dsl::created_at.eq(excluded(dsl::created_at)),
+                dsl::expires_at.eq(excluded(dsl::expires_at)),
+            ))
+            .execute(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(query_error)
+    }
+
+    /// Reads a profile from the app's shared `public.profiles` table.
+    pub async fn profile(&self, user_id: uuid::Uuid) -> Result<Option<Profile>> {
+        use crate::db::schema::profiles::dsl;
+        use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
+        let mut conn = self.inner.db.get().await.map_err(pool_error)?;
+        dsl::profiles
+            .filter(dsl::id.eq(user_id))
+            .select(Profile::as_select())
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(query_error)
     }
 
     /// Time since the backend was built.

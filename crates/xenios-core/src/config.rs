@@ -96,6 +96,12 @@ pub struct DatabaseConfig {
     pub prepared_statements: bool,
     /// `RUN_MIGRATIONS`: apply embedded migrations when the server starts (default false).
     pub run_migrations: bool,
+    /// `AUDIT_QUEUE_CAPACITY`: audit rows held in memory while Postgres is slow or down
+    /// (default 10000); beyond it rows are dropped and counted.
+    pub audit_queue_capacity: usize,
+    /// `AUDIT_STORE_PAYLOADS`: also store prompts and outputs in `inference_logs`
+    /// (default false: they may hold personal data).
+    pub audit_store_payloads: bool,
 }
 
 /// Redis settings.
@@ -434,6 +440,8 @@ impl Config {
             connect_timeout: Duration::from_millis(r.parse("DATABASE_CONNECT_TIMEOUT_MS", 5000u64)),
             prepared_statements: r.bool("DATABASE_PREPARED_STATEMENTS", true),
             run_migrations: r.bool("RUN_MIGRATIONS", false),
+            audit_queue_capacity: r.parse("AUDIT_QUEUE_CAPACITY", 10_000usize).max(1),
+            audit_store_payloads: r.bool("AUDIT_STORE_PAYLOADS", false),
         };
         let redis = RedisConfig {
             url: redis_url,

@@ -100,7 +100,13 @@ pub async fn run(
     Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app, shutdown, Some(timeout))
         .await?;
-    tracing::info!("server stopped; closing pools");
+    tracing::info!("server stopped; flushing audit rows and closing pools");
+    if tokio::time::timeout(timeout, backend.flush_audit())
+        .await
+        .is_err()
+    {
+        tracing::warn!(stats = ?backend.audit_stats(), "audit rows still queued at exit");
+    }
     drop(backend);
     Ok(())
 }
@@ -124,6 +130,10 @@ pub async fn serve(
         );
     }
     let backend = AiBackend::builder(config).build().await?;
+    if backend.config().database.run_migrations {
+        let applied = backend.migrate().await?;
+        tracing::info!(applied = ?applied, "migrations up to date");
+    }
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     tracing::info!(
         environment = %backend.config().environment,
