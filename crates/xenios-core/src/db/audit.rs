@@ -117,7 +117,7 @@ impl AuditWriter {
             Err(_) => {
                 let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 // One line per thousand, not per row: a full queue must not flood the log.
-                if dropped % 1000 == 0 {
+                if dropped.is_multiple_of(1000) {
                     tracing::warn!(dropped = dropped + 1, "audit queue full: rows dropped");
                 }
             }
