@@ -8,6 +8,9 @@ source scripts/toolchain.sh
 scripts/services.sh
 export TEST_PG_ADMIN_URL=${TEST_PG_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
 export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
+# Real Python peers (Celery, Flower, OpenAI SDK) for the interoperability tests.
+XENIOS_PYTHON=$(scripts/py-venv.sh)
+export XENIOS_PYTHON
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 else
