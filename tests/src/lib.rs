@@ -472,3 +472,79 @@ impl Drop for FakeUpstream {
         self.task.abort();
     }
 }
+
+/// A TCP proxy in front of a real service, which a test can cut (refuse new connections and
+/// break open ones, as when the service dies) and restore on the same port.
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub port: u16,
+    target: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let mut p = Self {
+            port: free_port(),
+            target,
+            task: None,
+        };
+        p.restore().await;
+        p
+    }
+
+    /// Stops listening and breaks every proxied connection.
+    pub fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(&mut self) {
+        self.cut();
+        let port = self.port;
+        let listener = wait_for(
+            "the proxy port to be free",
+            Duration::from_secs(10),
+            || async move {
+                tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            // Connections live in the JoinSet: aborting this task drops it, which aborts them.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        conns.spawn(async move {
+                            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        });
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        }));
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+/// `url` with its host and port replaced by 127.0.0.1:`port`.
+pub fn url_via_port(url: &str, port: u16) -> String {
+    let mut u = url::Url::parse(url).unwrap();
+    u.set_host(Some("127.0.0.1")).unwrap();
+    u.set_port(Some(port)).unwrap();
+    u.to_string()
+}

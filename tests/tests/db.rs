@@ -1,0 +1,473 @@
+//! Postgres: migrations, the audit writer, typed queries, shared tables, TLS, and the
+//! server's behaviour while Postgres is away — all against a real Postgres.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use xenios_core::db::models::{
+    ExtractionCacheEntry, InferenceStatus, JobStateChange, JobStatus, NewInferenceLog,
+};
+use xenios_core::{AiBackend, Config};
+use xenios_tests::{TcpProxy, TestApp, TestDb, TestRedis, test_vars, url_via_port, wait_for};
+
+async fn backend(db: &TestDb, redis: &TestRedis, extra: &[(&str, &str)]) -> AiBackend {
+    let mut vars = test_vars(db, &redis.url);
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    AiBackend::builder(Config::from_map(&vars).unwrap())
+        .build()
+        .await
+        .unwrap()
+}
+
+async fn tables_in(db: &TestDb, schema: &str) -> Vec<String> {
+    db.client()
+        .await
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn pgvector_available(rows: &[tokio_postgres::Row]) -> bool {
+    !rows.is_empty()
+}
+
+#[tokio::test]
+async fn migrating_twice_is_a_no_op_and_public_is_untouched() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new().await);
+    let b = backend(&db, &redis, &[]).await;
+    let first = b.migrate().await.unwrap();
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(b.migrate().await.unwrap().is_empty());
+    assert!(b.pending_migrations().await.unwrap().is_empty());
+
+    let ours = tables_in(&db, "ai_backend").await;
+    for t in [
+        "__diesel_schema_migrations",
+        "extraction_cache",
+        "inference_logs",
+        "job_queue_metadata",
+    ] {
+        assert!(ours.contains(&t.to_owned()), "{t} missing: {ours:?}");
+    }
+    assert!(
+        tables_in(&db, "public").await.is_empty(),
+        "migrations touched public"
+    );
+
+    // embeddings exists exactly when pgvector can be installed.
+    let client = db.client().await;
+    let available = client
+        .query(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ours.contains(&"embeddings".to_owned()),
+        pgvector_available(&available)
+    );
+}
+
+#[tokio::test]
+async fn concurrent_migrators_take_turns() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new().await);
+    let a = backend(&db, &redis, &[]).await;
+    let b = backend(&db, &redis, &[]).await;
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    // Exactly one of them applied the migrations; neither failed.
+    assert_eq!(ra.len() + rb.len(), 2, "{ra:?} {rb:?}");
+    assert!(ra.is_empty() || rb.is_empty());
+    let applied: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM ai_backend.__diesel_schema_migrations",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 2);
+}
+
+#[tokio::test]
+async fn the_last_migration_rolls_back_and_reapplies() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new().await);
+    let b = backend(&db, &redis, &[]).await;
+    b.migrate().await.unwrap();
+    assert_eq!(b.revert_last_migration().await.unwrap(), ["20261125000002"]);
+    assert_eq!(b.pending_migrations().await.unwrap().len(), 1);
+    assert_eq!(b.revert_last_migration().await.unwrap(), ["20261125000001"]);
+    assert!(
+        !tables_in(&db, "ai_backend")
+            .await
+            .contains(&"inference_logs".to_owned())
+    );
+    assert_eq!(b.migrate().await.unwrap().len(), 2);
+    assert!(
+        tables_in(&db, "ai_backend")
+            .await
+            .contains(&"inference_logs".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn inference_logs_round_trip_through_the_background_writer() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new().await);
+    let b = backend(&db, &redis, &[]).await;
+    b.migrate().await.unwrap();
+    let user = uuid::Uuid::new_v4();
+    let mut ok = NewInferenceLog::new(
+        "chat",
+        "anthropic/claude-sonnet-4",
+        InferenceStatus::Success,
+    );
+    ok.model_used = Some("openai/gpt-4o-mini".into());
+    ok.fallback_used = true;
+    ok.prompt_tokens = Some(12);
+    ok.completion_tokens = Some(30);
+    ok.total_tokens = Some(42);
+    ok.cost_usd = Some(0.00021);
+    ok.latency_ms = 812;
+    ok.ttft_ms = Some(120);
+    ok.streaming = true;
+    ok.correlation_id = Some("corr-db-1".into());
+    ok.user_id = Some(user);
+    let mut failed = NewInferenceLog::new(
+        "session_summary",
+        "anthropic/claude-opus-4.5",
+        InferenceStatus::Error,
+    );
+    failed.error = Some("all models failed".into());
+    failed.correlation_id = Some("corr-db-1".into());
+    failed.created_at = ok.created_at + chrono::Duration::milliseconds(1);
+    b.audit().inference(ok.clone());
+    b.audit().inference(failed);
+    b.flush_audit().await;
+
+    let rows = b.inference_logs_for("corr-db-1").await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let r = &rows[0];
+    assert_eq!(r.id, ok.id);
+    assert_eq!(r.task_type, "chat");
+    assert_eq!(r.model_used.as_deref(), Some("openai/gpt-4o-mini"));
+    assert!(r.fallback_used && r.streaming);
+    assert_eq!(
+        (r.prompt_tokens, r.completion_tokens, r.total_tokens),
+        (Some(12), Some(30), Some(42))
+    );
+    assert_eq!(r.cost_usd, Some(0.00021));
+    assert_eq!((r.latency_ms, r.ttft_ms), (812, Some(120)));
+    assert_eq!(r.user_id, Some(user));
+    assert!(r.request_payload.is_none() && r.response_payload.is_none());
+    assert_eq!(rows[1].status, "error");
+    assert_eq!(rows[1].error.as_deref(), Some("all models failed"));
+    let stats = b.audit_stats();
+    assert_eq!((stats.written, stats.dropped, stats.failed), (2, 0, 0));
+}
+
+#[tokio::test]
+async fn job_rows_follow_state_changes_and_never_move_backwards() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new().await);
+    let b = backend(&db, &redis, &[]).await;
+    b.migrate().await.unwrap();
+    // Postgres keeps microseconds.
+    let t0 = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let at = |ms: i64| t0 + chrono::Duration::milliseconds(ms);
+    let user = uuid::Uuid::new_v4();
+
+    let mut pending = JobStateChange::new("job-1", "xenios.echo", "default", JobStatus::Pending);
+    pending.at = at(0);
+    pending.args_digest = Some("sha256:abc".into());
+    pending.correlation_id = Some("corr-job".into());
+    pending.user_id = Some(user);
+    b.audit().job(pending);
+    b.flush_audit().await;
+    let r = b.job_record("job-1").await.unwrap().unwrap();
+    assert_eq!((r.status.as_str(), r.attempts), ("pending", 0));
+    assert_eq!(r.user_id, Some(user));
+
+    let mut started = JobStateChange::new("job-1", "xenios.echo", "default", JobStatus::Started);
+    started.at = at(10);
+    started.worker = Some("celery@w1".into());
+    started.attempts = 1;
+    b.audit().job(started);
+    b.flush_audit().await;
+    let r = b.job_record("job-1").await.unwrap().unwrap();
+    assert_eq!(r.status, "started");
+    assert_eq!(r.started_at, Some(at(10)));
+    assert_eq!(r.worker.as_deref(), Some("celery@w1"));
+
+    let mut done = JobStateChange::new("job-1", "xenios.echo", "default", JobStatus::Success);
+    done.at = at(20);
+    // A stale "started" arriving after success must not reopen the job.
+    let mut stale = JobStateChange::new("job-1", "xenios.echo", "default", JobStatus::Started);
+    stale.at = at(30);
+    b.audit().job(done);
+    b.flush_audit().await;
+    b.audit().job(stale);
+    b.flush_audit().await;
+    let r = b.job_record("job-1").await.unwrap().unwrap();
+    assert_eq!(r.status, "success");
+    assert_eq!(r.finished_at, Some(at(20)));
+    assert_eq!(r.args_digest.as_deref(), Some("sha256:abc"));
+    assert_eq!(r.correlation_id.as_deref(), Some("corr-job"));
+    assert!(b.job_record("nope").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn extraction_cache_round_trip_with_expiry() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new().await);
+    let b = backend(&db, &redis, &[]).await;
+    b.migrate().await.unwrap();
+    let hash = "a".repeat(64);
+    let mut entry = ExtractionCacheEntry {
+        content_hash: hash.clone(),
+        extractor: "docling".into(),
+        extractor_version: "2.1".into(),
+        result: json!({"pages": 3, "text": "hello"}),
+        created_at: Utc::now(),
+        expires_at: None,
+    };
+    b.store_extraction(&entry).await.unwrap();
+    let got = b
+        .cached_extraction(&hash, "docling", "2.1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.result, json!({"pages": 3, "text": "hello"}));
+    assert!(
+        b.cached_extraction(&hash, "docling", "2.2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    entry.result = json!({"pages": 4});
+    entry.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+    b.store_extraction(&entry).await.unwrap();
+    assert!(
+        b.cached_extraction(&hash, "docling", "2.1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    entry.content_hash = "not-a-hash".into();
+    let err = b.store_extraction(&entry).await.unwrap_err();
+    assert_eq!(err.kind(), xenios_core::ErrorKind::Validation);
+}
+
+#[tokio::test]
+async fn reads_a_shared_public_table_by_id() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new().await);
+    // The app owns public.profiles; the test plays the app and creates it.
+    let client = db.client().await;
+    let id = uuid::Uuid::new_v4();
+    client
+        .batch_execute(
+            "CREATE TABLE public.profiles (id uuid PRIMARY KEY, email text, full_name text,
+             role text, created_at timestamptz NOT NULL DEFAULT now(), avatar_url text)",
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO public.profiles (id, email, full_name, role) VALUES ($1, 'c@x.io', 'Coach C', 'coach')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let b = backend(&db, &redis, &[]).await;
+    let p = b.profile(id).await.unwrap().unwrap();
+    assert_eq!(p.id, id);
+    assert_eq!(p.email.as_deref(), Some("c@x.io"));
+    assert_eq!(p.full_name.as_deref(), Some("Coach C"));
+    assert_eq!(p.role.as_deref(), Some("coach"));
+    assert!(b.profile(uuid::Uuid::new_v4()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn tls_with_sslmode_require_and_no_prepared_statements() {
+    let (db, redis) = (TestDb::new().await, TestRedis::new().await);
+    let ssl_on: String = db
+        .client()
+        .await
+        .query_one("SHOW ssl", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let url = format!("{}&sslmode=require", db.url);
+    let b = backend(
+        &db,
+        &redis,
+        &[
+            ("DATABASE_URL", &url),
+            ("DATABASE_PREPARED_STATEMENTS", "false"),
+        ],
+    )
+    .await;
+    if ssl_on != "on" {
+        // A server without TLS must refuse sslmode=require, as libpq does.
+        assert!(!b.readiness().await.ready);
+        return;
+    }
+    b.migrate().await.unwrap();
+    assert!(b.readiness().await.ready);
+    assert!(b.job_record("x").await.unwrap().is_none());
+    let encrypted: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = current_database() AND a.application_name = 'xenios-tests' AND s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "no TLS connection from the backend");
+}
+
+#[tokio::test]
+async fn server_keeps_serving_while_postgres_is_down_and_recovers() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new().await;
+    let pg = std::net::SocketAddr::from(([127, 0, 0, 1], 5432));
+    let mut proxy = TcpProxy::start(pg).await;
+    let mut vars = test_vars(&db, &redis.url);
+    vars.insert("DATABASE_URL".into(), url_via_port(&db.url, proxy.port));
+    let app = TestApp::spawn_on(db, Some(redis), vars).await;
+    app.backend.migrate().await.unwrap();
+    let ready = || async {
+        let r = app
+            .client
+            .get(app.url("/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(ready().await.0, 200);
+
+    proxy.cut();
+    let body = wait_for(
+        "503 with postgres down",
+        Duration::from_secs(15),
+        || async {
+            let (s, b) = ready().await;
+            (s == 503).then_some(b)
+        },
+    )
+    .await;
+    let pg_c = body["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "postgres")
+        .unwrap()
+        .clone();
+    assert_eq!(pg_c["status"], "unhealthy");
+    // What does not need Postgres keeps working.
+    assert_eq!(app.get("/health").await.status(), 200);
+    assert_eq!(app.get("/api/v1/status").await.status(), 200);
+    // A call that needs it fails cleanly as "unavailable".
+    let err = app.backend.job_record("x").await.unwrap_err();
+    assert_eq!(err.kind(), xenios_core::ErrorKind::Unavailable);
+
+    proxy.restore().await;
+    wait_for(
+        "200 after postgres returns",
+        Duration::from_secs(20),
+        || async { (ready().await.0 == 200).then_some(()) },
+    )
+    .await;
+    assert!(app.backend.job_record("x").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn audit_writer_is_bounded_and_counts_what_it_loses() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new().await;
+    let pg = std::net::SocketAddr::from(([127, 0, 0, 1], 5432));
+    let mut proxy = TcpProxy::start(pg).await;
+    let url = url_via_port(&db.url, proxy.port);
+    let b = backend(
+        &db,
+        &redis,
+        &[
+            ("DATABASE_URL", &url),
+            ("AUDIT_QUEUE_CAPACITY", "4"),
+            ("DATABASE_CONNECT_TIMEOUT_MS", "200"),
+        ],
+    )
+    .await;
+    b.migrate().await.unwrap();
+    proxy.cut();
+    // Far more rows than the queue holds, while Postgres is unreachable: the calls return at
+    // once, the overflow is dropped and counted, and the rest fail after bounded retries.
+    let started = std::time::Instant::now();
+    for i in 0..50 {
+        let mut row = NewInferenceLog::new("chat", "m", InferenceStatus::Success);
+        row.correlation_id = Some(format!("lost-{i}"));
+        b.audit().inference(row);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "enqueueing blocked"
+    );
+    b.flush_audit().await;
+    let s = b.audit_stats();
+    assert!(s.dropped > 0, "{s:?}");
+    assert_eq!(s.queued + s.dropped, 50, "{s:?}");
+    assert_eq!(s.written, 0, "{s:?}");
+    assert_eq!(s.failed, s.queued, "{s:?}");
+
+    proxy.restore().await;
+    let mut row = NewInferenceLog::new("chat", "m", InferenceStatus::Success);
+    row.correlation_id = Some("after-restore".into());
+    b.audit().inference(row);
+    b.flush_audit().await;
+    assert_eq!(
+        b.inference_logs_for("after-restore").await.unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn server_runs_migrations_at_start_when_configured() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new().await;
+    let mut vars = test_vars(&db, &redis.url);
+    vars.insert("RUN_MIGRATIONS".into(), "true".into());
+    vars.insert("PORT".into(), xenios_tests::free_port().to_string());
+    let config = Config::from_map(&vars).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(xenios_server::serve(config, async move {
+        let _ = rx.await;
+    }));
+    wait_for(
+        "migrations applied by the server",
+        Duration::from_secs(30),
+        || async {
+            tables_in(&db, "ai_backend")
+                .await
+                .contains(&"inference_logs".to_owned())
+                .then_some(())
+        },
+    )
+    .await;
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
+}
