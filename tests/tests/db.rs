@@ -1,6 +1,8 @@
 //! Postgres: migrations, the audit writer, typed queries, shared tables, TLS, and the
 //! server's behaviour while Postgres is away — all against a real Postgres.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use chrono::Utc;

@@ -1,6 +1,8 @@
 //! The foundation: health, readiness, status, OpenAPI, correlation IDs, error bodies,
 //! graceful shutdown, against the real server, Postgres and Redis.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use serde_json::Value;
