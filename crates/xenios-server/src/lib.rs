@@ -92,7 +92,7 @@ pub async fn run(
     let addr = acceptor
         .local_addr()
         .first()
-        .map(ToString::to_string)
+        .and_then(|a| a.as_socket_addr().map(ToString::to_string))
         .unwrap_or_default();
     tracing::info!(%addr, "listening");
     let timeout = backend.config().server.shutdown_timeout;
