@@ -29,7 +29,7 @@ INFRA_PLAYBOOK = cd $(ANSIBLE_DIR) && ANSIBLE_CONFIG=ansible.cfg $(INFRA_BIN)/an
 	$(INFRA_INVENTORY) $(INFRA_VAULT) $(ANSIBLE_ARGS)
 
 .PHONY: provision deploy deploy-staging deploy-prod rollback push-secrets edit-secrets encrypt \
-	lint-ansible docker-build docker-up docker-down infra-check infra-chroot-test infra-venv \
+	lint-ansible docker-build docker-up docker-down infra-check infra-chroot-test infra-engine-test infra-venv \
 	infra-env-check infra-vault-check
 
 infra-venv:
@@ -94,3 +94,7 @@ infra-check:
 # Slow (minutes), root only, not run by CI.
 infra-chroot-test:
 	bash infra/tests/chroot-roles.sh
+
+# deploy/rollback/secrets against a throwaway Docker engine; needs infra-chroot-test's chroot.
+infra-engine-test:
+	bash infra/tests/engine-deploy.sh
