@@ -52,11 +52,13 @@ deploy: infra-venv infra-env-check infra-vault-check
 	@test -n "$(TAG)" || { echo "TAG is required: make deploy ENV=$(ENV) TAG=<image tag>" >&2; exit 2; }
 	$(INFRA_PLAYBOOK) -e app_image_tag=$(TAG) playbooks/deploy.yml
 
+INFRA_MAKEFILE := $(firstword $(MAKEFILE_LIST))
+
 deploy-staging:
-	@$(MAKE) --no-print-directory deploy ENV=staging TAG=$(TAG)
+	@$(MAKE) --no-print-directory -f $(INFRA_MAKEFILE) deploy ENV=staging TAG=$(TAG)
 
 deploy-prod:
-	@$(MAKE) --no-print-directory deploy ENV=production TAG=$(TAG)
+	@$(MAKE) --no-print-directory -f $(INFRA_MAKEFILE) deploy ENV=production TAG=$(TAG)
 
 rollback: infra-venv infra-env-check infra-vault-check
 	$(INFRA_PLAYBOOK) playbooks/rollback.yml
@@ -81,9 +83,11 @@ docker-build:
 	DOCKER_BUILDKIT=1 $(DOCKER) build -f infra/docker/Dockerfile --target runtime \
 		-t $(IMAGE):$(or $(TAG),dev) .
 
-# Starts the local Postgres too unless DATABASE_URL is set (e.g. to a Supabase database).
+# Starts the local Postgres too unless DATABASE_URL is set, in the environment or in
+# infra/docker/.env (e.g. to a Supabase database).
+INFRA_DEV_DB_URL = $(or $(DATABASE_URL),$(shell grep -s '^DATABASE_URL=.' infra/docker/.env))
 docker-up:
-	$(DOCKER_COMPOSE) -f $(DEV_COMPOSE_FILE) $(if $(DATABASE_URL),,--profile local-db) up -d --build
+	$(DOCKER_COMPOSE) -f $(DEV_COMPOSE_FILE) $(if $(INFRA_DEV_DB_URL),,--profile local-db) up -d --build
 
 docker-down:
 	$(DOCKER_COMPOSE) -f $(DEV_COMPOSE_FILE) --profile local-db down

@@ -177,10 +177,28 @@ refuses_example_secrets() {
   [[ ! -e "$out/app/.env" ]]
 }
 
+# The make targets expand to the intended commands (dry run; infra.mk alone).
+make_targets() {
+  local t out
+  for t in provision deploy deploy-staging deploy-prod rollback push-secrets edit-secrets encrypt \
+      lint-ansible docker-build docker-up docker-down infra-check; do
+    out="$(make -s -n -f infra/infra.mk "$t" ENV=production TAG=0123abc \
+      VAULT_PASSWORD_FILE=infra/ansible/vault-password.example)" || { echo "make $t failed"; return 1; }
+    case "$t" in
+      deploy|deploy-prod) grep -q 'inventory/production.yml .*app_image_tag=0123abc playbooks/deploy.yml' <<<"$out" ;;
+      deploy-staging) grep -q 'inventory/staging.yml .*app_image_tag=0123abc playbooks/deploy.yml' <<<"$out" ;;
+      rollback) grep -q 'inventory/production.yml .*playbooks/rollback.yml' <<<"$out" ;;
+      push-secrets) grep -q 'playbooks/secrets.yml' <<<"$out" ;;
+      *) true ;;
+    esac || { echo "make $t expands to:"; echo "$out"; return 1; }
+  done
+}
+
 echo "infra checks (tools: $bin)"
 step "hadolint infra/docker/Dockerfile" \
   hadolint --config infra/docker/.hadolint.yaml infra/docker/Dockerfile
 step "dev compose: docker-compose config + compose-spec schema" check_dev_compose
+step "infra.mk: every target expands (make -n)" make_targets
 step "ansible-lint (production profile, offline)" ansible_lint
 step "ansible-playbook --syntax-check (4 playbooks x 2 inventories)" syntax_check
 step "vault: committed example vaults encrypted, example password" vault_committed
