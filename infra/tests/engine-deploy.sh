@@ -24,7 +24,7 @@ fail() { echo "engine-deploy: FAIL $*"; exit 1; }
 playbook() {  # playbook NAME [ansible-playbook args...]
   local name="$1"
   shift
-  (cd "$root/infra/ansible" && ansible-playbook -i inventory/production.yml \
+  (cd "$work/ansible" && ansible-playbook -i inventory/production.yml \
       --vault-password-file vault-password.example \
       -e ansible_connection=local -e "ansible_python_interpreter=$bin/python" \
       -e ansible_become_method=ansible.builtin.su \
@@ -128,6 +128,9 @@ ln -sf xtables-nft-multi "$base/root/usr/sbin/ip6tables"
 
 work="$(mktemp -d "$base/run.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
+# A copy of infra/ansible with the example vault (the real one may be rekeyed).
+cp -r "$root/infra/ansible" "$work/ansible"
+cp "$root/infra/ansible/examples/vault-production.yml" "$work/ansible/inventory/group_vars/production/vault.yml"
 unshare --net --mount --pid --fork --mount-proc bash "$0" --inside "$work" || true
 if [[ -f "$work/passed" ]]; then
   echo "engine-deploy: 1 passed, 0 failed ($((SECONDS - start))s)"
