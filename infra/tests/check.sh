@@ -174,18 +174,32 @@ check_caddyfile() {
     && grep -q 'Strict-Transport-Security' "$out/Caddyfile" && grep -q 'format json' "$out/Caddyfile"
 }
 
-# Every deploy refuses the example vault unless told it is a test.
-refuses_example_secrets() {
-  local out="$work/render/refuse"
-  mkdir -p "$out"
+# render_refused TASK EXTRA-VARS...: rendering must fail in the app role's task TASK (an
+# assertion), and write no .env.
+render_refused() {
+  local task="$1" out="$work/render/refused" last
+  shift
+  rm -rf "$out" && mkdir -p "$out"
   cd "$scratch_ansible" || return 1
   if ansible-playbook -i inventory/production.yml --vault-password-file "$example_password" \
       -e ansible_connection=local -e "ansible_python_interpreter=$bin/python" \
-      -e "app_root=$out/app" -e "caddy_config_path=$out/Caddyfile" -e app_image_tag=0123456789ab \
-      "$root/infra/tests/render.yml"; then
-    echo "rendering with the example vault succeeded without app_allow_example_secrets"; return 1
+      -e "app_root=$out/app" -e "app_owner=$(id -un)" -e "app_group=$(id -gn)" \
+      -e app_image_tag=0123456789ab "$@" "$root/infra/tests/render.yml" > "$out/log" 2>&1; then
+    echo "rendering succeeded with $*"; return 1
   fi
-  [[ ! -e "$out/app/.env" ]]
+  last="$(grep -o 'TASK \[app : [^]]*\]' "$out/log" | tail -n 1)"
+  [[ "$last" == "TASK [app : $task]" ]] || { echo "with $*: failed in '$last', want '$task'"; cat "$out/log"; return 1; }
+  [[ ! -e "$out/app/.env" ]] || { echo ".env written with $*"; return 1; }
+}
+
+# Deploys refuse what would break or weaken the stack.
+refusals() {
+  local test='{"app_allow_example_secrets": true}'
+  render_refused "Refuse the example secrets" \
+    && render_refused "Check the secret values" -e "$test" -e '{"vault_openrouter_api_key": "sk-or-it\u0027s"}' \
+    && render_refused "Check the secret values" -e "$test" -e vault_redis_password=short \
+    && render_refused "Check the secret values" -e "$test" -e vault_backend_api_key=short \
+    && render_refused "Check the image tag" -e "$test" -e app_image_tag=latest
 }
 
 # The make targets expand to the intended commands (dry run; infra.mk alone).
@@ -220,7 +234,7 @@ for env in staging production; do
   step "$env compose: config, schema, production properties, .env" check_rendered "$env"
   step "$env Caddyfile: caddy validate, TLS site, basic_auth, headers" check_caddyfile "$env"
 done
-step "deploy refuses the example vault outside tests" refuses_example_secrets
+step "deploy refuses: example vault, quote in a secret, short keys, latest" refusals
 
 if ((failed > 0)); then
   printf 'failed: %s\n' "${failed_names[@]}"
