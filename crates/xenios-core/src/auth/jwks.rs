@@ -56,8 +56,8 @@ pub(crate) struct JwksCache {
     current: RwLock<Arc<KeySet>>,
     /// Held while a fetch runs: the single flight.
     refresh: tokio::sync::Mutex<Option<Instant>>,
-    /// Number of fetch attempts so far; a caller that waited for the lock compares it with
-    /// the value it saw before waiting to know whether a fetch happened in the meantime.
+    /// Number of finished fetch attempts; a caller that waited for the lock compares it with
+    /// the value it saw before waiting to know whether a fetch ended in the meantime.
     attempts: AtomicU64,
 }
 
@@ -140,8 +140,11 @@ impl JwksCache {
             return;
         }
         *last_attempt = Some(Instant::now());
+        let result = self.fetch().await;
+        // Counted when the attempt is over: a caller that arrived during it saw the old count
+        // and, once it gets the lock, knows not to fetch again.
         self.attempts.fetch_add(1, Ordering::AcqRel);
-        match self.fetch().await {
+        match result {
             Ok(keys) => {
                 tracing::debug!(url = %self.settings.url, keys = keys.len(), "JWKS refreshed");
                 self.store(KeySet {
