@@ -2,6 +2,9 @@
 //! RS256 with keys generated here and served by a local JWKS server), key rotation, JWKS
 //! caching rules, every hostile token, rate limits, body size limits, CORS and `/me`.
 
+// Test helpers outside `#[test]` functions (key generation, the fake JWKS) may panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};

@@ -133,6 +133,13 @@ pub async fn serve(
             xenios_core::config::DEV_API_KEY
         );
     }
+    if config.supabase.jwt_secret.is_none() && config.supabase.jwks_url().is_none() {
+        tracing::warn!(
+            "neither SUPABASE_JWT_SECRET nor SUPABASE_URL is set: every bearer token is refused"
+        );
+    } else if config.supabase.url.is_none() {
+        tracing::warn!("SUPABASE_URL is not set: the `iss` of user tokens is not checked");
+    }
     let backend = AiBackend::builder(config).build().await?;
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     tracing::info!(

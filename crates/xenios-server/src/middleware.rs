@@ -77,11 +77,11 @@ pub fn requires_api_key(path: &str) -> bool {
 
 /// A header's value as text; `Err` when it is present but not visible ASCII, so that a
 /// credential that was sent is never mistaken for a missing one.
-fn header_text<'a>(
-    req: &'a Request,
+fn header_text(
+    req: &Request,
     name: header::HeaderName,
     invalid: AuthError,
-) -> Result<Option<&'a str>, ApiError> {
+) -> Result<Option<&str>, ApiError> {
     match req.headers().get(name) {
         None => Ok(None),
         Some(v) => v.to_str().map(Some).map_err(|_| ApiError::from(invalid)),

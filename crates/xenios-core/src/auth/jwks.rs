@@ -113,10 +113,8 @@ impl JwksCache {
         let fresh = set
             .fetched_at
             .is_some_and(|t| t.elapsed() < self.settings.ttl);
-        if fresh {
-            if let Some(key) = set.keys.get(kid) {
-                return Ok(Arc::clone(key));
-            }
+        if fresh && let Some(key) = set.keys.get(kid) {
+            return Ok(Arc::clone(key));
         }
         self.refresh().await;
         // After a failed or rate-limited refresh this is still the last good set.
@@ -226,15 +224,15 @@ pub(crate) fn parse_jwks(body: &[u8]) -> Result<HashMap<String, Arc<JwksKey>>, S
 
 fn usable_key(jwk: &Jwk) -> Result<(String, JwksKey), &'static str> {
     let kid = jwk.common.key_id.clone().ok_or("no kid")?;
-    if let Some(usage) = &jwk.common.public_key_use {
-        if *usage != PublicKeyUse::Signature {
-            return Err("not a signature key");
-        }
+    if let Some(usage) = &jwk.common.public_key_use
+        && *usage != PublicKeyUse::Signature
+    {
+        return Err("not a signature key");
     }
-    if let Some(ops) = &jwk.common.key_operations {
-        if !ops.contains(&KeyOperations::Verify) {
-            return Err("key_ops lacks verify");
-        }
+    if let Some(ops) = &jwk.common.key_operations
+        && !ops.contains(&KeyOperations::Verify)
+    {
+        return Err("key_ops lacks verify");
     }
     let algorithm = match (&jwk.algorithm, jwk.common.key_algorithm) {
         (AlgorithmParameters::EllipticCurve(p), None | Some(KeyAlgorithm::ES256))
