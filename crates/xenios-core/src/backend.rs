@@ -7,7 +7,7 @@ use diesel_async::RunQueryDsl;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::auth::{ApiKeyVerifier, AuthError};
+use crate::auth::{self, ApiKeyVerifier, AuthError, JwtVerifier, Principal, RateLimiter};
 use crate::config::Config;
 use crate::db::audit::{AuditStatsSnapshot, AuditWriter};
 use crate::db::migrate::{self, Action};
@@ -38,6 +38,8 @@ struct Inner {
     http: reqwest::Client,
     api_keys: ApiKeyVerifier,
     audit: AuditWriter,
+    jwt: JwtVerifier,
+    rate_limiter: RateLimiter,
     started_at: Instant,
 }
 
@@ -139,6 +141,8 @@ impl AiBackend {
     ) -> AiBackend {
         let api_keys = ApiKeyVerifier::new(&config.api_key);
         let audit = AuditWriter::start(db.clone(), config.database.audit_queue_capacity);
+        let jwt = JwtVerifier::new(&config.supabase, http.clone());
+        let rate_limiter = RateLimiter::new(&config.server.rate_limit);
         AiBackend {
             inner: Arc::new(Inner {
                 config,
@@ -147,6 +151,8 @@ impl AiBackend {
                 http,
                 api_keys,
                 audit,
+                jwt,
+                rate_limiter,
                 started_at: Instant::now(),
             }),
         }
@@ -324,6 +330,36 @@ impl AiBackend {
     /// Checks an `X-API-Key` value in constant time.
     pub fn verify_api_key(&self, presented: Option<&str>) -> std::result::Result<(), AuthError> {
         self.inner.api_keys.verify(presented)
+    }
+
+    /// Verifies a Supabase access token (without the `Bearer ` prefix): HS256 against
+    /// `SUPABASE_JWT_SECRET`, ES256/RS256 against the project's JWKS.
+    pub async fn verify_bearer(&self, token: &str) -> std::result::Result<Principal, AuthError> {
+        self.inner.jwt.verify(token).await
+    }
+
+    /// Authenticates a call from its raw `X-API-Key` and `Authorization` header values.
+    ///
+    /// The API key is always required. Without an `Authorization` header the caller is
+    /// [`Principal::Service`] (backend to backend); with one, it must be a valid
+    /// `Bearer <Supabase JWT>` and the caller is that user: a token that is present but
+    /// invalid is refused, never ignored.
+    pub async fn authenticate(
+        &self,
+        api_key: Option<&str>,
+        authorization: Option<&str>,
+    ) -> std::result::Result<Principal, AuthError> {
+        self.verify_api_key(api_key)?;
+        match authorization {
+            None => Ok(Principal::Service),
+            Some(header) => self.verify_bearer(auth::bearer_token(header)?).await,
+        }
+    }
+
+    /// Counts one request against the caller's rate limit (`RATE_LIMIT_PER_MINUTE`,
+    /// `RATE_LIMIT_BURST`); [`Error::RateLimited`] with the wait when over it.
+    pub fn check_rate_limit(&self, principal: &Principal) -> Result<()> {
+        self.inner.rate_limiter.check(principal)
     }
 
     /// Probes Postgres and Redis concurrently, each within `READY_TIMEOUT_MS`.

@@ -122,6 +122,44 @@ pub struct SupabaseConfig {
     pub jwt_secret: Option<SecretString>,
     /// `SUPABASE_JWKS_URL`: overrides `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`.
     pub jwks_url: Option<String>,
+    /// `SUPABASE_JWKS_CACHE_TTL_SECS`: how long a fetched key set is trusted before it is
+    /// fetched again (default and maximum 600: Supabase's own edge caches it 10 minutes).
+    pub jwks_cache_ttl: Duration,
+    /// `SUPABASE_JWKS_MIN_REFRESH_MS`: least time between two fetches of the key set, so a
+    /// flood of tokens with unknown `kid`s cannot turn into a flood of fetches (default 30000).
+    pub jwks_min_refresh_interval: Duration,
+    /// `SUPABASE_JWKS_TIMEOUT_MS`: deadline of one key-set fetch (default 5000).
+    pub jwks_timeout: Duration,
+}
+
+impl SupabaseConfig {
+    /// The expected `iss` of user tokens, `<SUPABASE_URL>/auth/v1`, when the URL is known.
+    pub fn issuer(&self) -> Option<String> {
+        self.url.as_ref().map(|u| format!("{u}/auth/v1"))
+    }
+
+    /// Where the project's public signing keys are: `SUPABASE_JWKS_URL`, or
+    /// `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`, or none (HS256 only).
+    pub fn jwks_url(&self) -> Option<String> {
+        self.jwks_url.clone().or_else(|| {
+            self.issuer()
+                .map(|iss| format!("{iss}/.well-known/jwks.json"))
+        })
+    }
+}
+
+/// Largest accepted `SUPABASE_JWKS_CACHE_TTL_SECS`.
+pub const MAX_JWKS_CACHE_TTL: Duration = Duration::from_secs(600);
+
+/// Per-caller rate limits (a signed-in user, or the service for API-key-only calls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// `RATE_LIMIT_PER_MINUTE`: sustained requests per minute per caller (default 300;
+    /// 0 turns rate limiting off).
+    pub per_minute: u32,
+    /// `RATE_LIMIT_BURST`: requests a caller may send at once before the per-minute rate
+    /// applies (default 60).
+    pub burst: u32,
 }
 
 /// OpenRouter settings.
@@ -149,6 +187,8 @@ pub struct ServerConfig {
     pub ready_timeout: Duration,
     /// `MAX_BODY_BYTES`: largest accepted request body (default 1 MiB).
     pub max_body_bytes: usize,
+    /// Per-caller rate limits of the authenticated API.
+    pub rate_limit: RateLimitConfig,
 }
 
 /// The whole configuration of the backend.
@@ -338,7 +378,23 @@ impl Config {
                 .map(|u| u.trim_end_matches('/').to_owned()),
             jwt_secret: r.secret("SUPABASE_JWT_SECRET"),
             jwks_url: r.get("SUPABASE_JWKS_URL"),
+            jwks_cache_ttl: Duration::from_secs(r.parse("SUPABASE_JWKS_CACHE_TTL_SECS", 600u64)),
+            jwks_min_refresh_interval: Duration::from_millis(
+                r.parse("SUPABASE_JWKS_MIN_REFRESH_MS", 30_000u64),
+            ),
+            jwks_timeout: Duration::from_millis(r.parse("SUPABASE_JWKS_TIMEOUT_MS", 5000u64)),
         };
+        if supabase.jwks_cache_ttl > MAX_JWKS_CACHE_TTL {
+            r.problems.push(format!(
+                "SUPABASE_JWKS_CACHE_TTL_SECS: at most {} (Supabase rotates keys behind a \
+                 10-minute cache)",
+                MAX_JWKS_CACHE_TTL.as_secs()
+            ));
+        }
+        if supabase.jwks_timeout.is_zero() {
+            r.problems
+                .push("SUPABASE_JWKS_TIMEOUT_MS: must be greater than 0".to_owned());
+        }
         for (name, value) in [
             ("SUPABASE_URL", &supabase.url),
             ("SUPABASE_JWKS_URL", &supabase.jwks_url),
@@ -433,7 +489,17 @@ impl Config {
             shutdown_timeout: Duration::from_secs(r.parse("SHUTDOWN_TIMEOUT_SECS", 25u64)),
             ready_timeout: Duration::from_millis(r.parse("READY_TIMEOUT_MS", 1000u64)),
             max_body_bytes: r.parse("MAX_BODY_BYTES", 1024 * 1024usize),
+            rate_limit: RateLimitConfig {
+                per_minute: r.parse("RATE_LIMIT_PER_MINUTE", 300u32),
+                burst: r.parse("RATE_LIMIT_BURST", 60u32),
+            },
         };
+        if server.rate_limit.per_minute > 0 && server.rate_limit.burst == 0 {
+            r.problems.push(
+                "RATE_LIMIT_BURST: must be at least 1 while RATE_LIMIT_PER_MINUTE is set"
+                    .to_owned(),
+            );
+        }
         let database = DatabaseConfig {
             url: database_url,
             pool_size: r.parse("DATABASE_POOL_SIZE", 10u32).max(1),
@@ -562,6 +628,54 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} not named in: {text}");
         }
+    }
+
+    #[test]
+    fn supabase_issuer_and_jwks_url_derive_from_the_project_url() {
+        let c = Config::from_map(&vars(&[("SUPABASE_URL", "https://abc.supabase.co/")])).unwrap();
+        assert_eq!(
+            c.supabase.issuer().as_deref(),
+            Some("https://abc.supabase.co/auth/v1")
+        );
+        assert_eq!(
+            c.supabase.jwks_url().as_deref(),
+            Some("https://abc.supabase.co/auth/v1/.well-known/jwks.json")
+        );
+        assert_eq!(c.supabase.jwks_cache_ttl, Duration::from_secs(600));
+        let c = Config::from_map(&vars(&[
+            ("SUPABASE_URL", "https://abc.supabase.co"),
+            ("SUPABASE_JWKS_URL", "http://127.0.0.1:9/jwks"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.supabase.jwks_url().as_deref(),
+            Some("http://127.0.0.1:9/jwks")
+        );
+        assert!(
+            Config::from_map(&vars(&[]))
+                .unwrap()
+                .supabase
+                .jwks_url()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn jwks_cache_ttl_and_rate_limits_are_bounded() {
+        let err = Config::from_map(&vars(&[
+            ("SUPABASE_JWKS_CACHE_TTL_SECS", "601"),
+            ("RATE_LIMIT_BURST", "0"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("SUPABASE_JWKS_CACHE_TTL_SECS"), "{text}");
+        assert!(text.contains("RATE_LIMIT_BURST"), "{text}");
+        let c = Config::from_map(&vars(&[
+            ("RATE_LIMIT_PER_MINUTE", "0"),
+            ("RATE_LIMIT_BURST", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(c.server.rate_limit.per_minute, 0);
     }
 
     #[test]

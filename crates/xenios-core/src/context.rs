@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal, UserContext};
 
 /// Longest correlation ID accepted from a caller.
 pub const MAX_CORRELATION_ID_LEN: usize = 128;
@@ -91,6 +91,17 @@ impl RequestContext {
     /// The user ID, when the caller is a signed-in user.
     pub fn user_id(&self) -> Option<&str> {
         self.principal.user_id()
+    }
+
+    /// The signed-in user, or [`AuthError::MissingToken`] (401) for service and system calls.
+    pub fn require_user(&self) -> Result<&UserContext, AuthError> {
+        self.principal.require_user()
+    }
+
+    /// The signed-in, non-anonymous user: 401 without one, [`AuthError::Forbidden`] (403)
+    /// for an anonymous sign-in.
+    pub fn require_registered_user(&self) -> Result<&UserContext, AuthError> {
+        self.principal.require_registered_user()
     }
 }
 

@@ -5,7 +5,9 @@
 //! ## Layout
 //! - [`api`]: the routes, one `#[OpenApi]` impl per area; doc comments become the OpenAPI
 //!   descriptions served at `/openapi.json` and `/docs`.
-//! - [`middleware`]: correlation IDs, access log, API keys.
+//! - [`middleware`]: correlation IDs, access log, body size limit, authentication (API key
+//!   and Supabase bearer token) and rate limits.
+//! - [`api::security`]: how handlers get the authenticated caller ([`api::security::Caller`]).
 //! - [`error`]: the one place that turns errors into `{"error": {...}}` responses.
 //!
 //! [`serve`] is what `main` calls; [`run`] takes a bound listener so tests can use port 0.
@@ -26,10 +28,11 @@ use poem_openapi::OpenApiService;
 use xenios_core::{AiBackend, Config};
 
 use crate::api::health::HealthApi;
+use crate::api::me::MeApi;
 use crate::api::status::StatusApi;
 
 /// Builds the OpenAPI service (routes plus their document).
-pub fn openapi(backend: &AiBackend) -> OpenApiService<(HealthApi, StatusApi), ()> {
+pub fn openapi(backend: &AiBackend) -> OpenApiService<(HealthApi, StatusApi, MeApi), ()> {
     OpenApiService::new(
         (
             HealthApi {
@@ -38,6 +41,7 @@ pub fn openapi(backend: &AiBackend) -> OpenApiService<(HealthApi, StatusApi), ()
             StatusApi {
                 backend: backend.clone(),
             },
+            MeApi,
         ),
         "Xenios AI Backend",
         xenios_core::backend::VERSION,
@@ -51,12 +55,18 @@ pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let cors = cors(backend.config());
-    let key_backend = backend.clone();
+    let auth_backend = backend.clone();
+    let max_body = backend.config().server.max_body_bytes;
+    // Outermost first: correlation ID and access log, CORS (answers preflights before any
+    // auth, and decorates error bodies too), JSON error bodies, body size limit, then
+    // authentication and rate limits.
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
         .nest("/docs", docs)
-        .around(move |ep, req| middleware::api_key(key_backend.clone(), ep, req))
+        .around(move |ep, req| middleware::authenticate(auth_backend.clone(), ep, req))
+        .around(move |ep, req| middleware::body_limit(max_body, ep, req))
+        .around(middleware::error_bodies)
         .with(cors)
         .around(middleware::correlation)
 }
@@ -128,6 +138,13 @@ pub async fn serve(
             "XENIOS_BACKEND_API_KEY is not set: development accepts the key `{}`",
             xenios_core::config::DEV_API_KEY
         );
+    }
+    if config.supabase.jwt_secret.is_none() && config.supabase.jwks_url().is_none() {
+        tracing::warn!(
+            "neither SUPABASE_JWT_SECRET nor SUPABASE_URL is set: every bearer token is refused"
+        );
+    } else if config.supabase.url.is_none() {
+        tracing::warn!("SUPABASE_URL is not set: the `iss` of user tokens is not checked");
     }
     let backend = AiBackend::builder(config).build().await?;
     if backend.config().database.run_migrations {

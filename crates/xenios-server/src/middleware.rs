@@ -1,11 +1,14 @@
-//! Request middleware: correlation IDs, access logs, error bodies, API keys.
+//! Request middleware: correlation IDs, access logs, error bodies, body size limit,
+//! authentication and rate limits.
 
 use std::time::Instant;
 
-use poem::http::HeaderValue;
+use poem::error::ReadBodyError;
+use poem::http::{HeaderValue, StatusCode, Version, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use tracing::Instrument;
-use xenios_core::{AiBackend, CorrelationId};
+use xenios_core::auth::AuthError;
+use xenios_core::{AiBackend, CorrelationId, RequestContext};
 
 use crate::error::{self, ApiError};
 
@@ -13,8 +16,9 @@ use crate::error::{self, ApiError};
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Gives every request a correlation ID (the caller's `X-Request-ID` or `X-Correlation-ID`
-/// when sane, a new UUID otherwise), runs it inside a tracing span carrying that ID, turns
-/// errors into JSON bodies, and echoes the ID in `X-Request-ID`.
+/// when sane, a new UUID otherwise), runs it inside a tracing span carrying that ID (and the
+/// user ID once authenticated), turns errors into JSON bodies, and echoes the ID in
+/// `X-Request-ID`.
 pub async fn correlation<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
     let id = CorrelationId::from_candidates([
         req.header(REQUEST_ID_HEADER),
@@ -23,7 +27,13 @@ pub async fn correlation<E: Endpoint>(next: E, mut req: Request) -> poem::Result
     req.extensions_mut().insert(id.clone());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let span = tracing::info_span!("request", correlation_id = %id, %method, %path);
+    let span = tracing::info_span!(
+        "request",
+        correlation_id = %id,
+        %method,
+        %path,
+        user_id = tracing::field::Empty
+    );
     let started = Instant::now();
     let result = next.call(req).instrument(span.clone()).await;
     let mut resp = match result {
@@ -45,21 +55,128 @@ pub async fn correlation<E: Endpoint>(next: E, mut req: Request) -> poem::Result
     Ok(resp)
 }
 
+/// Turns errors into the JSON error response inside the CORS layer, so that 401, 413 and
+/// 429 answers carry the CORS headers too and a browser can read them. ([`correlation`]
+/// still converts whatever errors arise outside this layer.)
+pub async fn error_bodies<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let id = req
+        .extensions()
+        .get::<CorrelationId>()
+        .cloned()
+        .unwrap_or_else(CorrelationId::generate);
+    Ok(match next.call(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => error::into_response(e, &id),
+    })
+}
+
 /// Whether a path is part of the authenticated API.
 pub fn requires_api_key(path: &str) -> bool {
     path.starts_with("/api/") || path.starts_with("/v1/")
 }
 
-/// Refuses `/api/*` and `/v1/*` requests without the right `X-API-Key`.
-pub async fn api_key<E: Endpoint>(
+/// A header's value as text; `Err` when it is present but not visible ASCII, so that a
+/// credential that was sent is never mistaken for a missing one.
+fn header_text(
+    req: &Request,
+    name: header::HeaderName,
+    invalid: AuthError,
+) -> Result<Option<&str>, ApiError> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v.to_str().map(Some).map_err(|_| ApiError::from(invalid)),
+    }
+}
+
+/// On `/api/*` and `/v1/*`: checks `X-API-Key` and the optional `Authorization: Bearer`
+/// token, applies the caller's rate limit, and puts the [`RequestContext`] (correlation ID and
+/// principal) into the request's extensions for handlers (see [`crate::api::security`]).
+pub async fn authenticate<E: Endpoint>(
     backend: AiBackend,
     next: E,
-    req: Request,
+    mut req: Request,
 ) -> poem::Result<Response> {
     if requires_api_key(req.uri().path()) {
+        let api_key = header_text(
+            &req,
+            header::HeaderName::from_static("x-api-key"),
+            AuthError::InvalidApiKey,
+        )?;
+        let authorization = header_text(
+            &req,
+            header::AUTHORIZATION,
+            AuthError::InvalidToken {
+                detail: "Authorization is not ASCII".to_owned(),
+            },
+        )?;
+        let principal = match backend.authenticate(api_key, authorization).await {
+            Ok(p) => p,
+            Err(e) => {
+                if let AuthError::InvalidToken { detail } = &e {
+                    tracing::info!(reason = %detail, "bearer token refused");
+                }
+                return Err(ApiError::from(e).into());
+            }
+        };
+        if let Some(user_id) = principal.user_id() {
+            tracing::Span::current().record("user_id", user_id);
+        }
         backend
-            .verify_api_key(req.header("x-api-key"))
+            .check_rate_limit(&principal)
             .map_err(ApiError::from)?;
+        let correlation_id = req
+            .extensions()
+            .get::<CorrelationId>()
+            .cloned()
+            .unwrap_or_else(CorrelationId::generate);
+        req.extensions_mut()
+            .insert(RequestContext::new(correlation_id, principal));
+    }
+    next.call(req).await.map(IntoResponse::into_response)
+}
+
+fn payload_too_large(max: usize) -> poem::Error {
+    poem::Error::from_string(
+        format!("request body larger than {max} bytes"),
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+}
+
+/// Refuses request bodies larger than `max` bytes with 413 (`MAX_BODY_BYTES`).
+///
+/// poem's own `SizeLimit` answers 411 to every request without `Content-Length`, including
+/// bodyless GETs, so this one checks `Content-Length` when there is one and otherwise (a
+/// chunked HTTP/1.1 body, or HTTP/2 without a length) reads at most `max` bytes before
+/// handing the buffered body on.
+pub async fn body_limit<E: Endpoint>(
+    max: usize,
+    next: E,
+    mut req: Request,
+) -> poem::Result<Response> {
+    match req.headers().get(header::CONTENT_LENGTH) {
+        Some(len) => {
+            // hyper has already refused a malformed Content-Length.
+            let len = len
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(u64::MAX);
+            if len > max as u64 {
+                return Err(payload_too_large(max));
+            }
+        }
+        None => {
+            let streamed = req.headers().contains_key(header::TRANSFER_ENCODING)
+                || req.version() >= Version::HTTP_2;
+            if streamed {
+                let body = req.take_body();
+                let bytes = body.into_bytes_limit(max).await.map_err(|e| match e {
+                    ReadBodyError::PayloadTooLarge => payload_too_large(max),
+                    other => other.into(),
+                })?;
+                req.set_body(bytes);
+            }
+        }
     }
     next.call(req).await.map(IntoResponse::into_response)
 }

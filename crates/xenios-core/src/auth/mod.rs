@@ -1,8 +1,20 @@
-//! Authentication without HTTP types: API keys and (later) Supabase JWTs.
+//! Authentication without HTTP types: API keys, Supabase JWTs, per-caller rate limits.
 //!
-//! Transports extract the raw header values and call [`ApiKeyVerifier::verify`]; the result
-//! is a typed [`Principal`] or a typed [`AuthError`] whose message never says more than
-//! "missing" or "invalid".
+//! Transports extract the raw header values and call [`crate::AiBackend::authenticate`]
+//! (API key, then the optional bearer token); the result is a typed [`Principal`] or a typed
+//! [`AuthError`] whose message never says more than "missing" or "invalid" (the reason is in
+//! [`AuthError::InvalidToken`]'s `detail`, for logs only).
+//!
+//! - [`ApiKeyVerifier`]: `X-API-Key`, compared in constant time.
+//! - [`JwtVerifier`]: Supabase access tokens, HS256 and ES256/RS256 from the JWKS.
+//! - [`RateLimiter`]: requests per minute per user (or for the service).
+
+mod jwks;
+mod jwt;
+mod rate_limit;
+
+pub use jwt::{AUDIENCE, JwtVerifier, LEEWAY_SECS, MAX_TOKEN_LEN};
+pub use rate_limit::RateLimiter;
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -46,6 +58,47 @@ impl Principal {
             _ => None,
         }
     }
+
+    /// The user, or [`AuthError::MissingToken`] when the caller is not a signed-in user
+    /// (a service call without a bearer token, or the system).
+    pub fn require_user(&self) -> Result<&UserContext, AuthError> {
+        match self {
+            Principal::User(u) => Ok(u),
+            _ => Err(AuthError::MissingToken),
+        }
+    }
+
+    /// Like [`require_user`](Self::require_user), and [`AuthError::Forbidden`] for an
+    /// anonymous sign-in.
+    pub fn require_registered_user(&self) -> Result<&UserContext, AuthError> {
+        let user = self.require_user()?;
+        if user.is_anonymous {
+            return Err(AuthError::Forbidden(
+                "this needs a registered (non-anonymous) user".to_owned(),
+            ));
+        }
+        Ok(user)
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value (scheme case-insensitive).
+/// Any other scheme, or an empty token, is [`AuthError::InvalidToken`]: a credential that was
+/// sent but cannot be used is refused, never ignored.
+pub fn bearer_token(authorization: &str) -> Result<&str, AuthError> {
+    let (scheme, token) =
+        authorization
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| AuthError::InvalidToken {
+                detail: "Authorization is not `Bearer <token>`".to_owned(),
+            })?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(AuthError::InvalidToken {
+            detail: "Authorization is not `Bearer <token>`".to_owned(),
+        });
+    }
+    Ok(token)
 }
 
 /// Why a caller was refused.
@@ -143,5 +196,45 @@ mod tests {
         assert_eq!(v.verify(Some("wrong-key")), Err(AuthError::InvalidApiKey));
         assert_eq!(v.verify(Some("right-ke")), Err(AuthError::InvalidApiKey));
         assert_eq!(v.verify(Some("right-key")), Ok(()));
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer_token("Bearer abc"), Ok("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Ok("abc"));
+        for bad in ["", "Bearer", "Bearer ", "Basic abc", "abc", "Token abc"] {
+            assert!(
+                matches!(bearer_token(bad), Err(AuthError::InvalidToken { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn user_requirements() {
+        let mut user = UserContext {
+            user_id: "u".into(),
+            role: "authenticated".into(),
+            email: None,
+            session_id: None,
+            aal: None,
+            is_anonymous: false,
+        };
+        assert!(
+            Principal::User(user.clone())
+                .require_registered_user()
+                .is_ok()
+        );
+        user.is_anonymous = true;
+        let anon = Principal::User(user);
+        assert!(anon.require_user().is_ok());
+        assert_eq!(
+            anon.require_registered_user().unwrap_err().kind(),
+            ErrorKind::Forbidden
+        );
+        assert_eq!(
+            Principal::Service.require_user(),
+            Err(AuthError::MissingToken)
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! HTTP routes. Each maps onto one [`xenios_core::AiBackend`] call.
 
 pub mod health;
+pub mod me;
+pub mod security;
 pub mod status;
 
 use poem_openapi::Tags;
@@ -12,4 +14,6 @@ pub enum ApiTags {
     Health,
     /// Service information.
     Status,
+    /// The caller's identity.
+    Auth,
 }

@@ -6,6 +6,7 @@ use xenios_core::AiBackend;
 
 use super::ApiTags;
 use super::health::ComponentBody;
+use super::security::Caller;
 
 /// Status routes.
 #[derive(Debug)]
@@ -37,7 +38,7 @@ pub struct StatusBody {
 impl StatusApi {
     /// Service name, version, git commit, environment, uptime and component status.
     #[oai(path = "/status", method = "get")]
-    async fn status(&self) -> Json<StatusBody> {
+    async fn status(&self, _caller: Caller) -> Json<StatusBody> {
         let s = self.backend.status().await;
         Json(StatusBody {
             service: s.service.to_owned(),

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Load figure of issue 3: requests/s of an authenticated `GET /api/v1/me` (X-API-Key plus an
+# HS256 Supabase bearer token, so every request verifies a JWT and passes the rate limiter)
+# against a release build, with wrk, on 127.0.0.1 only. Starts Postgres/Redis if needed,
+# starts the server on BENCH_PORT, runs wrk for a bounded time, prints the figures and stops
+# the server (also on failure or Ctrl-C).
+#
+#   scripts/bench-me.sh                 # 15 s, 64 connections, 2 wrk threads
+#   DURATION=30 CONNECTIONS=128 scripts/bench-me.sh
+#   LOG_LEVEL=warn scripts/bench-me.sh  # without the per-request access log line
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/toolchain.sh
+
+DURATION=${DURATION:-15}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+BENCH_PORT=${BENCH_PORT:-18431}
+API_KEY=bench-api-key-0123456789abcdef
+JWT_SECRET=bench-jwt-secret-with-at-least-32-characters
+ISSUER_BASE=http://127.0.0.1:9   # only used as the expected `iss`; HS256 needs no JWKS fetch
+
+if ! command -v wrk >/dev/null; then
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+scripts/services.sh --dev-db >/dev/null
+cargo build --release --bin xenios-server
+
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+now=$(date +%s)
+header=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
+payload=$(printf '{"iss":"%s/auth/v1","aud":"authenticated","sub":"8d3f0c9e-1f0b-4c4e-9a59-0c1d2e3f4a5b","exp":%d,"iat":%d,"role":"authenticated","email":"coach@example.com","session_id":"0f6b9f8e-7a2c-4d0e-8b1a-2c3d4e5f6a7b","aal":"aal1","is_anonymous":false}' \
+  "$ISSUER_BASE" $((now + 3600)) "$now" | b64url)
+signature=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -hmac "$JWT_SECRET" -binary | b64url)
+TOKEN="$header.$payload.$signature"
+
+log=$(mktemp -t xenios-bench-XXXXXX.log)
+ENVIRONMENT=development HOST=127.0.0.1 PORT=$BENCH_PORT \
+  XENIOS_BACKEND_API_KEY=$API_KEY SUPABASE_URL=$ISSUER_BASE SUPABASE_JWT_SECRET=$JWT_SECRET \
+  RATE_LIMIT_PER_MINUTE=1000000000 RATE_LIMIT_BURST=100000000 \
+  LOG_LEVEL=${LOG_LEVEL:-info} LOG_FORMAT=${LOG_FORMAT:-json} \
+  DATABASE_URL=${DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/xenios} \
+  target/release/xenios-server >"$log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -f "$log"' EXIT
+
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$BENCH_PORT/health" >/dev/null 2>&1 && break
+  kill -0 "$server" 2>/dev/null || { cat "$log"; exit 1; }
+  sleep 0.1
+done
+url="http://127.0.0.1:$BENCH_PORT/api/v1/me"
+check=$(curl -sS -H "X-API-Key: $API_KEY" -H "Authorization: Bearer $TOKEN" "$url")
+echo "GET /api/v1/me -> $check"
+case $check in *'"principal":"user"'*) ;; *) echo "the token was not accepted"; exit 1;; esac
+
+echo "wrk: ${DURATION}s, $CONNECTIONS connections, $THREADS threads, LOG_LEVEL=${LOG_LEVEL:-info}"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+  -H "X-API-Key: $API_KEY" -H "Authorization: Bearer $TOKEN" "$url"
+echo "server RSS after the run: $(ps -o rss= -p "$server" | awk '{printf "%.1f MB", $1/1024}')"
