@@ -26,16 +26,26 @@ use poem_openapi::OpenApiService;
 use xenios_core::{AiBackend, Config};
 
 use crate::api::health::HealthApi;
+use crate::api::llm::LlmApi;
+use crate::api::openai::OpenAiApi;
 use crate::api::status::StatusApi;
 
 /// Builds the OpenAPI service (routes plus their document).
-pub fn openapi(backend: &AiBackend) -> OpenApiService<(HealthApi, StatusApi), ()> {
+pub fn openapi(
+    backend: &AiBackend,
+) -> OpenApiService<(HealthApi, StatusApi, LlmApi, OpenAiApi), ()> {
     OpenApiService::new(
         (
             HealthApi {
                 backend: backend.clone(),
             },
             StatusApi {
+                backend: backend.clone(),
+            },
+            LlmApi {
+                backend: backend.clone(),
+            },
+            OpenAiApi {
                 backend: backend.clone(),
             },
         ),

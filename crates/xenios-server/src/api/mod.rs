@@ -1,6 +1,8 @@
 //! HTTP routes. Each maps onto one [`xenios_core::AiBackend`] call.
 
 pub mod health;
+pub mod llm;
+pub mod openai;
 pub mod status;
 
 use poem_openapi::Tags;
@@ -12,4 +14,6 @@ pub enum ApiTags {
     Health,
     /// Service information.
     Status,
+    /// LLM calls routed by task, native and OpenAI-compatible.
+    Llm,
 }
