@@ -27,6 +27,26 @@ enum Command {
         #[arg(long, conflicts_with = "revert_last")]
         pending: bool,
     },
+    /// Run one LLM completion along a task's route and print it.
+    Complete(LlmArgs),
+    /// Stream one LLM completion, printing tokens as they arrive.
+    Stream(LlmArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LlmArgs {
+    /// Task: session_summary, insight_generation, chat, intent_classification,
+    /// entity_extraction.
+    #[arg(long, default_value = "chat")]
+    task: String,
+    /// Use this model (or comma-separated models) instead of the task's route.
+    #[arg(long)]
+    model: Option<String>,
+    /// Optional system prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// The user prompt.
+    prompt: String,
 }
 
 #[tokio::main]
@@ -48,6 +68,8 @@ async fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Complete(args) => llm(&backend, args, false).await,
+        Command::Stream(args) => llm(&backend, args, true).await,
         Command::Health => {
             let r = backend.readiness().await;
             for c in &r.components {
@@ -110,4 +132,86 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+async fn llm(backend: &xenios_core::AiBackend, args: LlmArgs, stream: bool) -> ExitCode {
+    use std::io::Write;
+
+    use futures::StreamExt;
+    use xenios_core::llm::{CompletionRequest, Message, StreamEvent, Task};
+
+    let task: Task = match args.task.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("xenios-cli: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut messages = Vec::new();
+    if let Some(system) = args.system {
+        messages.push(Message::system(system));
+    }
+    messages.push(Message::user(args.prompt));
+    let mut req = CompletionRequest::new(task, messages);
+    req.models = args
+        .model
+        .map(|m| m.split(',').map(|s| s.trim().to_owned()).collect());
+    let ctx = xenios_core::RequestContext::system();
+    let code = if stream {
+        match backend.stream(&ctx, req).await {
+            Err(e) => {
+                eprintln!("xenios-cli: {e}");
+                ExitCode::FAILURE
+            }
+            Ok(mut events) => {
+                let mut code = ExitCode::SUCCESS;
+                let mut out = std::io::stdout();
+                while let Some(event) = events.next().await {
+                    match event {
+                        StreamEvent::Delta { content } => {
+                            let _ = write!(out, "{content}");
+                            let _ = out.flush();
+                        }
+                        StreamEvent::Done(s) => {
+                            let _ = writeln!(out);
+                            eprintln!(
+                                "[model {}{}, {} tokens, {} ms]",
+                                s.model_used,
+                                if s.fallback_used { " (fallback)" } else { "" },
+                                s.usage.total_tokens,
+                                s.latency_ms
+                            );
+                        }
+                        StreamEvent::Error { message, .. } => {
+                            let _ = writeln!(out);
+                            eprintln!("xenios-cli: stream failed: {message}");
+                            code = ExitCode::FAILURE;
+                        }
+                    }
+                }
+                code
+            }
+        }
+    } else {
+        match backend.complete(&ctx, req).await {
+            Ok(c) => {
+                println!("{}", c.content);
+                eprintln!(
+                    "[model {}{}, {} tokens, {} ms]",
+                    c.model_used,
+                    if c.fallback_used { " (fallback)" } else { "" },
+                    c.usage.total_tokens,
+                    c.latency_ms
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xenios-cli: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    };
+    // The audit row is best effort here: do not hang when Postgres is down.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), backend.flush_audit()).await;
+    code
 }

@@ -9,12 +9,16 @@ use serde::Serialize;
 
 use crate::auth::{self, ApiKeyVerifier, AuthError, JwtVerifier, Principal, RateLimiter};
 use crate::config::Config;
+use crate::context::RequestContext;
 use crate::db::audit::{AuditStatsSnapshot, AuditWriter};
 use crate::db::migrate::{self, Action};
 use crate::db::models::{ExtractionCacheEntry, InferenceLog, JobRecord, Profile};
 use crate::db::{self, PgPool, pool_error, query_error};
 use crate::error::{Error, Result};
 use crate::health::{self, ComponentHealth, Readiness};
+use crate::llm::{
+    Completion, CompletionRequest, FakeProvider, Llm, LlmStream, OpenRouterProvider, Provider,
+};
 use crate::redis::{self as xredis, RedisPool};
 
 /// Name reported by `/api/v1/status`.
@@ -40,6 +44,7 @@ struct Inner {
     audit: AuditWriter,
     jwt: JwtVerifier,
     rate_limiter: RateLimiter,
+    llm: Llm,
     started_at: Instant,
 }
 
@@ -50,6 +55,7 @@ pub struct AiBackendBuilder {
     db: Option<PgPool>,
     redis: Option<RedisPool>,
     http: Option<reqwest::Client>,
+    llm_provider: Option<Arc<dyn Provider>>,
 }
 
 impl AiBackendBuilder {
@@ -71,6 +77,12 @@ impl AiBackendBuilder {
         self
     }
 
+    /// Uses this LLM provider instead of OpenRouter (or the fake without a key).
+    pub fn llm_provider(mut self, provider: Arc<dyn Provider>) -> Self {
+        self.llm_provider = Some(provider);
+        self
+    }
+
     /// Builds the backend. Pools are lazy: this does not wait for Postgres or Redis, so the
     /// process can start (and report itself not ready) while they are down.
     pub async fn build(self) -> Result<AiBackend> {
@@ -84,17 +96,28 @@ impl AiBackendBuilder {
         };
         let http = match self.http {
             Some(c) => c,
-            None => default_http_client()?,
+            None => upstream_http_client(self.config.llm.connect_timeout)?,
         };
-        Ok(AiBackend::from_parts(self.config, db, redis, http))
+        Ok(AiBackend::assemble(
+            self.config,
+            db,
+            redis,
+            http,
+            self.llm_provider,
+        ))
     }
 }
 
 /// The HTTP client used for upstream calls: pooled connections, HTTP/2 where offered.
 pub fn default_http_client() -> Result<reqwest::Client> {
+    upstream_http_client(Duration::from_secs(10))
+}
+
+/// [`default_http_client`] with the given connect timeout (`LLM_CONNECT_TIMEOUT_MS`).
+pub fn upstream_http_client(connect_timeout: Duration) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("xenios-ai-backend/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
         .build()
@@ -128,6 +151,7 @@ impl AiBackend {
             db: None,
             redis: None,
             http: None,
+            llm_provider: None,
         }
     }
 
@@ -139,10 +163,35 @@ impl AiBackend {
         redis: RedisPool,
         http: reqwest::Client,
     ) -> AiBackend {
+        Self::assemble(config, db, redis, http, None)
+    }
+
+    fn assemble(
+        config: Config,
+        db: PgPool,
+        redis: RedisPool,
+        http: reqwest::Client,
+        llm_provider: Option<Arc<dyn Provider>>,
+    ) -> AiBackend {
         let api_keys = ApiKeyVerifier::new(&config.api_key);
         let audit = AuditWriter::start(db.clone(), config.database.audit_queue_capacity);
         let jwt = JwtVerifier::new(&config.supabase, http.clone());
         let rate_limiter = RateLimiter::new(&config.server.rate_limit);
+        let provider: Arc<dyn Provider> = match (llm_provider, &config.openrouter.api_key) {
+            (Some(p), _) => p,
+            (None, Some(key)) => Arc::new(OpenRouterProvider::new(
+                http.clone(),
+                &config.openrouter.base_url,
+                key.clone(),
+            )),
+            (None, None) => Arc::new(FakeProvider),
+        };
+        let llm = Llm::new(
+            provider,
+            config.llm.clone(),
+            audit.clone(),
+            config.database.audit_store_payloads,
+        );
         AiBackend {
             inner: Arc::new(Inner {
                 config,
@@ -153,6 +202,7 @@ impl AiBackend {
                 audit,
                 jwt,
                 rate_limiter,
+                llm,
                 started_at: Instant::now(),
             }),
         }
@@ -181,6 +231,28 @@ impl AiBackend {
     /// The background writer of audit rows (inference logs, job state changes).
     pub fn audit(&self) -> &AuditWriter {
         &self.inner.audit
+    }
+
+    /// The LLM engine: routing table, provider, counters.
+    pub fn llm(&self) -> &Llm {
+        &self.inner.llm
+    }
+
+    /// One LLM completion along the request's task route, with retries and fallback; writes
+    /// an `inference_logs` row and sends the correlation ID upstream.
+    pub async fn complete(
+        &self,
+        ctx: &RequestContext,
+        req: CompletionRequest,
+    ) -> Result<Completion> {
+        self.inner.llm.complete(ctx, req).await
+    }
+
+    /// A streamed LLM completion (see [`Llm::stream`]): resolves at the first token, fails
+    /// like [`AiBackend::complete`] when no model produced one; dropping the stream cancels
+    /// the upstream request.
+    pub async fn stream(&self, ctx: &RequestContext, req: CompletionRequest) -> Result<LlmStream> {
+        self.inner.llm.stream(ctx, req).await
     }
 
     /// Counters of the audit writer.

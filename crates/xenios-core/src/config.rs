@@ -217,6 +217,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `SENTRY_DSN` (optional).
     pub sentry_dsn: Option<SecretString>,
+    /// LLM routes, timeouts and retries (`LLM_*`, see [`crate::llm::routing`]).
+    pub llm: crate::llm::LlmConfig,
 }
 
 /// Every problem found while reading the configuration, reported together.
@@ -514,7 +516,9 @@ impl Config {
             pool_size: r.parse("REDIS_POOL_SIZE", 16u32).max(1),
         };
 
+        let llm = crate::llm::LlmConfig::from_lookup(lookup, &mut r.problems);
         let config = Config {
+            llm,
             environment,
             server,
             database,

@@ -66,6 +66,9 @@ pub enum Error {
     /// An unexpected internal failure.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No model could serve an LLM call; lists each model's failure in order.
+    #[error(transparent)]
+    Llm(#[from] crate::llm::LlmError),
 }
 
 impl Error {
@@ -78,6 +81,8 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::RateLimited { .. } => ErrorKind::RateLimited,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Llm(e) if e.is_timeout() => ErrorKind::UpstreamTimeout,
+            Error::Llm(_) => ErrorKind::Upstream,
         }
     }
 
@@ -91,6 +96,9 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable { .. } => "service_unavailable",
             Error::Internal(_) => "internal_error",
+            Error::Llm(e) if e.refused => "upstream_refused",
+            Error::Llm(e) if e.is_timeout() => "upstream_timeout",
+            Error::Llm(_) => "all_models_failed",
         }
     }
 

@@ -9,6 +9,8 @@
 //! - [`context`]: the per-request [`RequestContext`] (correlation ID, principal) that travels
 //!   into jobs and upstream calls.
 //! - [`auth`]: API-key and Supabase JWT verification, with no HTTP types.
+//! - [`llm`]: LLM orchestration: OpenRouter and fake providers, per-task routes, retries,
+//!   fallback, streaming, one audit row per call.
 //! - [`db`]: Postgres (diesel-async on bb8), schema `ai_backend`.
 //! - [`redis`]: the Redis pool (bb8-redis).
 //! - [`health`]: readiness probes of the dependencies.
@@ -34,6 +36,7 @@ pub mod context;
 pub mod db;
 pub mod error;
 pub mod health;
+pub mod llm;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;

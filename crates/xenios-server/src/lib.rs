@@ -28,11 +28,15 @@ use poem_openapi::OpenApiService;
 use xenios_core::{AiBackend, Config};
 
 use crate::api::health::HealthApi;
+use crate::api::llm::LlmApi;
 use crate::api::me::MeApi;
+use crate::api::openai::OpenAiApi;
 use crate::api::status::StatusApi;
 
 /// Builds the OpenAPI service (routes plus their document).
-pub fn openapi(backend: &AiBackend) -> OpenApiService<(HealthApi, StatusApi, MeApi), ()> {
+pub fn openapi(
+    backend: &AiBackend,
+) -> OpenApiService<(HealthApi, StatusApi, MeApi, LlmApi, OpenAiApi), ()> {
     OpenApiService::new(
         (
             HealthApi {
@@ -42,6 +46,12 @@ pub fn openapi(backend: &AiBackend) -> OpenApiService<(HealthApi, StatusApi, MeA
                 backend: backend.clone(),
             },
             MeApi,
+            LlmApi {
+                backend: backend.clone(),
+            },
+            OpenAiApi {
+                backend: backend.clone(),
+            },
         ),
         "Xenios AI Backend",
         xenios_core::backend::VERSION,

@@ -3,6 +3,8 @@
 pub mod health;
 pub mod me;
 pub mod security;
+pub mod llm;
+pub mod openai;
 pub mod status;
 
 use poem_openapi::Tags;
@@ -16,4 +18,6 @@ pub enum ApiTags {
     Status,
     /// The caller's identity.
     Auth,
+    /// LLM calls routed by task, native and OpenAI-compatible.
+    Llm,
 }

@@ -1,0 +1,799 @@
+//! LLM orchestration: per-task routing, retries, fallback, streaming and the audit log.
+//!
+//! ## Layout
+//! - [`types`]: what callers send and get back ([`CompletionRequest`], [`Completion`],
+//!   [`StreamEvent`]).
+//! - [`routing`]: the [`Task`] routing table and [`LlmConfig`] (timeouts, retries).
+//! - [`provider`]: the [`Provider`] trait and [`ProviderError`] with the fallback rules.
+//! - [`openrouter`]: the real provider. [`fake`]: the offline one, driven by model names.
+//! - this module: [`Llm`], the engine that applies routes, timeouts, retries and fallback
+//!   to any provider and writes one `inference_logs` row per call.
+//!
+//! ## Rules
+//! Models of a route are tried in order. A retryable failure (connect error, timeout, 408,
+//! 429, 5xx, a stream broken before its first token) is retried on the same model with
+//! exponential backoff and jitter, honouring `Retry-After`, at most `LLM_MAX_RETRIES` times
+//! and within `LLM_RETRY_BUDGET_MS` of waiting; then the next model is tried. 400, 401, 402
+//! and 403 stop at once. Once a token reached the caller a stream is never restarted: a later
+//! failure ends it with an error event.
+
+pub mod fake;
+pub mod openrouter;
+pub mod provider;
+pub mod routing;
+pub mod types;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use futures::{Stream, StreamExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+pub use self::fake::FakeProvider;
+pub use self::openrouter::OpenRouterProvider;
+pub use self::provider::{
+    ChunkStream, Provider, ProviderChunk, ProviderError, ProviderErrorKind, ProviderRequest,
+    ProviderResponse,
+};
+pub use self::routing::{LlmConfig, Route, RoutingTable, Task};
+pub use self::types::{
+    Completion, CompletionRequest, Message, Role, StreamEvent, StreamSummary, Usage,
+};
+
+use crate::context::RequestContext;
+use crate::db::audit::AuditWriter;
+use crate::db::models::{InferenceStatus, NewInferenceLog};
+use crate::error::{Error, Result};
+
+/// One model's failure within a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFailure {
+    /// The model.
+    pub model: String,
+    /// Its last error.
+    pub error: ProviderError,
+    /// How many times it was tried.
+    pub attempts: u32,
+}
+
+/// A call that no model could serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LlmError {
+    /// The task of the call.
+    pub task: Task,
+    /// Each model's failure, in the order tried.
+    pub failures: Vec<ModelFailure>,
+    /// True when a non-retryable answer (400/401/402/403) stopped the call before the
+    /// remaining models were tried.
+    pub refused: bool,
+}
+
+impl LlmError {
+    /// True when every model failed by timing out.
+    pub fn is_timeout(&self) -> bool {
+        !self.failures.is_empty()
+            && self
+                .failures
+                .iter()
+                .all(|f| f.error.kind == ProviderErrorKind::Timeout)
+    }
+}
+
+impl fmt::Display for LlmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.refused {
+            write!(
+                f,
+                "the upstream refused the {} request (not retried, no fallback): ",
+                self.task
+            )?;
+        } else {
+            write!(f, "all models failed for task {}: ", self.task)?;
+        }
+        for (i, fail) in self.failures.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(
+                f,
+                "{}) {}: {} ({} attempt{})",
+                i + 1,
+                fail.model,
+                fail.error,
+                fail.attempts,
+                if fail.attempts == 1 { "" } else { "s" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LlmError {}
+
+/// Counters of the engine, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LlmMetrics {
+    calls: AtomicU64,
+    streams: AtomicU64,
+    fallbacks: AtomicU64,
+    retries: AtomicU64,
+    errors: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
+    latency_count: AtomicU64,
+    latency_sum_ms: AtomicU64,
+}
+
+/// Upper bounds (ms) of the latency histogram buckets.
+pub const LATENCY_BUCKETS_MS: [u64; 10] =
+    [50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000];
+
+/// A copy of the engine's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LlmMetricsSnapshot {
+    /// Calls (complete and stream).
+    pub calls: u64,
+    /// Of which streamed.
+    pub streams: u64,
+    /// Calls answered by a fallback model.
+    pub fallbacks: u64,
+    /// Retries of a model.
+    pub retries: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Cumulative counts per bucket of [`LATENCY_BUCKETS_MS`].
+    pub latency_buckets: Vec<u64>,
+    /// Calls measured.
+    pub latency_count: u64,
+    /// Sum of latencies in ms.
+    pub latency_sum_ms: u64,
+}
+
+impl LlmMetrics {
+    fn observe(&self, latency: Duration) {
+        let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        for (bound, bucket) in LATENCY_BUCKETS_MS.iter().zip(&self.latency_buckets) {
+            if ms <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> LlmMetricsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LlmMetricsSnapshot {
+            calls: l(&self.calls),
+            streams: l(&self.streams),
+            fallbacks: l(&self.fallbacks),
+            retries: l(&self.retries),
+            errors: l(&self.errors),
+            latency_buckets: self.latency_buckets.iter().map(l).collect(),
+            latency_count: l(&self.latency_count),
+            latency_sum_ms: l(&self.latency_sum_ms),
+        }
+    }
+}
+
+/// The engine. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Llm {
+    inner: Arc<LlmInner>,
+}
+
+#[derive(Debug)]
+struct LlmInner {
+    provider: Arc<dyn Provider>,
+    config: LlmConfig,
+    store_payloads: bool,
+    audit: AuditWriter,
+    metrics: LlmMetrics,
+}
+
+/// What one call will do: models in order and sampling settings.
+struct Plan {
+    models: Vec<String>,
+    temperature: f32,
+    max_tokens: u32,
+}
+
+/// Retry state of one call: the backoff of the current model and the waiting budget.
+struct Retrier<'a> {
+    config: &'a LlmConfig,
+    backoff: backon::ExponentialBackoff,
+    waited: Duration,
+}
+
+impl<'a> Retrier<'a> {
+    fn new(config: &'a LlmConfig) -> Self {
+        Self {
+            config,
+            backoff: Self::backoff(config),
+            waited: Duration::ZERO,
+        }
+    }
+
+    fn backoff(config: &LlmConfig) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(config.retry_base_delay)
+            .with_max_delay(config.retry_max_delay)
+            .with_max_times(usize::try_from(config.max_retries).unwrap_or(usize::MAX))
+            .build()
+    }
+
+    /// Starts over for the next model (the waiting budget is per call).
+    fn next_model(&mut self) {
+        self.backoff = Self::backoff(self.config);
+    }
+
+    /// How long to wait before trying the same model again, or None to move on.
+    fn delay(&mut self, err: &ProviderError) -> Option<Duration> {
+        if !err.is_retryable() {
+            return None;
+        }
+        let mut delay = self.backoff.next()?;
+        if let Some(after) = err.retry_after {
+            if after > self.config.retry_max_delay {
+                return None;
+            }
+            delay = delay.max(after);
+        }
+        if self.waited + delay > self.config.retry_budget {
+            return None;
+        }
+        self.waited += delay;
+        Some(delay)
+    }
+}
+
+/// Writes the audit row of a call exactly once: explicitly when the call ends, or as
+/// `cancelled` when the call is dropped first (caller gone, stream aborted).
+struct AuditGuard {
+    audit: AuditWriter,
+    row: Option<NewInferenceLog>,
+    started: Instant,
+}
+
+impl AuditGuard {
+    fn finish(&mut self, status: InferenceStatus, fill: impl FnOnce(&mut NewInferenceLog)) {
+        if let Some(mut row) = self.row.take() {
+            row.status = status.as_str().to_owned();
+            row.latency_ms = millis_i32(self.started.elapsed());
+            fill(&mut row);
+            self.audit.inference(row);
+        }
+    }
+}
+
+impl Drop for AuditGuard {
+    fn drop(&mut self) {
+        self.finish(InferenceStatus::Cancelled, |_| {});
+    }
+}
+
+fn millis_i32(d: Duration) -> i32 {
+    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
+}
+
+fn millis_u64(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn usage_into_row(row: &mut NewInferenceLog, u: &Usage) {
+    let i = |n: u32| Some(i32::try_from(n).unwrap_or(i32::MAX));
+    row.prompt_tokens = i(u.prompt_tokens);
+    row.completion_tokens = i(u.completion_tokens);
+    row.total_tokens = i(u.total_tokens);
+    row.cost_usd = u.cost_usd;
+}
+
+/// The result of opening a stream: the chunks, plus what was read before the first token.
+struct Opened {
+    model: String,
+    chunks: ChunkStream,
+    first: ProviderChunk,
+    /// True when the stream ended before any token (an empty answer).
+    ended: bool,
+}
+
+impl Llm {
+    /// An engine over `provider` writing audit rows to `audit`.
+    pub fn new(
+        provider: Arc<dyn Provider>,
+        config: LlmConfig,
+        audit: AuditWriter,
+        store_payloads: bool,
+    ) -> Self {
+        Self {
+            inner: Arc::new(LlmInner {
+                provider,
+                config,
+                store_payloads,
+                audit,
+                metrics: LlmMetrics::default(),
+            }),
+        }
+    }
+
+    /// The provider's name (`openrouter`, `fake`).
+    pub fn provider_name(&self) -> &'static str {
+        self.inner.provider.name()
+    }
+
+    /// The settings, routing table included.
+    pub fn config(&self) -> &LlmConfig {
+        &self.inner.config
+    }
+
+    /// A copy of the counters.
+    pub fn metrics(&self) -> LlmMetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+
+    fn plan(&self, req: &CompletionRequest) -> Plan {
+        let route = self.inner.config.routes.route(req.task);
+        Plan {
+            models: req.models.clone().unwrap_or_else(|| route.models.clone()),
+            temperature: req.temperature.unwrap_or(route.temperature),
+            max_tokens: req.max_tokens.unwrap_or(route.max_tokens),
+        }
+    }
+
+    fn guard(
+        &self,
+        ctx: &RequestContext,
+        req: &CompletionRequest,
+        plan: &Plan,
+        streaming: bool,
+    ) -> AuditGuard {
+        let requested = plan.models.first().cloned().unwrap_or_default();
+        let mut row =
+            NewInferenceLog::new(req.task.as_str(), requested, InferenceStatus::Cancelled);
+        row.streaming = streaming;
+        row.correlation_id = Some(ctx.correlation_id.as_str().to_owned());
+        row.user_id = ctx.user_id().and_then(|u| uuid::Uuid::parse_str(u).ok());
+        if self.inner.store_payloads {
+            row.request_payload = Some(json!({
+                "messages": req.messages,
+                "models": plan.models,
+                "temperature": plan.temperature,
+                "max_tokens": plan.max_tokens,
+            }));
+        }
+        AuditGuard {
+            audit: self.inner.audit.clone(),
+            row: Some(row),
+            started: Instant::now(),
+        }
+    }
+
+    fn provider_request(
+        &self,
+        ctx: &RequestContext,
+        req: &CompletionRequest,
+        plan: &Plan,
+        model: &str,
+    ) -> ProviderRequest {
+        ProviderRequest {
+            model: model.to_owned(),
+            messages: req.messages.clone(),
+            temperature: plan.temperature,
+            max_tokens: plan.max_tokens,
+            correlation_id: ctx.correlation_id.as_str().to_owned(),
+        }
+    }
+
+    fn failed(&self, guard: &mut AuditGuard, err: &LlmError) {
+        self.inner.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.observe(guard.started.elapsed());
+        tracing::warn!(task = %err.task, error = %err, "LLM call failed");
+        let text = err.to_string();
+        guard.finish(InferenceStatus::Error, |row| row.error = Some(text));
+    }
+
+    /// One complete (non-streaming) call along the task's route.
+    pub async fn complete(
+        &self,
+        ctx: &RequestContext,
+        req: CompletionRequest,
+    ) -> Result<Completion> {
+        req.validate()?;
+        let plan = self.plan(&req);
+        self.inner.metrics.calls.fetch_add(1, Ordering::Relaxed);
+        let mut guard = self.guard(ctx, &req, &plan, false);
+        let config = &self.inner.config;
+        let attempt_timeout = config.ttft_timeout.min(config.total_timeout);
+        let mut retrier = Retrier::new(config);
+        let mut failures = Vec::new();
+        let mut refused = false;
+        'models: for (index, model) in plan.models.iter().enumerate() {
+            retrier.next_model();
+            let preq = self.provider_request(ctx, &req, &plan, model);
+            let mut attempts = 0u32;
+            loop {
+                attempts += 1;
+                let result = match tokio::time::timeout(
+                    attempt_timeout,
+                    self.inner.provider.complete(&preq),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(ProviderError::new(
+                        ProviderErrorKind::Timeout,
+                        format!("no answer within {} ms", attempt_timeout.as_millis()),
+                    )),
+                };
+                match result {
+                    Ok(resp) => {
+                        let usage = resp.usage.unwrap_or_default();
+                        let completion = Completion {
+                            content: resp.content,
+                            model_used: resp.model.unwrap_or_else(|| model.clone()),
+                            model_requested: plan.models[0].clone(),
+                            fallback_used: index > 0,
+                            finish_reason: resp.finish_reason,
+                            usage,
+                            latency_ms: millis_u64(guard.started.elapsed()),
+                        };
+                        if completion.fallback_used {
+                            self.inner.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.inner.metrics.observe(guard.started.elapsed());
+                        let store = self.inner.store_payloads;
+                        let failures_text = (!failures.is_empty()).then(|| {
+                            LlmError {
+                                task: req.task,
+                                failures: failures.clone(),
+                                refused: false,
+                            }
+                            .to_string()
+                        });
+                        guard.finish(InferenceStatus::Success, |row| {
+                            row.model_used = Some(completion.model_used.clone());
+                            row.fallback_used = completion.fallback_used;
+                            usage_into_row(row, &completion.usage);
+                            row.error = failures_text;
+                            if store {
+                                row.response_payload = Some(json!({
+                                    "content": completion.content,
+                                    "finish_reason": completion.finish_reason,
+                                }));
+                            }
+                        });
+                        return Ok(completion);
+                    }
+                    Err(e) => {
+                        tracing::debug!(%model, attempt = attempts, error = %e, "model call failed");
+                        if let Some(delay) = retrier.delay(&e) {
+                            self.inner.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                        let stop = !e.allows_fallback();
+                        failures.push(ModelFailure {
+                            model: model.clone(),
+                            error: e,
+                            attempts,
+                        });
+                        if stop {
+                            refused = true;
+                            break 'models;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let err = LlmError {
+            task: req.task,
+            failures,
+            refused,
+        };
+        self.failed(&mut guard, &err);
+        Err(err.into())
+    }
+
+    /// Opens a stream on one model and reads up to its first token, all within the
+    /// time-to-first-token deadline.
+    async fn open(&self, preq: &ProviderRequest) -> Result<Opened, ProviderError> {
+        let config = &self.inner.config;
+        let ttft = config.ttft_timeout.min(config.total_timeout);
+        let opening = async {
+            let mut chunks = self.inner.provider.stream(preq).await?;
+            let mut first = ProviderChunk::default();
+            loop {
+                match chunks.next().await {
+                    Some(Ok(c)) => {
+                        let got_token = c.delta.is_some();
+                        if c.model.is_some() {
+                            first.model = c.model;
+                        }
+                        if c.usage.is_some() {
+                            first.usage = c.usage;
+                        }
+                        if c.finish_reason.is_some() {
+                            first.finish_reason = c.finish_reason;
+                        }
+                        if got_token {
+                            first.delta = c.delta;
+                            return Ok((chunks, first, false));
+                        }
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => return Ok((chunks, first, true)),
+                }
+            }
+        };
+        match tokio::time::timeout(ttft, opening).await {
+            Ok(Ok((chunks, first, ended))) => Ok(Opened {
+                model: preq.model.clone(),
+                chunks,
+                first,
+                ended,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ProviderError::new(
+                ProviderErrorKind::Timeout,
+                format!("no first token within {} ms", ttft.as_millis()),
+            )),
+        }
+    }
+
+    /// A streamed call along the task's route. Resolves once the first token arrived (or the
+    /// stream ended empty); fails like [`Llm::complete`] when no model produced one. Dropping
+    /// the returned stream cancels the upstream request.
+    pub async fn stream(&self, ctx: &RequestContext, req: CompletionRequest) -> Result<LlmStream> {
+        req.validate()?;
+        let (tx, rx) = mpsc::channel(64);
+        let task = tokio::spawn(self.clone().run_stream(ctx.clone(), req, tx));
+        let mut stream = LlmStream {
+            first: None,
+            rx,
+            task,
+        };
+        match stream.rx.recv().await {
+            Some(Ok(event)) => {
+                stream.first = Some(event);
+                Ok(stream)
+            }
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Internal("the stream task ended early".to_owned())),
+        }
+    }
+
+    async fn run_stream(
+        self,
+        ctx: RequestContext,
+        req: CompletionRequest,
+        tx: mpsc::Sender<Result<StreamEvent>>,
+    ) {
+        let plan = self.plan(&req);
+        self.inner.metrics.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.metrics.streams.fetch_add(1, Ordering::Relaxed);
+        let mut guard = self.guard(&ctx, &req, &plan, true);
+        let config = &self.inner.config;
+        let mut retrier = Retrier::new(config);
+        let mut failures = Vec::new();
+        let mut refused = false;
+        let mut opened = None;
+        'models: for (index, model) in plan.models.iter().enumerate() {
+            retrier.next_model();
+            let preq = self.provider_request(&ctx, &req, &plan, model);
+            let mut attempts = 0u32;
+            loop {
+                attempts += 1;
+                match self.open(&preq).await {
+                    Ok(o) => {
+                        opened = Some((index, o));
+                        break 'models;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%model, attempt = attempts, error = %e, "model stream failed");
+                        if let Some(delay) = retrier.delay(&e) {
+                            self.inner.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(delay).await;
+                            continue;
+                        }
+                        let stop = !e.allows_fallback();
+                        failures.push(ModelFailure {
+                            model: model.clone(),
+                            error: e,
+                            attempts,
+                        });
+                        if stop {
+                            refused = true;
+                            break 'models;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        let Some((index, mut o)) = opened else {
+            let err = LlmError {
+                task: req.task,
+                failures,
+                refused,
+            };
+            self.failed(&mut guard, &err);
+            let _ = tx.send(Err(err.into())).await;
+            return;
+        };
+        let ttft = guard.started.elapsed();
+        let fallback_used = index > 0;
+        if fallback_used {
+            self.inner.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        let deadline = tokio::time::Instant::now() + config.total_timeout;
+        let mut content = String::new();
+        let mut model_used = o.first.model.take();
+        let mut usage = o.first.usage.take();
+        let mut finish_reason = o.first.finish_reason.take();
+        let store = self.inner.store_payloads;
+        let mut failure: Option<ProviderError> = None;
+        if let Some(d) = o.first.delta.take() {
+            if store {
+                content.push_str(&d);
+            }
+            if tx
+                .send(Ok(StreamEvent::Delta { content: d }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if !o.ended {
+            loop {
+                let next = tokio::time::timeout_at(deadline, o.chunks.next()).await;
+                match next {
+                    Ok(Some(Ok(c))) => {
+                        if c.model.is_some() {
+                            model_used = c.model;
+                        }
+                        if c.usage.is_some() {
+                            usage = c.usage;
+                        }
+                        if c.finish_reason.is_some() {
+                            finish_reason = c.finish_reason;
+                        }
+                        if let Some(d) = c.delta {
+                            if store {
+                                content.push_str(&d);
+                            }
+                            if tx
+                                .send(Ok(StreamEvent::Delta { content: d }))
+                                .await
+                                .is_err()
+                            {
+                                // The caller went away: the guard logs `cancelled`.
+                                return;
+                            }
+                        }
+                    }
+                    Ok(Some(Err(e))) => {
+                        failure = Some(e);
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        failure = Some(ProviderError::new(
+                            ProviderErrorKind::Timeout,
+                            format!(
+                                "stream not finished within {} ms",
+                                config.total_timeout.as_millis()
+                            ),
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        // Close the upstream before reporting.
+        drop(o.chunks);
+        let model_used = model_used.unwrap_or(o.model);
+        let usage = usage.unwrap_or_default();
+        let ttft_ms = Some(millis_u64(ttft));
+        if let Some(e) = failure {
+            self.inner.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            self.inner.metrics.observe(guard.started.elapsed());
+            tracing::warn!(task = %req.task, model = %model_used, error = %e, "stream failed after its first token");
+            let message = format!("{model_used}: {e}");
+            let logged = message.clone();
+            guard.finish(InferenceStatus::Error, |row| {
+                row.model_used = Some(model_used.clone());
+                row.fallback_used = fallback_used;
+                row.ttft_ms = Some(millis_i32(ttft));
+                row.error = Some(logged);
+                usage_into_row(row, &usage);
+                if store {
+                    row.response_payload = Some(json!({"content": content, "partial": true}));
+                }
+            });
+            let code = if e.kind == ProviderErrorKind::Timeout {
+                "upstream_timeout"
+            } else {
+                "upstream_stream_failed"
+            };
+            let _ = tx
+                .send(Ok(StreamEvent::Error {
+                    code: code.to_owned(),
+                    message,
+                }))
+                .await;
+            return;
+        }
+        self.inner.metrics.observe(guard.started.elapsed());
+        let summary = StreamSummary {
+            model_used: model_used.clone(),
+            model_requested: plan.models[0].clone(),
+            fallback_used,
+            finish_reason: finish_reason.clone(),
+            usage: usage.clone(),
+            latency_ms: millis_u64(guard.started.elapsed()),
+            ttft_ms,
+        };
+        let failures_text = (!failures.is_empty()).then(|| {
+            LlmError {
+                task: req.task,
+                failures,
+                refused: false,
+            }
+            .to_string()
+        });
+        guard.finish(InferenceStatus::Success, |row| {
+            row.model_used = Some(model_used);
+            row.fallback_used = fallback_used;
+            row.ttft_ms = Some(millis_i32(ttft));
+            row.error = failures_text;
+            usage_into_row(row, &usage);
+            if store {
+                row.response_payload =
+                    Some(json!({"content": content, "finish_reason": finish_reason}));
+            }
+        });
+        let _ = tx.send(Ok(StreamEvent::Done(summary))).await;
+    }
+}
+
+/// A streamed completion: [`StreamEvent::Delta`]s, then one [`StreamEvent::Done`] or
+/// [`StreamEvent::Error`]. Dropping it cancels the upstream request (and logs the call as
+/// `cancelled` unless it already ended).
+#[derive(Debug)]
+pub struct LlmStream {
+    first: Option<StreamEvent>,
+    rx: mpsc::Receiver<Result<StreamEvent>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stream for LlmStream {
+    type Item = StreamEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamEvent>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(first));
+        }
+        self.rx.poll_recv(cx).map(|item| {
+            item.map(|r| {
+                r.unwrap_or_else(|e| StreamEvent::Error {
+                    code: e.code().to_owned(),
+                    message: e.to_string(),
+                })
+            })
+        })
+    }
+}
+
+impl Drop for LlmStream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,274 @@
+//! The OpenRouter provider: OpenAI-shaped chat completions over the backend's shared
+//! reqwest client (pooled connections, HTTP/2 where the server offers it).
+//!
+//! Streams are parsed with `eventsource-stream`: `:` comment lines (`: OPENROUTER
+//! PROCESSING`) are skipped by the parser, `data: [DONE]` ends the stream, and a `data:`
+//! chunk with a top-level `error` (or `finish_reason: "error"`) becomes a mid-stream failure.
+
+use eventsource_stream::Eventsource;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+
+use super::provider::{
+    ChunkStream, Provider, ProviderChunk, ProviderError, ProviderErrorKind, ProviderRequest,
+    ProviderResponse, parse_retry_after,
+};
+use super::types::Usage;
+
+/// Calls `POST {OPENROUTER_BASE_URL}/chat/completions`.
+#[derive(Clone)]
+pub struct OpenRouterProvider {
+    http: reqwest::Client,
+    url: String,
+    api_key: SecretString,
+}
+
+impl std::fmt::Debug for OpenRouterProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenRouterProvider")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenRouterProvider {
+    /// A provider on `http`, against `base_url` (e.g. `https://openrouter.ai/api/v1`).
+    pub fn new(http: reqwest::Client, base_url: &str, api_key: SecretString) -> Self {
+        Self {
+            http,
+            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            api_key,
+        }
+    }
+
+    async fn send(
+        &self,
+        req: &ProviderRequest,
+        stream: bool,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let mut body = json!({
+            "model": req.model,
+            "messages": req.messages,
+            "temperature": req.temperature,
+            "max_tokens": req.max_tokens,
+            "usage": {"include": true},
+        });
+        if stream {
+            body["stream"] = Value::Bool(true);
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let resp = self
+            .http
+            .post(&self.url)
+            .bearer_auth(self.api_key.expose_secret())
+            .header("X-Request-ID", &req.correlation_id)
+            .header("X-Title", "Xenios AI Backend")
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| error_message(&v))
+            .unwrap_or_else(|| {
+                status
+                    .canonical_reason()
+                    .unwrap_or("upstream error")
+                    .to_owned()
+            });
+        Err(
+            ProviderError::new(ProviderErrorKind::Status(status.as_u16()), message)
+                .with_retry_after(retry_after),
+        )
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> ProviderError {
+    // reqwest's Display names the URL but never headers, so the key cannot leak here.
+    let kind = if e.is_connect() {
+        ProviderErrorKind::Connect
+    } else if e.is_timeout() {
+        ProviderErrorKind::Timeout
+    } else if e.is_decode() || e.is_body() {
+        ProviderErrorKind::MidStream
+    } else {
+        ProviderErrorKind::Connect
+    };
+    ProviderError::new(kind, e.without_url().to_string())
+}
+
+/// `{"error": {"message": ..}}` -> the message (also `{"error": "text"}`).
+fn error_message(v: &Value) -> Option<String> {
+    let e = v.get("error")?;
+    Some(
+        e.get("message")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| match e {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+    )
+}
+
+fn parse_usage(v: &Value) -> Option<Usage> {
+    let u = v.get("usage")?;
+    if u.is_null() {
+        return None;
+    }
+    let n = |v: Option<&Value>| {
+        v.and_then(Value::as_u64)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    let prompt = n(u.get("prompt_tokens")).unwrap_or(0);
+    let completion = n(u.get("completion_tokens")).unwrap_or(0);
+    Some(Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: n(u.get("total_tokens")).unwrap_or(prompt.saturating_add(completion)),
+        cost_usd: u.get("cost").and_then(Value::as_f64),
+        cached_tokens: n(u.pointer("/prompt_tokens_details/cached_tokens")),
+        reasoning_tokens: n(u.pointer("/completion_tokens_details/reasoning_tokens")),
+    })
+}
+
+fn str_at(v: &Value, pointer: &str) -> Option<String> {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// One `data:` payload of a stream.
+fn parse_chunk(data: &str) -> Result<ProviderChunk, ProviderError> {
+    let v: Value = serde_json::from_str(data).map_err(|e| {
+        ProviderError::new(
+            ProviderErrorKind::InvalidResponse,
+            format!("stream chunk is not JSON: {e}"),
+        )
+    })?;
+    let finish_reason = str_at(&v, "/choices/0/finish_reason");
+    if let Some(message) = error_message(&v) {
+        return Err(ProviderError::new(ProviderErrorKind::MidStream, message));
+    }
+    if finish_reason.as_deref() == Some("error") {
+        return Err(ProviderError::new(
+            ProviderErrorKind::MidStream,
+            "finish_reason error",
+        ));
+    }
+    Ok(ProviderChunk {
+        delta: str_at(&v, "/choices/0/delta/content").filter(|s| !s.is_empty()),
+        model: str_at(&v, "/model"),
+        finish_reason,
+        usage: parse_usage(&v),
+    })
+}
+
+impl Provider for OpenRouterProvider {
+    fn name(&self) -> &'static str {
+        "openrouter"
+    }
+
+    fn complete<'a>(
+        &'a self,
+        req: &'a ProviderRequest,
+    ) -> BoxFuture<'a, Result<ProviderResponse, ProviderError>> {
+        async move {
+            let resp = self.send(req, false).await?;
+            let v: Value = resp.json().await.map_err(|e| {
+                ProviderError::new(
+                    ProviderErrorKind::InvalidResponse,
+                    format!("body is not JSON: {}", e.without_url()),
+                )
+            })?;
+            if let Some(message) = error_message(&v) {
+                // OpenRouter can report a failure of the model behind a 200.
+                return Err(ProviderError::new(ProviderErrorKind::MidStream, message));
+            }
+            let content = v
+                .pointer("/choices/0/message/content")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ProviderError::new(
+                        ProviderErrorKind::InvalidResponse,
+                        "no choices[0].message.content",
+                    )
+                })?
+                .to_owned();
+            Ok(ProviderResponse {
+                content,
+                model: str_at(&v, "/model"),
+                finish_reason: str_at(&v, "/choices/0/finish_reason"),
+                usage: parse_usage(&v),
+            })
+        }
+        .boxed()
+    }
+
+    fn stream<'a>(
+        &'a self,
+        req: &'a ProviderRequest,
+    ) -> BoxFuture<'a, Result<ChunkStream, ProviderError>> {
+        async move {
+            let resp = self.send(req, true).await?;
+            let events = resp.bytes_stream().eventsource();
+            let chunks = events
+                .map(|event| match event {
+                    Ok(e) if e.data.trim() == "[DONE]" => None,
+                    Ok(e) if e.data.trim().is_empty() => Some(Ok(ProviderChunk::default())),
+                    Ok(e) => Some(parse_chunk(&e.data)),
+                    Err(e) => Some(Err(ProviderError::new(
+                        ProviderErrorKind::MidStream,
+                        e.to_string(),
+                    ))),
+                })
+                // `[DONE]` ends the stream even if the connection stays open.
+                .take_while(|item| futures::future::ready(item.is_some()))
+                .filter_map(futures::future::ready);
+            Ok(chunks.boxed())
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_chunks_errors_and_usage() {
+        let c = parse_chunk(
+            r#"{"model":"m","choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.delta.as_deref(), Some("Hi"));
+        let c = parse_chunk(
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"cost":0.01,"prompt_tokens_details":{"cached_tokens":1}}}"#,
+        )
+        .unwrap();
+        let u = c.usage.unwrap();
+        assert_eq!(
+            (u.total_tokens, u.cost_usd, u.cached_tokens),
+            (5, Some(0.01), Some(1))
+        );
+        let e = parse_chunk(
+            r#"{"error":{"code":502,"message":"provider died"},"choices":[{"delta":{"content":""},"finish_reason":"error"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ProviderErrorKind::MidStream);
+        assert!(e.message.contains("provider died"));
+        assert!(parse_chunk("not json").is_err());
+    }
+}

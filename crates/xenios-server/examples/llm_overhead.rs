@@ -1,0 +1,273 @@
+//! Latency the server adds to an LLM call (not a test: run `scripts/bench-llm.sh`).
+//!
+//! One process, loopback only: a fast mock OpenRouter, and the real server (API-key check on,
+//! audit rows written to Postgres) pointed at it. An open-loop generator sends, at a fixed rate,
+//! requests straight to the mock and through `POST /api/v1/llm/complete`, interleaved in the
+//! same run; latency is measured from each request's scheduled send time (no coordinated
+//! omission). Reported: p50/p99 of each and their difference; then the same for streaming,
+//! time to the first token straight vs through `POST /api/v1/llm/stream`.
+//!
+//! Environment: `DATABASE_URL`, `REDIS_URL` (as the server), `BENCH_RATE` (requests/s per
+//! path, default 1000), `BENCH_SECS` (default 10), `BENCH_STREAM_RATE` (default 200).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use poem::{Body, EndpointExt, Response, handler};
+use tokio::sync::Mutex;
+
+const KEY: &str = "bench-api-key-0123456789";
+
+const COMPLETION: &str = r#"{"id":"gen-1","model":"bench/model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello world!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10,"cost":0.0001}}"#;
+
+#[handler]
+async fn mock_upstream(body: poem::web::Json<serde_json::Value>) -> Response {
+    if body.0["stream"].as_bool().unwrap_or(false) {
+        let chunks = vec![
+            ": OPENROUTER PROCESSING\n\n".to_owned(),
+            r#"data: {"model":"bench/model","choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}]}"#.to_owned() + "\n\n",
+            r#"data: {"model":"bench/model","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":1,"total_tokens":8}}"#.to_owned() + "\n\n",
+            "data: [DONE]\n\n".to_owned(),
+        ];
+        let s = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+        return Response::builder()
+            .content_type("text/event-stream")
+            .body(Body::from_bytes_stream(s));
+    }
+    Response::builder()
+        .content_type("application/json")
+        .body(COMPLETION)
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx] as f64 / 1000.0
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Direct,
+    Gateway,
+    DirectStream,
+    GatewayStream,
+}
+
+async fn one(client: &reqwest::Client, kind: Kind, mock: &str, server: &str) -> bool {
+    let body = serde_json::json!({
+        "task": "chat",
+        "model": "bench/model",
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": matches!(kind, Kind::DirectStream),
+    });
+    let req = match kind {
+        Kind::Direct | Kind::DirectStream => client
+            .post(format!("{mock}/chat/completions"))
+            .bearer_auth("bench"),
+        Kind::Gateway => client
+            .post(format!("{server}/api/v1/llm/complete"))
+            .header("x-api-key", KEY),
+        Kind::GatewayStream => client
+            .post(format!("{server}/api/v1/llm/stream"))
+            .header("x-api-key", KEY),
+    };
+    let Ok(resp) = req.json(&body).send().await else {
+        return false;
+    };
+    if !resp.status().is_success() {
+        return false;
+    }
+    match kind {
+        Kind::Direct | Kind::Gateway => resp.bytes().await.is_ok(),
+        Kind::DirectStream | Kind::GatewayStream => {
+            // Time to the first token: the first chunk that carries content.
+            let mut body = resp.bytes_stream();
+            let mut seen = String::new();
+            while let Some(Ok(b)) = body.next().await {
+                seen.push_str(&String::from_utf8_lossy(&b));
+                if seen.contains("Hello") {
+                    return true;
+                }
+            }
+            false
+        }
+    }
+}
+
+/// Runs `kinds` interleaved at `rate` requests/s each for `secs`; latencies in µs per kind.
+async fn run(
+    client: &reqwest::Client,
+    kinds: &[Kind],
+    rate: u64,
+    secs: u64,
+    mock: &str,
+    server: &str,
+) -> (Vec<Vec<u64>>, u64) {
+    let results: Vec<Arc<Mutex<Vec<u64>>>> = kinds
+        .iter()
+        .map(|_| Arc::new(Mutex::new(Vec::new())))
+        .collect();
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let period = Duration::from_nanos(1_000_000_000 / rate / kinds.len() as u64);
+    let total = rate * secs * kinds.len() as u64;
+    let start = tokio::time::Instant::now();
+    let mut handles = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let at = start + period * i as u32;
+        tokio::time::sleep_until(at).await;
+        let k = (i % kinds.len() as u64) as usize;
+        let (client, out, errors) = (client.clone(), results[k].clone(), errors.clone());
+        let (kind, mock, server) = (kinds[k], mock.to_owned(), server.to_owned());
+        handles.push(tokio::spawn(async move {
+            let scheduled: Instant = at.into_std();
+            if one(&client, kind, &mock, &server).await {
+                let us = scheduled.elapsed().as_micros() as u64;
+                out.lock().await.push(us);
+            } else {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let mut out = Vec::new();
+    for r in results {
+        let mut v = r.lock().await.clone();
+        v.sort_unstable();
+        out.push(v);
+    }
+    (out, errors.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+fn report(title: &str, a: &[u64], b: &[u64], errors: u64) {
+    let (a50, a99, b50, b99) = (pct(a, 0.5), pct(a, 0.99), pct(b, 0.5), pct(b, 0.99));
+    println!("{title}");
+    println!(
+        "  direct:  n={:<6} p50 {a50:.3} ms  p99 {a99:.3} ms",
+        a.len()
+    );
+    println!(
+        "  gateway: n={:<6} p50 {b50:.3} ms  p99 {b99:.3} ms",
+        b.len()
+    );
+    println!(
+        "  added:   p50 {:.3} ms  p99 {:.3} ms  (errors: {errors})",
+        b50 - a50,
+        b99 - a99
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let rate = env_u64("BENCH_RATE", 1000);
+    let secs = env_u64("BENCH_SECS", 10);
+    let stream_rate = env_u64("BENCH_STREAM_RATE", 200);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock_addr = listener.local_addr().unwrap();
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).unwrap();
+    tokio::spawn(async move {
+        let app = poem::Route::new().at("/chat/completions", poem::post(mock_upstream));
+        let _ = poem::Server::new_with_acceptor(acceptor)
+            .run(app.map_to_response())
+            .await;
+    });
+    let mock = format!("http://{mock_addr}");
+
+    let mut overrides: HashMap<&str, String> = HashMap::new();
+    overrides.insert("OPENROUTER_API_KEY", "sk-or-bench".to_owned());
+    overrides.insert("OPENROUTER_BASE_URL", mock.clone());
+    overrides.insert("XENIOS_BACKEND_API_KEY", KEY.to_owned());
+    overrides.insert("LLM_ROUTES", "chat=bench/model".to_owned());
+    overrides.insert("LOG_LEVEL", "warn".to_owned());
+    let config = xenios_core::Config::from_lookup(&|name| {
+        overrides
+            .get(name)
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+    })
+    .expect("config");
+    xenios_core::telemetry::init_with("warn", xenios_core::config::LogFormat::Json);
+    let backend = xenios_core::AiBackend::builder(config)
+        .build()
+        .await
+        .expect("backend");
+    backend
+        .migrate()
+        .await
+        .expect("migrations (is Postgres up?)");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let srv = tokio::spawn(xenios_server::run(backend.clone(), listener, async move {
+        let _ = rx.await;
+    }));
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    println!("warming up...");
+    let _ = run(
+        &client,
+        &[Kind::Direct, Kind::Gateway],
+        rate,
+        2,
+        &mock,
+        &server,
+    )
+    .await;
+    let before = backend.audit_stats();
+
+    let (r, errors) = run(
+        &client,
+        &[Kind::Direct, Kind::Gateway],
+        rate,
+        secs,
+        &mock,
+        &server,
+    )
+    .await;
+    report(
+        &format!("complete: {rate} req/s per path, {secs} s, open loop"),
+        &r[0],
+        &r[1],
+        errors,
+    );
+    let (r, errors) = run(
+        &client,
+        &[Kind::DirectStream, Kind::GatewayStream],
+        stream_rate,
+        secs.min(5),
+        &mock,
+        &server,
+    )
+    .await;
+    report(
+        &format!("stream, time to first token: {stream_rate} req/s per path"),
+        &r[0],
+        &r[1],
+        errors,
+    );
+    backend.flush_audit().await;
+    let after = backend.audit_stats();
+    println!("audit writer before: {before:?}");
+    println!("audit writer after:  {after:?}");
+    let _ = tx.send(());
+    let _ = srv.await;
+}

@@ -1,0 +1,883 @@
+//! LLM orchestration against a local fake OpenRouter (real HTTP, real SSE with comment lines,
+//! mid-stream error chunks, 429 with Retry-After, slow answers): every fallback rule, the
+//! routing table, streaming order and cancellation, the audit rows, the OpenAI shape.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use poem::web::{Data, Json};
+use poem::{Body, EndpointExt, Response, handler};
+use serde_json::{Value, json};
+use xenios_tests::{API_KEY, FakeUpstream, TestApp, wait_for};
+
+const OK_TOKENS: [&str; 3] = ["Hello", " world", "!"];
+
+/// One request the fake saw: body, X-Request-ID, Authorization.
+type Seen = (Value, Option<String>, Option<String>);
+
+/// What the fake OpenRouter saw and how it behaves.
+#[derive(Default)]
+struct State {
+    /// Every request body, with its X-Request-ID and Authorization headers.
+    requests: Mutex<Vec<Seen>>,
+    /// Models that answer 503 (switchable at run time).
+    down: Mutex<HashSet<String>>,
+    /// Requests per model.
+    counts: Mutex<HashMap<String, usize>>,
+    /// Set when a `drip` stream's connection was closed by the client.
+    disconnected: AtomicBool,
+    /// Tokens a `drip` stream has sent.
+    dripped: AtomicUsize,
+}
+
+impl State {
+    fn models_seen(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(b, _, _)| b["model"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+    fn count(&self, model: &str) -> usize {
+        self.counts.lock().unwrap().get(model).copied().unwrap_or(0)
+    }
+}
+
+fn error_response(status: u16, message: &str, retry_after: Option<&str>) -> Response {
+    let mut r = Response::builder()
+        .status(poem::http::StatusCode::from_u16(status).unwrap())
+        .content_type("application/json");
+    if let Some(after) = retry_after {
+        r = r.header("Retry-After", after);
+    }
+    r.body(json!({"error": {"code": status, "message": message}}).to_string())
+}
+
+fn sse(chunks: Vec<String>, pause: Duration, state: Option<Arc<State>>) -> Response {
+    struct Guard(Option<Arc<State>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(s) = &self.0 {
+                s.disconnected.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    let guard = Guard(state);
+    let stream = futures::stream::iter(chunks.into_iter().enumerate()).then(move |(i, c)| {
+        let counter = guard.0.clone();
+        async move {
+            if i > 0 && !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            if let Some(s) = counter {
+                s.dripped.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok::<_, std::io::Error>(c)
+        }
+    });
+    Response::builder()
+        .content_type("text/event-stream")
+        .body(Body::from_bytes_stream(stream))
+}
+
+fn chunk(model: &str, content: &str) -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"id": "gen-1", "model": model, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": null}]})
+    )
+}
+
+fn final_chunks(model: &str) -> Vec<String> {
+    vec![
+        format!(
+            "data: {}\n\n",
+            json!({"id": "gen-1", "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        ),
+        format!(
+            "data: {}\n\n",
+            json!({"id": "gen-1", "model": model, "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "cost": 0.00042}})
+        ),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+}
+
+fn mid_stream_error() -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"id": "gen-1", "error": {"code": "server_error", "message": "provider disconnected"}, "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})
+    )
+}
+
+#[handler]
+async fn openrouter(req: &poem::Request, body: Json<Value>, state: Data<&Arc<State>>) -> Response {
+    let state: Arc<State> = state.0.clone();
+    let body = body.0;
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    state.requests.lock().unwrap().push((
+        body.clone(),
+        req.header("x-request-id").map(str::to_owned),
+        req.header("authorization").map(str::to_owned),
+    ));
+    let n = {
+        let mut counts = state.counts.lock().unwrap();
+        let c = counts.entry(model.clone()).or_default();
+        *c += 1;
+        *c
+    };
+    if state.down.lock().unwrap().contains(&model) {
+        return error_response(503, "model down", None);
+    }
+    for (word, status) in [
+        ("fail-400", 400),
+        ("fail-401", 401),
+        ("fail-402", 402),
+        ("fail-403", 403),
+        ("fail-408", 408),
+        ("fail-500", 500),
+        ("fail-502", 502),
+        ("fail-503", 503),
+    ] {
+        if model.contains(word) {
+            return error_response(status, &format!("{word} says no"), None);
+        }
+    }
+    if model.contains("always-429") {
+        return error_response(429, "rate limited", Some("0"));
+    }
+    if model.contains("long-429") {
+        return error_response(429, "rate limited for a while", Some("30"));
+    }
+    if model.contains("flaky-429") && n == 1 {
+        return error_response(429, "rate limited", Some("1"));
+    }
+    if model.contains("slow") {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    if !stream {
+        return Response::builder().content_type("application/json").body(
+            json!({
+                "id": "gen-1",
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": OK_TOKENS.concat()}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "cost": 0.00042}
+            })
+            .to_string(),
+        );
+    }
+    let mut chunks = vec![": OPENROUTER PROCESSING\n\n".to_owned()];
+    if model.contains("midstream-before") {
+        chunks.push(mid_stream_error());
+        return sse(chunks, Duration::ZERO, None);
+    }
+    if model.contains("midstream-after") {
+        chunks.push(chunk(&model, "partial"));
+        chunks.push(": OPENROUTER PROCESSING\n\n".to_owned());
+        chunks.push(mid_stream_error());
+        return sse(chunks, Duration::from_millis(10), None);
+    }
+    if model.contains("drip") {
+        for i in 0..500 {
+            chunks.push(chunk(&model, &format!("t{i} ")));
+        }
+        chunks.extend(final_chunks(&model));
+        return sse(chunks, Duration::from_millis(20), Some(state));
+    }
+    for t in OK_TOKENS {
+        chunks.push(chunk(&model, t));
+        chunks.push(": OPENROUTER PROCESSING\n\n".to_owned());
+    }
+    chunks.extend(final_chunks(&model));
+    sse(chunks, Duration::from_millis(5), None)
+}
+
+struct Setup {
+    app: TestApp,
+    state: Arc<State>,
+    _upstream: FakeUpstream,
+}
+
+async fn setup(extra: &[(&str, &str)]) -> Setup {
+    let state = Arc::new(State::default());
+    let upstream = FakeUpstream::start(
+        poem::Route::new()
+            .at("/api/v1/chat/completions", poem::post(openrouter))
+            .data(state.clone()),
+    )
+    .await;
+    let base = format!("{}/api/v1", upstream.base);
+    let extra: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let app = TestApp::spawn_with(move |vars| {
+        vars.insert("OPENROUTER_API_KEY".into(), "sk-or-test-key".into());
+        vars.insert("OPENROUTER_BASE_URL".into(), base);
+        vars.insert("LLM_MAX_RETRIES".into(), "1".into());
+        vars.insert("LLM_RETRY_BASE_MS".into(), "10".into());
+        vars.insert("LLM_RETRY_MAX_DELAY_MS".into(), "2000".into());
+        vars.insert("LLM_TTFT_TIMEOUT_MS".into(), "400".into());
+        for (k, v) in extra {
+            vars.insert(k, v);
+        }
+    })
+    .await;
+    app.backend.migrate().await.unwrap();
+    Setup {
+        app,
+        state,
+        _upstream: upstream,
+    }
+}
+
+async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .header("x-api-key", API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn ask(task: &str, models: Option<&[&str]>) -> Value {
+    let mut b =
+        json!({"task": task, "messages": [{"role": "user", "content": "How did the session go?"}]});
+    if let Some(m) = models {
+        b["models"] = json!(m);
+    }
+    b
+}
+
+/// Reads SSE events (`event`, parsed `data`) until the body ends.
+struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buf: String,
+}
+
+impl SseReader {
+    fn new(resp: reqwest::Response) -> Self {
+        Self {
+            body: resp.bytes_stream().map(|r| r.map(|b| b.to_vec())).boxed(),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event as (event name, data), skipping comments; None at the end.
+    async fn next(&mut self) -> Option<(String, String)> {
+        loop {
+            while let Some(pos) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..pos + 2).collect();
+                let mut event = "message".to_owned();
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.trim_start().to_owned());
+                    }
+                }
+                if !data.is_empty() {
+                    return Some((event, data.join("\n")));
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(20), self.body.next()).await {
+                Ok(Some(Ok(bytes))) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(_) => return None,
+                Err(_) => panic!("no SSE data within 20 s"),
+            }
+        }
+    }
+}
+
+async fn logs(app: &TestApp, correlation_id: &str) -> Vec<xenios_core::db::models::InferenceLog> {
+    app.backend.flush_audit().await;
+    app.backend
+        .inference_logs_for(correlation_id)
+        .await
+        .unwrap()
+}
+
+fn request_id(resp: &reqwest::Response) -> String {
+    resp.headers()["x-request-id"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn complete_answers_from_the_primary_sends_the_correlation_id_and_logs_a_row() {
+    let s = setup(&[]).await;
+    let resp = s
+        .app
+        .client
+        .post(s.app.url("/api/v1/llm/complete"))
+        .header("x-api-key", API_KEY)
+        .header("x-request-id", "req-llm-complete-1")
+        .json(&ask("chat", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["content"], "Hello world!");
+    assert_eq!(body["model_used"], "anthropic/claude-sonnet-4");
+    assert_eq!(body["model_requested"], "anthropic/claude-sonnet-4");
+    assert_eq!(body["fallback_used"], false);
+    assert_eq!(body["usage"]["total_tokens"], 10);
+    assert_eq!(body["cost_usd"], 0.00042);
+    assert!(body["latency_ms"].is_u64());
+
+    let reqs = s.state.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 1);
+    let (sent, rid, auth) = &reqs[0];
+    assert_eq!(rid.as_deref(), Some("req-llm-complete-1"));
+    assert_eq!(auth.as_deref(), Some("Bearer sk-or-test-key"));
+    assert_eq!(sent["temperature"], json!(0.7f32));
+    assert_eq!(sent["max_tokens"], 2048);
+
+    let rows = logs(&s.app, "req-llm-complete-1").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row.task_type, "chat");
+    assert_eq!(row.status, "success");
+    assert_eq!(row.model_used.as_deref(), Some("anthropic/claude-sonnet-4"));
+    assert!(!row.fallback_used);
+    assert!(!row.streaming);
+    assert_eq!(row.total_tokens, Some(10));
+    assert_eq!(row.cost_usd, Some(0.00042));
+    // AUDIT_STORE_PAYLOADS is off by default: no prompt in the row.
+    assert!(row.request_payload.is_none() && row.response_payload.is_none());
+}
+
+#[tokio::test]
+async fn every_retryable_failure_falls_back_to_the_next_model() {
+    let s = setup(&[]).await;
+    // (primary, attempts expected on it: retryable ones are retried once first)
+    let cases = [
+        ("p/fail-408", 2),
+        ("p/always-429", 2),
+        ("p/fail-500", 2),
+        ("p/fail-502", 2),
+        ("p/fail-503", 2),
+        ("p/slow", 2),
+        ("p/long-429", 1),
+    ];
+    for (i, (primary, attempts)) in cases.into_iter().enumerate() {
+        let fallback = format!("ok/fallback-{i}");
+        let resp = post(
+            &s.app,
+            "/api/v1/llm/complete",
+            ask("intent_classification", Some(&[primary, &fallback])),
+        )
+        .await;
+        let rid = request_id(&resp);
+        assert_eq!(resp.status(), 200, "{primary}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["model_used"], fallback.as_str(), "{primary}");
+        assert_eq!(body["model_requested"], primary, "{primary}");
+        assert_eq!(body["fallback_used"], true, "{primary}");
+        assert_eq!(s.state.count(primary), attempts, "{primary}");
+        let rows = logs(&s.app, &rid).await;
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].fallback_used);
+        assert_eq!(rows[0].model_requested, primary);
+        assert!(
+            rows[0].error.as_deref().unwrap_or("").contains(primary),
+            "the primary's failure is kept: {:?}",
+            rows[0].error
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_errors_stop_without_fallback() {
+    let s = setup(&[]).await;
+    for status in [400, 401, 402, 403] {
+        let primary = format!("p/fail-{status}");
+        let fallback = format!("ok/never-{status}");
+        let resp = post(
+            &s.app,
+            "/api/v1/llm/complete",
+            ask("chat", Some(&[&primary, &fallback])),
+        )
+        .await;
+        let rid = request_id(&resp);
+        assert_eq!(resp.status(), 502, "{status}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "upstream_refused", "{body}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains(&primary) && msg.contains(&format!("HTTP {status}")),
+            "{msg}"
+        );
+        assert_eq!(s.state.count(&primary), 1, "not retried");
+        assert_eq!(s.state.count(&fallback), 0, "no fallback");
+        let rows = logs(&s.app, &rid).await;
+        assert_eq!(rows[0].status, "error");
+        assert!(rows[0].model_used.is_none());
+    }
+}
+
+#[tokio::test]
+async fn when_all_models_fail_the_error_lists_each_in_order() {
+    let s = setup(&[]).await;
+    let resp = post(
+        &s.app,
+        "/api/v1/llm/complete",
+        ask("chat", Some(&["a/fail-503", "b/fail-500", "c/fail-502"])),
+    )
+    .await;
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "all_models_failed");
+    let msg = body["error"]["message"].as_str().unwrap();
+    let a = msg.find("1) a/fail-503: HTTP 503").expect(msg);
+    let b = msg.find("2) b/fail-500: HTTP 500").expect(msg);
+    let c = msg.find("3) c/fail-502: HTTP 502").expect(msg);
+    assert!(a < b && b < c, "{msg}");
+    assert!(msg.contains("(2 attempts)"), "{msg}");
+
+    // Every model timing out is a 504.
+    let resp = post(
+        &s.app,
+        "/api/v1/llm/complete",
+        ask("chat", Some(&["a/slow", "b/slow"])),
+    )
+    .await;
+    assert_eq!(resp.status(), 504);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_on_the_same_model() {
+    let s = setup(&[]).await;
+    let started = Instant::now();
+    let resp = post(
+        &s.app,
+        "/api/v1/llm/complete",
+        ask("chat", Some(&["p/flaky-429", "ok/unused"])),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["model_used"], "p/flaky-429");
+    assert_eq!(body["fallback_used"], false);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited {:?}, Retry-After was 1 s",
+        started.elapsed()
+    );
+    assert_eq!(s.state.count("p/flaky-429"), 2);
+    assert_eq!(s.state.count("ok/unused"), 0);
+}
+
+#[tokio::test]
+async fn connect_errors_fall_back_and_are_listed() {
+    // A port nobody listens on.
+    let closed = xenios_tests::free_port();
+    let app = TestApp::spawn_with(move |vars| {
+        vars.insert("OPENROUTER_API_KEY".into(), "sk-or-test-key".into());
+        vars.insert(
+            "OPENROUTER_BASE_URL".into(),
+            format!("http://127.0.0.1:{closed}/api/v1"),
+        );
+        vars.insert("LLM_MAX_RETRIES".into(), "1".into());
+        vars.insert("LLM_RETRY_BASE_MS".into(), "10".into());
+    })
+    .await;
+    let resp = post(&app, "/api/v1/llm/complete", ask("entity_extraction", None)).await;
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("1) anthropic/claude-sonnet-4: connect error")
+            && msg.contains("2) openai/gpt-4o-mini: connect error"),
+        "{msg}"
+    );
+    assert!(!msg.contains("sk-or-test-key"));
+}
+
+#[tokio::test]
+async fn routing_table_covers_all_five_tasks_with_their_fallbacks() {
+    let s = setup(&[]).await;
+    let expect = [
+        (
+            "session_summary",
+            "anthropic/claude-opus-4.5",
+            "anthropic/claude-sonnet-4",
+        ),
+        (
+            "insight_generation",
+            "anthropic/claude-opus-4.5",
+            "anthropic/claude-sonnet-4",
+        ),
+        ("chat", "anthropic/claude-sonnet-4", "openai/gpt-4o-mini"),
+        (
+            "intent_classification",
+            "anthropic/claude-sonnet-4",
+            "openai/gpt-4o-mini",
+        ),
+        (
+            "entity_extraction",
+            "anthropic/claude-sonnet-4",
+            "openai/gpt-4o-mini",
+        ),
+    ];
+    let routes = s.app.backend.llm().config().routes.clone();
+    for (task, primary, fallback) in expect {
+        let route = routes.route(task.parse().unwrap());
+        s.state.down.lock().unwrap().clear();
+        let resp = post(&s.app, "/api/v1/llm/complete", ask(task, None)).await;
+        assert_eq!(resp.status(), 200, "{task}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["model_used"], primary, "{task}");
+        let last = s.state.requests.lock().unwrap().last().unwrap().0.clone();
+        assert_eq!(last["max_tokens"], route.max_tokens, "{task}");
+        assert_eq!(last["temperature"], json!(route.temperature), "{task}");
+
+        s.state.down.lock().unwrap().insert(primary.to_owned());
+        let resp = post(&s.app, "/api/v1/llm/complete", ask(task, None)).await;
+        let rid = request_id(&resp);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["model_used"], fallback, "{task}");
+        assert_eq!(body["fallback_used"], true, "{task}");
+        let rows = logs(&s.app, &rid).await;
+        assert_eq!(rows[0].task_type, task);
+    }
+}
+
+#[tokio::test]
+async fn routes_are_overridable_from_the_environment() {
+    let s = setup(&[("LLM_ROUTES", "chat=x/custom-1,x/custom-2")]).await;
+    let resp = post(&s.app, "/api/v1/llm/complete", ask("chat", None)).await;
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["model_used"], "x/custom-1");
+    assert_eq!(s.state.models_seen(), ["x/custom-1"]);
+
+    let mut vars = HashMap::new();
+    vars.insert(
+        "LLM_ROUTES".to_owned(),
+        "chat=a/x,a/x;summaries=a/y;entity_extraction=".to_owned(),
+    );
+    let err = xenios_core::Config::from_map(&vars)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("listed twice"), "{err}");
+    assert!(err.contains("unknown task `summaries`"), "{err}");
+    assert!(
+        err.contains("task `entity_extraction`: the list of models is empty"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_422() {
+    let s = setup(&[]).await;
+    for body in [
+        json!({"task": "poetry", "messages": [{"role": "user", "content": "x"}]}),
+        json!({"task": "chat", "messages": []}),
+        json!({"task": "chat", "messages": [{"role": "wizard", "content": "x"}]}),
+        json!({"task": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": 9.0}),
+        json!({"task": "chat", "messages": [{"role": "user", "content": "x"}], "models": ["a b"]}),
+        json!({"task": "chat", "messages": [{"role": "user", "content": "x"}], "models": ["a/b", "a/b"]}),
+    ] {
+        for path in ["/api/v1/llm/complete", "/api/v1/llm/stream"] {
+            let resp = post(&s.app, path, body.clone()).await;
+            assert_eq!(resp.status(), 422, "{path} {body}");
+            let b: Value = resp.json().await.unwrap();
+            assert_eq!(b["error"]["code"], "validation_error");
+        }
+    }
+    assert!(s.state.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn stream_forwards_deltas_in_order_then_done_and_ignores_comments() {
+    let s = setup(&[]).await;
+    let resp = post(&s.app, "/api/v1/llm/stream", ask("chat", None)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let rid = request_id(&resp);
+    let mut sse = SseReader::new(resp);
+    let mut deltas = Vec::new();
+    let done = loop {
+        let (event, data) = sse.next().await.expect("stream ended without done");
+        let v: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(v["type"], event.as_str());
+        match event.as_str() {
+            "delta" => deltas.push(v["content"].as_str().unwrap().to_owned()),
+            "done" => break v,
+            other => panic!("unexpected {other}: {data}"),
+        }
+    };
+    assert_eq!(deltas, OK_TOKENS);
+    assert_eq!(done["model_used"], "anthropic/claude-sonnet-4");
+    assert_eq!(done["fallback_used"], false);
+    assert_eq!(done["usage"]["total_tokens"], 10);
+    assert_eq!(done["usage"]["cost_usd"], 0.00042);
+    assert!(sse.next().await.is_none());
+    let sent = s.state.requests.lock().unwrap()[0].0.clone();
+    assert_eq!(sent["stream"], true);
+    let rows = logs(&s.app, &rid).await;
+    assert_eq!(rows[0].status, "success");
+    assert!(rows[0].streaming);
+    assert!(rows[0].ttft_ms.is_some());
+    assert_eq!(rows[0].total_tokens, Some(10));
+}
+
+#[tokio::test]
+async fn stream_tokens_arrive_before_the_upstream_finishes() {
+    let s = setup(&[]).await;
+    let resp = post(&s.app, "/api/v1/llm/stream", ask("chat", Some(&["d/drip"]))).await;
+    assert_eq!(resp.status(), 200);
+    let mut sse = SseReader::new(resp);
+    let (event, _) = sse.next().await.unwrap();
+    assert_eq!(event, "delta");
+    let sent = s.state.dripped.load(Ordering::SeqCst);
+    assert!(
+        sent < 100,
+        "first token forwarded only after {sent} upstream chunks"
+    );
+}
+
+#[tokio::test]
+async fn stream_failure_before_the_first_token_falls_back() {
+    let s = setup(&[]).await;
+    let resp = post(
+        &s.app,
+        "/api/v1/llm/stream",
+        ask("chat", Some(&["p/midstream-before", "ok/second"])),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut sse = SseReader::new(resp);
+    let mut text = String::new();
+    let done = loop {
+        let (event, data) = sse.next().await.unwrap();
+        let v: Value = serde_json::from_str(&data).unwrap();
+        match event.as_str() {
+            "delta" => text.push_str(v["content"].as_str().unwrap()),
+            "done" => break v,
+            other => panic!("unexpected {other}: {data}"),
+        }
+    };
+    assert_eq!(text, "Hello world!");
+    assert_eq!(done["model_used"], "ok/second");
+    assert_eq!(done["fallback_used"], true);
+    // Retried once on the same model, then fell back.
+    assert_eq!(s.state.count("p/midstream-before"), 2);
+
+    // Before any token, total failure is an HTTP error, not a 200 stream.
+    let resp = post(
+        &s.app,
+        "/api/v1/llm/stream",
+        ask("chat", Some(&["p/midstream-before", "q/fail-503"])),
+    )
+    .await;
+    assert_eq!(resp.status(), 502);
+    let body: Value = resp.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("provider disconnected") && msg.contains("q/fail-503"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn stream_failure_after_a_token_ends_with_an_error_event() {
+    let s = setup(&[]).await;
+    let resp = post(
+        &s.app,
+        "/api/v1/llm/stream",
+        ask("chat", Some(&["p/midstream-after", "ok/not-used"])),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let rid = request_id(&resp);
+    let mut sse = SseReader::new(resp);
+    let (e1, d1) = sse.next().await.unwrap();
+    assert_eq!(e1, "delta");
+    assert_eq!(
+        serde_json::from_str::<Value>(&d1).unwrap()["content"],
+        "partial"
+    );
+    let (e2, d2) = sse.next().await.unwrap();
+    assert_eq!(e2, "error", "{d2}");
+    let v: Value = serde_json::from_str(&d2).unwrap();
+    assert_eq!(v["code"], "upstream_stream_failed");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("provider disconnected")
+    );
+    assert!(sse.next().await.is_none());
+    assert_eq!(
+        s.state.count("ok/not-used"),
+        0,
+        "never restarted after a token"
+    );
+    let rows = logs(&s.app, &rid).await;
+    assert_eq!(rows[0].status, "error");
+    assert_eq!(rows[0].model_used.as_deref(), Some("p/midstream-after"));
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_request() {
+    let s = setup(&[]).await;
+    let resp = s
+        .app
+        .client
+        .post(s.app.url("/api/v1/llm/stream"))
+        .header("x-api-key", API_KEY)
+        .header("x-request-id", "req-llm-cancel-1")
+        .json(&ask("chat", Some(&["d/drip"])))
+        .send()
+        .await
+        .unwrap();
+    let mut sse = SseReader::new(resp);
+    let (event, _) = sse.next().await.unwrap();
+    assert_eq!(event, "delta");
+    drop(sse);
+    wait_for(
+        "the fake upstream to see the disconnect",
+        Duration::from_secs(10),
+        || async { s.state.disconnected.load(Ordering::SeqCst).then_some(()) },
+    )
+    .await;
+    assert!(s.state.dripped.load(Ordering::SeqCst) < 500);
+    let row = wait_for("a cancelled audit row", Duration::from_secs(10), || async {
+        logs(&s.app, "req-llm-cancel-1")
+            .await
+            .into_iter()
+            .find(|r| r.status == "cancelled")
+    })
+    .await;
+    assert!(row.streaming);
+}
+
+#[tokio::test]
+async fn audit_rows_store_payloads_only_when_enabled() {
+    let s = setup(&[("AUDIT_STORE_PAYLOADS", "true")]).await;
+    let resp = post(&s.app, "/api/v1/llm/complete", ask("chat", None)).await;
+    let rid = request_id(&resp);
+    assert_eq!(resp.status(), 200);
+    let rows = logs(&s.app, &rid).await;
+    let req = rows[0].request_payload.as_ref().unwrap();
+    assert_eq!(req["messages"][0]["content"], "How did the session go?");
+    assert_eq!(
+        rows[0].response_payload.as_ref().unwrap()["content"],
+        "Hello world!"
+    );
+}
+
+#[tokio::test]
+async fn openai_compatible_endpoint_complete_and_stream() {
+    let s = setup(&[]).await;
+    // A task name as the model uses that task's route.
+    let resp = post(
+        &s.app,
+        "/v1/chat/completions",
+        json!({"model": "chat", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello world!");
+    assert_eq!(body["model"], "anthropic/claude-sonnet-4");
+    assert_eq!(body["usage"]["total_tokens"], 10);
+
+    // A model id is used as is, streamed.
+    let resp = post(
+        &s.app,
+        "/v1/chat/completions",
+        json!({"model": "openai/gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut sse = SseReader::new(resp);
+    let mut text = String::new();
+    let mut saw_done = false;
+    while let Some((_, data)) = sse.next().await {
+        if data == "[DONE]" {
+            saw_done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk");
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+    }
+    assert!(saw_done);
+    assert_eq!(text, "Hello world!");
+    assert_eq!(s.state.models_seen().last().unwrap(), "openai/gpt-4o-mini");
+}
+
+#[tokio::test]
+async fn development_without_a_key_uses_the_fake_provider() {
+    let app = TestApp::spawn().await;
+    assert!(app.backend.config().uses_fake_llm());
+    assert_eq!(app.backend.llm().provider_name(), "fake");
+    let resp = post(
+        &app,
+        "/api/v1/llm/complete",
+        ask("chat", Some(&["fake/fail-5xx", "fake/ok"])),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["model_used"], "fake/ok");
+    assert_eq!(body["fallback_used"], true);
+}
+
+#[tokio::test]
+async fn the_openai_python_sdk_completes_and_streams() {
+    let s = setup(&[]).await;
+    let python = match std::env::var("XENIOS_PYTHON") {
+        Ok(p) if !p.is_empty() => p,
+        _ => {
+            let out = std::process::Command::new("scripts/py-venv.sh")
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .output()
+                .expect("scripts/py-venv.sh");
+            assert!(
+                out.status.success(),
+                "py-venv.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/openai_sdk.py");
+    let base = s.app.url("/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .env("XENIOS_BASE_URL", base)
+            .env("XENIOS_API_KEY", API_KEY)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("complete: Hello world!"), "{stdout}");
+    assert!(stdout.contains("stream: Hello| world|!"), "{stdout}");
+}
