@@ -1,7 +1,7 @@
 """The official OpenAI Python SDK against the backend's /v1/chat/completions.
 
 Run by tests/tests/llm.rs with XENIOS_BASE_URL (.../v1) and XENIOS_API_KEY set. The backend
-authenticates with X-API-Key, so the SDK sends it as a default header.
+accepts its API key as the SDK's own `api_key` (sent as `Authorization: Bearer`).
 """
 
 import os
@@ -10,8 +10,7 @@ from openai import OpenAI
 
 client = OpenAI(
     base_url=os.environ["XENIOS_BASE_URL"],
-    api_key="unused",
-    default_headers={"X-API-Key": os.environ["XENIOS_API_KEY"]},
+    api_key=os.environ["XENIOS_API_KEY"],
     max_retries=0,
     timeout=30,
 )

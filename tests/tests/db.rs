@@ -310,7 +310,7 @@ async fn tls_with_sslmode_require_and_no_prepared_statements() {
         .await
         .unwrap()
         .get(0);
-    let url = format!("{}&sslmode=require", db.url);
+    let url = db.url.replace("sslmode=disable", "sslmode=require");
     let b = backend(
         &db,
         &redis,
@@ -361,7 +361,10 @@ async fn server_keeps_serving_while_postgres_is_down_and_recovers() {
             .unwrap();
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     };
-    assert_eq!(ready().await.0, 200);
+    wait_for("a first 200", Duration::from_secs(20), || async {
+        (ready().await.0 == 200).then_some(())
+    })
+    .await;
 
     proxy.cut();
     let body = wait_for(

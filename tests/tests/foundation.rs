@@ -64,7 +64,10 @@ async fn ready_turns_503_while_redis_is_down_and_recovers_without_restart() {
         let status = r.status().as_u16();
         (status, r.json::<Value>().await.unwrap())
     };
-    assert_eq!(ready().await.0, 200);
+    wait_for("a first 200", Duration::from_secs(20), || async {
+        (ready().await.0 == 200).then_some(())
+    })
+    .await;
 
     redis.stop();
     let body = wait_for("503 with redis down", Duration::from_secs(15), || async {

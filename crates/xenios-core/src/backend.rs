@@ -416,11 +416,23 @@ impl AiBackend {
     /// [`Principal::Service`] (backend to backend); with one, it must be a valid
     /// `Bearer <Supabase JWT>` and the caller is that user: a token that is present but
     /// invalid is refused, never ignored.
+    ///
+    /// OpenAI-style clients can only send one credential, as `Authorization: Bearer <key>`:
+    /// without an `X-API-Key`, a bearer equal to the API key is the service principal.
     pub async fn authenticate(
         &self,
         api_key: Option<&str>,
         authorization: Option<&str>,
     ) -> std::result::Result<Principal, AuthError> {
+        if api_key.is_none() {
+            if let Some(header) = authorization {
+                let token = auth::bearer_token(header)?;
+                return match self.verify_api_key(Some(token)) {
+                    Ok(()) => Ok(Principal::Service),
+                    Err(_) => Err(AuthError::MissingApiKey),
+                };
+            }
+        }
         self.verify_api_key(api_key)?;
         match authorization {
             None => Ok(Principal::Service),

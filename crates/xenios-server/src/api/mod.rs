@@ -1,10 +1,10 @@
 //! HTTP routes. Each maps onto one [`xenios_core::AiBackend`] call.
 
 pub mod health;
-pub mod me;
-pub mod security;
 pub mod llm;
+pub mod me;
 pub mod openai;
+pub mod security;
 pub mod status;
 
 use poem_openapi::Tags;
