@@ -840,6 +840,24 @@ async fn development_without_a_key_uses_the_fake_provider() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["model_used"], "fake/ok");
     assert_eq!(body["fallback_used"], true);
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "xenios_llm_calls_total 1",
+        "xenios_llm_fallbacks_total 1",
+        "xenios_llm_retries_total 2",
+        "xenios_llm_latency_seconds_count 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use poem::web::sse::Event;
-use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::payload::{EventStream, Json, PlainText};
 use poem_openapi::{Object, OpenApi};
 use xenios_core::auth::Principal;
 use xenios_core::llm::{CompletionRequest, Message, Role, StreamEvent, Task, Usage};
@@ -237,6 +237,13 @@ impl LlmApi {
         }))
     }
 
+    /// Prometheus text metrics of LLM calls: calls, streams, fallbacks, retries, errors and a
+    /// latency histogram (seconds).
+    #[oai(path = "/metrics", method = "get")]
+    async fn metrics(&self) -> PlainText<String> {
+        PlainText(prometheus_text(&self.backend.llm().metrics()))
+    }
+
     /// Stream: the same as server-sent events. `delta` events carry text as it arrives, then
     /// one `done` event (usage, model used) or one `error` event if the stream fails after it
     /// started. Failures before the first token are ordinary HTTP errors (502/504). Closing
@@ -261,4 +268,50 @@ impl LlmApi {
                 Event::message(json).event_type(e.kind)
             }))
     }
+}
+
+/// Renders the LLM counters in the Prometheus text format.
+pub fn prometheus_text(m: &xenios_core::llm::LlmMetricsSnapshot) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "xenios_llm_calls_total",
+            "LLM calls (complete and stream).",
+            m.calls,
+        ),
+        ("xenios_llm_streams_total", "Streamed LLM calls.", m.streams),
+        (
+            "xenios_llm_fallbacks_total",
+            "Calls answered by a fallback model.",
+            m.fallbacks,
+        ),
+        (
+            "xenios_llm_retries_total",
+            "Retries of one model.",
+            m.retries,
+        ),
+        ("xenios_llm_errors_total", "Calls that failed.", m.errors),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    let name = "xenios_llm_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Wall time of LLM calls.\n# TYPE {name} histogram"
+    );
+    for (bound, count) in xenios_core::llm::LATENCY_BUCKETS_MS
+        .iter()
+        .zip(&m.latency_buckets)
+    {
+        let le = *bound as f64 / 1000.0;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", m.latency_count);
+    let _ = writeln!(out, "{name}_sum {}", m.latency_sum_ms as f64 / 1000.0);
+    let _ = writeln!(out, "{name}_count {}", m.latency_count);
+    out
 }
