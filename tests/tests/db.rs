@@ -326,7 +326,10 @@ async fn tls_with_sslmode_require_and_no_prepared_statements() {
         return;
     }
     b.migrate().await.unwrap();
-    assert!(b.readiness().await.ready);
+    wait_for("readiness over TLS", Duration::from_secs(20), || async {
+        b.readiness().await.ready.then_some(())
+    })
+    .await;
     assert!(b.job_record("x").await.unwrap().is_none());
     let encrypted: i64 = db
         .client()
