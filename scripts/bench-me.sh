@@ -8,6 +8,7 @@
 #   scripts/bench-me.sh                 # 15 s, 64 connections, 2 wrk threads
 #   DURATION=30 CONNECTIONS=128 scripts/bench-me.sh
 #   LOG_LEVEL=warn scripts/bench-me.sh  # without the per-request access log line
+#   BENCH_NO_BUILD=1 scripts/bench-me.sh # reuse target/release/xenios-server as it is
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/toolchain.sh
@@ -25,7 +26,7 @@ if ! command -v wrk >/dev/null; then
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
 scripts/services.sh --dev-db >/dev/null
-cargo build --release --bin xenios-server
+[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --bin xenios-server
 
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 now=$(date +%s)
