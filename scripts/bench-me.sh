@@ -8,6 +8,7 @@
 #   scripts/bench-me.sh                 # 15 s, 64 connections, 2 wrk threads
 #   DURATION=30 CONNECTIONS=128 scripts/bench-me.sh
 #   LOG_LEVEL=warn scripts/bench-me.sh  # without the per-request access log line
+#   BENCH_NO_BUILD=1 scripts/bench-me.sh # reuse target/release/xenios-server as it is
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/toolchain.sh
@@ -25,7 +26,7 @@ if ! command -v wrk >/dev/null; then
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
 scripts/services.sh --dev-db >/dev/null
-cargo build --release --bin xenios-server
+[ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release --bin xenios-server
 
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 now=$(date +%s)
@@ -56,6 +57,17 @@ echo "GET /api/v1/me -> $check"
 case $check in *'"principal":"user"'*) ;; *) echo "the token was not accepted"; exit 1;; esac
 
 echo "wrk: ${DURATION}s, $CONNECTIONS connections, $THREADS threads, LOG_LEVEL=${LOG_LEVEL:-info}"
-wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
-  -H "X-API-Key: $API_KEY" -H "Authorization: Bearer $TOKEN" "$url"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+# CPU time the server itself spends (utime + stime, in clock ticks): requests per server
+# CPU-second is a figure that survives a machine shared with other work.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
+ticks_before=$(cpu_ticks)
+out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+  -H "X-API-Key: $API_KEY" -H "Authorization: Bearer $TOKEN" "$url")
+ticks_after=$(cpu_ticks)
+echo "$out"
+requests=$(echo "$out" | awk '/requests in/ {print $1}')
+hz=$(getconf CLK_TCK)
+awk -v n="$requests" -v t=$((ticks_after - ticks_before)) -v hz="$hz" 'BEGIN {
+  s = t / hz; if (s > 0) printf "server CPU: %.2f s for %d requests = %.0f requests per server CPU-second\n", s, n, n / s }'
 echo "server RSS after the run: $(ps -o rss= -p "$server" | awk '{printf "%.1f MB", $1/1024}')"
