@@ -38,6 +38,7 @@ struct Inner {
     http: reqwest::Client,
     api_keys: ApiKeyVerifier,
     audit: AuditWriter,
+    jobs: crate::jobs::JobsState,
     started_at: Instant,
 }
 
@@ -139,6 +140,7 @@ impl AiBackend {
     ) -> AiBackend {
         let api_keys = ApiKeyVerifier::new(&config.api_key);
         let audit = AuditWriter::start(db.clone(), config.database.audit_queue_capacity);
+        let jobs = crate::jobs::JobsState::new(&config, redis.clone());
         AiBackend {
             inner: Arc::new(Inner {
                 config,
@@ -147,6 +149,7 @@ impl AiBackend {
                 http,
                 api_keys,
                 audit,
+                jobs,
                 started_at: Instant::now(),
             }),
         }
@@ -175,6 +178,11 @@ impl AiBackend {
     /// The background writer of audit rows (inference logs, job state changes).
     pub fn audit(&self) -> &AuditWriter {
         &self.inner.audit
+    }
+
+    /// Job queue state (router, dedicated Redis client, producer events).
+    pub(crate) fn jobs_state(&self) -> &crate::jobs::JobsState {
+        &self.inner.jobs
     }
 
     /// Counters of the audit writer.

@@ -26,16 +26,20 @@ use poem_openapi::OpenApiService;
 use xenios_core::{AiBackend, Config};
 
 use crate::api::health::HealthApi;
+use crate::api::jobs::JobsApi;
 use crate::api::status::StatusApi;
 
 /// Builds the OpenAPI service (routes plus their document).
-pub fn openapi(backend: &AiBackend) -> OpenApiService<(HealthApi, StatusApi), ()> {
+pub fn openapi(backend: &AiBackend) -> OpenApiService<(HealthApi, StatusApi, JobsApi), ()> {
     OpenApiService::new(
         (
             HealthApi {
                 backend: backend.clone(),
             },
             StatusApi {
+                backend: backend.clone(),
+            },
+            JobsApi {
                 backend: backend.clone(),
             },
         ),

@@ -1,6 +1,7 @@
 //! HTTP routes. Each maps onto one [`xenios_core::AiBackend`] call.
 
 pub mod health;
+pub mod jobs;
 pub mod status;
 
 use poem_openapi::Tags;
@@ -12,4 +13,6 @@ pub enum ApiTags {
     Health,
     /// Service information.
     Status,
+    /// Celery-compatible jobs.
+    Jobs,
 }
