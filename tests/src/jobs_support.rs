@@ -166,3 +166,24 @@ pub fn python() -> PathBuf {
 pub fn python_dir() -> PathBuf {
     workspace_root().join("tests/python")
 }
+
+/// Any child process (Python Celery worker, Flower), killed and reaped on drop.
+#[derive(Debug)]
+pub struct ChildProcess(pub Child);
+
+impl ChildProcess {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(
+            cmd.stdin(Stdio::null())
+                .spawn()
+                .expect("spawn child process"),
+        )
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -453,11 +453,17 @@ impl crate::AiBackend {
             .await
             .map_err(redis_error)?;
         pubsub.subscribe(&key).await.map_err(redis_error)?;
-        let current = self.job_result(task_id).await?;
-        if current.state.is_ready() {
-            return Ok(current);
-        }
-        let mut latest = current;
+        // Subscribed first, then read: a result stored in between is not missed. A failed
+        // read (a pooled connection timing out under load) is not fatal: the result will
+        // still arrive on the channel, and is read again at the deadline.
+        let mut latest = match self.job_result(task_id).await {
+            Ok(r) if r.state.is_ready() => return Ok(r),
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the result yet; waiting on its channel");
+                JobResult::pending(task_id)
+            }
+        };
         let mut stream = pubsub.on_message();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -479,7 +485,12 @@ impl crate::AiBackend {
                         message: "result subscription closed".to_owned(),
                     });
                 }
-                Err(_) => return Ok(latest),
+                Err(_) => {
+                    return Ok(match self.job_result(task_id).await {
+                        Ok(r) => r,
+                        Err(_) => latest,
+                    });
+                }
             }
         }
     }

@@ -535,8 +535,14 @@ impl Worker {
         let state = self.backend.jobs_state();
         let client = state.client()?.clone();
         let db = state.db;
+        // The worker's own connection (pipelined, shared by its tasks), with a response
+        // timeout that tolerates a loaded machine better than the pool's default 500 ms.
         let conn = client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(Duration::from_secs(10)))
+                    .set_connection_timeout(Some(Duration::from_secs(5))),
+            )
             .await
             .map_err(redis_error)?;
         let clock = Arc::new(Clock::default());
