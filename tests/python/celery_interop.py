@@ -32,6 +32,11 @@ def add(x, y):
     return x + y
 
 
+@app.task(name="interop.noop")
+def noop():
+    return None
+
+
 @app.task(name="interop.headers", bind=True)
 def headers(self):
     """What a Python task sees of the headers our producer adds."""

@@ -51,30 +51,38 @@ fn workspace_root() -> PathBuf {
 /// The `xenios-worker` binary of this build (built first if needed).
 pub fn worker_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    BIN.get_or_init(|| build_bin("xenios-worker", "xenios-worker"))
+        .clone()
+}
+
+/// The `xenios-cli` binary of this build (built first if needed).
+pub fn cli_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("xenios-cli", "xenios-cli"))
+        .clone()
+}
+
+/// Builds the binaries the way `scripts/test.sh` does (`--workspace --all-targets`, so the
+/// same features: nothing is rebuilt when the test run already built them).
+fn build_bin(_package: &str, bin: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    BUILT.get_or_init(|| {
         let release = profile_dir.ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root()).args([
-            "build",
-            "-q",
-            "-p",
-            "xenios-worker",
-            "--bin",
-            "xenios-worker",
-        ]);
+        cmd.current_dir(workspace_root())
+            .args(["build", "-q", "--workspace", "--all-targets"]);
         if release {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("cargo build of xenios-worker");
-        assert!(status.success(), "cannot build xenios-worker");
-        let bin = profile_dir.join("xenios-worker");
-        assert!(bin.exists(), "{} missing", bin.display());
-        bin
-    })
-    .clone()
+        let status = cmd.status().expect("cargo build");
+        assert!(status.success(), "cannot build the workspace binaries");
+    });
+    let path = profile_dir.join(bin);
+    assert!(path.exists(), "{} missing", path.display());
+    path
 }
 
 /// The real worker binary as a child process; killed (SIGKILL) and reaped on drop.

@@ -691,3 +691,63 @@ async fn jobs_sigterm_is_a_warm_shutdown_that_finishes_or_gives_back_every_job()
         );
     }
 }
+
+#[tokio::test]
+async fn jobs_cli_enqueue_waits_for_the_result_and_job_prints_it() {
+    let redis = TestRedis::new().await;
+    let db = TestDb::new().await;
+    let backend = backend_on(&db, &redis, &[]).await;
+    let vars = vars_for(&db, &redis, &[]);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(
+        Worker::new(
+            backend.clone(),
+            tasks::builtin_registry(),
+            opts(&["default"], 1),
+        )
+        .run(async {
+            let _ = rx.await;
+        }),
+    );
+    let cli = xenios_tests::jobs_support::cli_bin();
+    let run = move |args: Vec<String>| {
+        let mut cmd = std::process::Command::new(&cli);
+        cmd.args(args).envs(&vars).current_dir(std::env::temp_dir());
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = run([
+        "enqueue",
+        "xenios.echo",
+        "--args",
+        "[1, \"a\"]",
+        "--wait",
+        "--timeout",
+        "20",
+    ]
+    .map(String::from)
+    .to_vec())
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["state"], "SUCCESS");
+    assert_eq!(printed["result"], json!([1, "a"]));
+    let id = printed["task_id"].as_str().unwrap().to_owned();
+    let out = run(vec!["job".into(), id.clone()]).await.unwrap();
+    assert!(out.status.success());
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["task_id"], id.as_str());
+    // Bad JSON is refused with exit code 2, nothing enqueued.
+    let out = run(["enqueue", "xenios.echo", "--args", "{oops"]
+        .map(String::from)
+        .to_vec())
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    tx.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}

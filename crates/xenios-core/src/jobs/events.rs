@@ -176,7 +176,7 @@ async fn publish(pool: &RedisPool, db: i64, hostname: &str, rk: &str, body: &Val
     let payload = envelope(body, "celeryev", rk, json!({"hostname": hostname}), 1);
     let channel = fanout_channel(db, "celeryev", rk);
     let result = async {
-        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+        let mut conn = crate::jobs::pooled(pool).await.map_err(|e| e.to_string())?;
         redis::cmd("PUBLISH")
             .arg(&channel)
             .arg(&payload)

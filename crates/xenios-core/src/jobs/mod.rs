@@ -271,11 +271,20 @@ impl JobsState {
     }
 }
 
-fn pool_err(e: bb8::RunError<redis::RedisError>) -> Error {
-    Error::Unavailable {
+/// Reply timeout of Redis commands of the job queue. redis-rs defaults to 500 ms, which a
+/// loaded 2-core machine exceeds now and then; a job call would rather wait than fail.
+pub const REDIS_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A pooled connection with the job queue's reply timeout.
+pub(crate) async fn pooled(
+    pool: &RedisPool,
+) -> Result<bb8::PooledConnection<'_, bb8_redis::RedisConnectionManager>> {
+    let mut conn = pool.get().await.map_err(|e| Error::Unavailable {
         component: "redis",
         message: e.to_string(),
-    }
+    })?;
+    conn.set_response_timeout(REDIS_REPLY_TIMEOUT);
+    Ok(conn)
 }
 
 /// A digest of arguments for job rows (never the arguments themselves).
@@ -406,7 +415,7 @@ impl crate::AiBackend {
     pub async fn publish_messages(&self, messages: &[TaskMessage]) -> Result<()> {
         for chunk in messages.chunks(1000) {
             let out: Vec<(String, String)> = chunk.iter().map(broker::outgoing).collect();
-            let mut conn = self.redis().get().await.map_err(pool_err)?;
+            let mut conn = pooled(self.redis()).await?;
             broker::publish(&mut *conn, &out).await?;
         }
         let events = &self.jobs_state().events;
@@ -429,7 +438,7 @@ impl crate::AiBackend {
 
     /// The stored result of a job (PENDING when nothing is stored yet, as in Celery).
     pub async fn job_result(&self, task_id: &str) -> Result<JobResult> {
-        let mut conn = self.redis().get().await.map_err(pool_err)?;
+        let mut conn = pooled(self.redis()).await?;
         let raw: Option<String> = redis::cmd("GET")
             .arg(result::result_key(task_id))
             .query_async(&mut *conn)
@@ -495,9 +504,10 @@ impl crate::AiBackend {
         }
     }
 
-    /// Revokes a job: workers skip it (ours also when started later, for
-    /// `JOB_RESULT_EXPIRES_SECS`), Python workers through the pidbox broadcast, and a
-    /// REVOKED result is stored unless it already finished.
+    /// Revokes a job: running workers are told through the pidbox broadcast (Python ones
+    /// too), and ours also honour it when started later (a marker kept for
+    /// `JOB_RESULT_EXPIRES_SECS`). The worker that meets the job stores REVOKED and its job
+    /// row; a job already running is not interrupted (Celery's `terminate` is not supported).
     pub async fn revoke(&self, task_id: &str) -> Result<()> {
         let state = self.jobs_state();
         let ttl = self.config().jobs.result_expires.as_secs().max(1);
@@ -507,7 +517,7 @@ impl crate::AiBackend {
             None,
         );
         let channel = events::fanout_channel(state.db, "celery.pidbox", "");
-        let mut conn = self.redis().get().await.map_err(pool_err)?;
+        let mut conn = pooled(self.redis()).await?;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(format!("{REVOKED_PREFIX}{task_id}"))

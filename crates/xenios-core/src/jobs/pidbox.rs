@@ -286,10 +286,7 @@ pub(crate) async fn handle(shared: &Shared, payload: &[u8]) {
         1,
     );
     let result = async {
-        let mut conn = shared
-            .backend
-            .redis()
-            .get()
+        let mut conn = crate::jobs::pooled(shared.backend.redis())
             .await
             .map_err(|e| e.to_string())?;
         let members: Vec<String> = redis::cmd("SMEMBERS")

@@ -540,7 +540,7 @@ impl Worker {
         let conn = client
             .get_multiplexed_async_connection_with_config(
                 &redis::AsyncConnectionConfig::new()
-                    .set_response_timeout(Some(Duration::from_secs(10)))
+                    .set_response_timeout(Some(crate::jobs::REDIS_REPLY_TIMEOUT))
                     .set_connection_timeout(Some(Duration::from_secs(5))),
             )
             .await
