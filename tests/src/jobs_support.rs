@@ -62,27 +62,50 @@ pub fn cli_bin() -> PathBuf {
         .clone()
 }
 
-/// Builds the binaries the way `scripts/test.sh` does (`--workspace --all-targets`, so the
-/// same features: nothing is rebuilt when the test run already built them).
-fn build_bin(_package: &str, bin: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
+/// The binary next to the test executable, as `scripts/test.sh` (nextest `--workspace
+/// --all-targets`) builds it; rebuilt with `cargo build --bins` only when missing or older
+/// than a source file of the workspace crates (e.g. after `nextest run -p xenios-tests`).
+fn build_bin(package: &str, bin: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    BUILT.get_or_init(|| {
+    let path = profile_dir.join(bin);
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let newest_source = newest_mtime(&workspace_root().join("crates"));
+    let stale = match (built, newest_source) {
+        (Some(b), Some(s)) => s > b,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    if stale {
         let release = profile_dir.ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace_root())
-            .args(["build", "-q", "--workspace", "--all-targets"]);
+            .args(["build", "-q", "-p", package, "--bin", bin]);
         if release {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("cargo build");
-        assert!(status.success(), "cannot build the workspace binaries");
-    });
-    let path = profile_dir.join(bin);
+        assert!(status.success(), "cannot build {bin}");
+    }
     assert!(path.exists(), "{} missing", path.display());
     path
+}
+
+fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        let t = if p.is_dir() {
+            newest_mtime(&p)
+        } else if p.extension().is_some_and(|e| e == "rs" || e == "toml") {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 /// The real worker binary as a child process; killed (SIGKILL) and reaped on drop.
