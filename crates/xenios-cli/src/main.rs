@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod jobs;
+
 /// Command-line client of the Xenios AI backend.
 #[derive(Debug, Parser)]
 #[command(name = "xenios-cli", version, about)]
@@ -31,6 +33,37 @@ enum Command {
     Complete(LlmArgs),
     /// Stream one LLM completion, printing tokens as they arrive.
     Stream(LlmArgs),
+    /// Enqueue a Celery-compatible job and print its id (or, with --wait, its result).
+    Enqueue {
+        /// Task name, e.g. `xenios.echo`.
+        task: String,
+        /// Positional arguments as a JSON array.
+        #[arg(long, default_value = "[]")]
+        args: String,
+        /// Keyword arguments as a JSON object.
+        #[arg(long, default_value = "{}")]
+        kwargs: String,
+        /// Queue (default: routed by task-name prefix).
+        #[arg(long)]
+        queue: Option<String>,
+        /// Seconds before the job may run.
+        #[arg(long)]
+        countdown: Option<f64>,
+        /// Priority 0-9 (0 first).
+        #[arg(long)]
+        priority: Option<u8>,
+        /// Wait for the result and print it (exit 1 unless SUCCESS).
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+    /// Print a job's state and result as JSON.
+    Job {
+        /// Task id.
+        id: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +103,22 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Complete(args) => llm(&backend, args, false).await,
         Command::Stream(args) => llm(&backend, args, true).await,
+        Command::Enqueue {
+            task,
+            args,
+            kwargs,
+            queue,
+            countdown,
+            priority,
+            wait,
+            timeout,
+        } => {
+            jobs::enqueue(
+                &backend, task, &args, &kwargs, queue, countdown, priority, wait, timeout,
+            )
+            .await
+        }
+        Command::Job { id } => jobs::show(&backend, &id).await,
         Command::Health => {
             let r = backend.readiness().await;
             for c in &r.components {

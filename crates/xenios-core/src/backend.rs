@@ -45,6 +45,7 @@ struct Inner {
     jwt: JwtVerifier,
     rate_limiter: RateLimiter,
     llm: Llm,
+    jobs: crate::jobs::JobsState,
     started_at: Instant,
 }
 
@@ -192,6 +193,7 @@ impl AiBackend {
             audit.clone(),
             config.database.audit_store_payloads,
         );
+        let jobs = crate::jobs::JobsState::new(&config, redis.clone());
         AiBackend {
             inner: Arc::new(Inner {
                 config,
@@ -203,6 +205,7 @@ impl AiBackend {
                 jwt,
                 rate_limiter,
                 llm,
+                jobs,
                 started_at: Instant::now(),
             }),
         }
@@ -253,6 +256,11 @@ impl AiBackend {
     /// the upstream request.
     pub async fn stream(&self, ctx: &RequestContext, req: CompletionRequest) -> Result<LlmStream> {
         self.inner.llm.stream(ctx, req).await
+    }
+
+    /// Job queue state (router, dedicated Redis client, producer events).
+    pub(crate) fn jobs_state(&self) -> &crate::jobs::JobsState {
+        &self.inner.jobs
     }
 
     /// Counters of the audit writer.
@@ -424,14 +432,12 @@ impl AiBackend {
         api_key: Option<&str>,
         authorization: Option<&str>,
     ) -> std::result::Result<Principal, AuthError> {
-        if api_key.is_none() {
-            if let Some(header) = authorization {
-                let token = auth::bearer_token(header)?;
-                return match self.verify_api_key(Some(token)) {
-                    Ok(()) => Ok(Principal::Service),
-                    Err(_) => Err(AuthError::MissingApiKey),
-                };
-            }
+        if let (None, Some(header)) = (api_key, authorization) {
+            let token = auth::bearer_token(header)?;
+            return match self.verify_api_key(Some(token)) {
+                Ok(()) => Ok(Principal::Service),
+                Err(_) => Err(AuthError::MissingApiKey),
+            };
         }
         self.verify_api_key(api_key)?;
         match authorization {

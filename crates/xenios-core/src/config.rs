@@ -191,6 +191,32 @@ pub struct ServerConfig {
     pub rate_limit: RateLimitConfig,
 }
 
+/// Job queue settings (Celery-compatible queues on Redis, see [`crate::jobs`]).
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// `JOB_DEFAULT_QUEUE`: queue of tasks no route matches (default `default`).
+    pub default_queue: String,
+    /// `JOB_ROUTES`: comma-separated `prefix=queue` pairs; the longest task-name prefix wins
+    /// (default routes `xenios.llm.`, `llm.` to `llm`, and likewise `extraction`,
+    /// `transcription`, `analytics`).
+    pub routes: Vec<(String, String)>,
+    /// `JOB_VISIBILITY_TIMEOUT_SECS`: how long a taken, unacknowledged message may go without
+    /// a sign of life from its worker before it is restored to its queue (default 3600, as
+    /// kombu). Live workers refresh the messages they hold, so long jobs are not duplicated.
+    pub visibility_timeout: Duration,
+    /// `JOB_RESULT_EXPIRES_SECS`: lifetime of `celery-task-meta-*` results (default 86400).
+    pub result_expires: Duration,
+    /// `JOB_SOFT_TIME_LIMIT_SECS`: default soft limit; the handler is told (default 300).
+    pub soft_time_limit: Duration,
+    /// `JOB_HARD_TIME_LIMIT_SECS`: default hard limit; the handler is stopped (default 600).
+    pub hard_time_limit: Duration,
+    /// `JOB_MAX_RETRIES`: retries a handler may ask for (default 3).
+    pub max_retries: u32,
+    /// `JOB_TASK_EVENTS`: workers send task events for Flower from the start, like
+    /// `celery worker -E` (default true).
+    pub task_events: bool,
+}
+
 /// The whole configuration of the backend.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -219,6 +245,8 @@ pub struct Config {
     pub sentry_dsn: Option<SecretString>,
     /// LLM routes, timeouts and retries (`LLM_*`, see [`crate::llm::routing`]).
     pub llm: crate::llm::LlmConfig,
+    /// Job queue settings.
+    pub jobs: JobsConfig,
 }
 
 /// Every problem found while reading the configuration, reported together.
@@ -517,8 +545,10 @@ impl Config {
         };
 
         let llm = crate::llm::LlmConfig::from_lookup(lookup, &mut r.problems);
+        let jobs = read_jobs_config(&mut r);
         let config = Config {
             llm,
+            jobs,
             environment,
             server,
             database,
@@ -552,6 +582,79 @@ impl Config {
         } else {
             format!("{}:{}", self.server.host, self.server.port)
         }
+    }
+}
+
+/// Default `JOB_ROUTES`.
+pub const DEFAULT_JOB_ROUTES: &str = "xenios.llm.=llm,llm.=llm,xenios.extraction.=extraction,\
+extraction.=extraction,xenios.transcription.=transcription,transcription.=transcription,\
+xenios.analytics.=analytics,analytics.=analytics";
+
+fn valid_queue_name(q: &str) -> bool {
+    !q.is_empty()
+        && q.len() <= 128
+        && q.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+fn read_jobs_config(r: &mut Reader<'_>) -> JobsConfig {
+    let default_queue = r
+        .get("JOB_DEFAULT_QUEUE")
+        .unwrap_or_else(|| "default".to_owned());
+    if !valid_queue_name(&default_queue) {
+        r.problems.push(format!(
+            "JOB_DEFAULT_QUEUE: `{default_queue}` is not a queue name ([A-Za-z0-9._:-])"
+        ));
+    }
+    let raw_routes = r
+        .get("JOB_ROUTES")
+        .unwrap_or_else(|| DEFAULT_JOB_ROUTES.to_owned());
+    let mut routes = Vec::new();
+    for pair in raw_routes
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some((prefix, queue))
+                if !prefix.trim().is_empty() && valid_queue_name(queue.trim()) =>
+            {
+                routes.push((prefix.trim().to_owned(), queue.trim().to_owned()));
+            }
+            _ => r.problems.push(format!(
+                "JOB_ROUTES: `{pair}` is not `task-name-prefix=queue`"
+            )),
+        }
+    }
+    let soft = r.parse("JOB_SOFT_TIME_LIMIT_SECS", 300.0f64);
+    let hard = r.parse("JOB_HARD_TIME_LIMIT_SECS", 600.0f64);
+    for (name, v) in [
+        ("JOB_SOFT_TIME_LIMIT_SECS", soft),
+        ("JOB_HARD_TIME_LIMIT_SECS", hard),
+    ] {
+        if !(v.is_finite() && v > 0.0 && v < 1e7) {
+            r.problems
+                .push(format!("{name}: must be a positive number of seconds"));
+        }
+    }
+    let secs = |v: f64| {
+        Duration::from_secs_f64(if v.is_finite() && v > 0.0 && v < 1e7 {
+            v
+        } else {
+            1.0
+        })
+    };
+    JobsConfig {
+        default_queue,
+        routes,
+        visibility_timeout: Duration::from_secs(
+            r.parse("JOB_VISIBILITY_TIMEOUT_SECS", 3600u64).max(1),
+        ),
+        result_expires: Duration::from_secs(r.parse("JOB_RESULT_EXPIRES_SECS", 86_400u64).max(1)),
+        soft_time_limit: secs(soft),
+        hard_time_limit: secs(hard),
+        max_retries: r.parse("JOB_MAX_RETRIES", 3u32),
+        task_events: r.bool("JOB_TASK_EVENTS", true),
     }
 }
 

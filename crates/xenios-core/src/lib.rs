@@ -13,6 +13,8 @@
 //!   fallback, streaming, one audit row per call.
 //! - [`db`]: Postgres (diesel-async on bb8), schema `ai_backend`.
 //! - [`redis`]: the Redis pool (bb8-redis).
+//! - [`jobs`]: the Celery-compatible job queue (producer, worker runtime, result backend,
+//!   events and pidbox for Flower).
 //! - [`health`]: readiness probes of the dependencies.
 //! - [`telemetry`]: structured logging.
 //! - [`shutdown`]: SIGTERM/SIGINT handling shared by the binaries.
@@ -36,6 +38,7 @@ pub mod context;
 pub mod db;
 pub mod error;
 pub mod health;
+pub mod jobs;
 pub mod llm;
 pub mod redis;
 pub mod shutdown;

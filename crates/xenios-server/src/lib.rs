@@ -28,15 +28,17 @@ use poem_openapi::OpenApiService;
 use xenios_core::{AiBackend, Config};
 
 use crate::api::health::HealthApi;
+use crate::api::jobs::JobsApi;
 use crate::api::llm::LlmApi;
 use crate::api::me::MeApi;
 use crate::api::openai::OpenAiApi;
 use crate::api::status::StatusApi;
 
+/// The routes, as one tuple of poem-openapi APIs.
+pub type Apis = (HealthApi, StatusApi, MeApi, LlmApi, OpenAiApi, JobsApi);
+
 /// Builds the OpenAPI service (routes plus their document).
-pub fn openapi(
-    backend: &AiBackend,
-) -> OpenApiService<(HealthApi, StatusApi, MeApi, LlmApi, OpenAiApi), ()> {
+pub fn openapi(backend: &AiBackend) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             HealthApi {
@@ -50,6 +52,9 @@ pub fn openapi(
                 backend: backend.clone(),
             },
             OpenAiApi {
+                backend: backend.clone(),
+            },
+            JobsApi {
                 backend: backend.clone(),
             },
         ),

@@ -1,6 +1,7 @@
 //! HTTP routes. Each maps onto one [`xenios_core::AiBackend`] call.
 
 pub mod health;
+pub mod jobs;
 pub mod llm;
 pub mod me;
 pub mod openai;
@@ -20,4 +21,6 @@ pub enum ApiTags {
     Auth,
     /// LLM calls routed by task, native and OpenAI-compatible.
     Llm,
+    /// Celery-compatible jobs.
+    Jobs,
 }

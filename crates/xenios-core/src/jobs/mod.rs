@@ -1,0 +1,537 @@
+//! Celery-compatible job queue on Redis: our producers feed Python Celery workers, Python
+//! producers feed our workers, and one Flower shows both.
+//!
+//! ## Layout
+//! - [`protocol`]: task message protocol v2 (encode/decode), hand-written.
+//! - [`broker`]: kombu's Redis transport (queues, priority lists, `unacked` bookkeeping,
+//!   restore of lost messages), with atomic take and ack in Lua.
+//! - [`result`]: Celery's Redis result backend (`celery-task-meta-<id>`).
+//! - [`events`]: `celeryev` events for Flower, heartbeat every 2 s.
+//! - [`pidbox`]: replies to `celery inspect`/Flower (ping, stats, active_queues...).
+//! - [`worker`]: the runtime: task registry, concurrency, acks_late, retries, time limits,
+//!   warm shutdown. The `xenios-worker` binary is a shell over it.
+//! - [`tasks`]: the handlers shipped with the worker (`xenios.echo`, `xenios.noop`...).
+//!
+//! The [`crate::AiBackend`] facade enqueues ([`crate::AiBackend::enqueue`]), reads
+//! ([`crate::AiBackend::job_result`]), waits for ([`crate::AiBackend::wait_result`]) and
+//! revokes ([`crate::AiBackend::revoke`]) jobs.
+
+pub mod broker;
+pub mod events;
+pub mod pidbox;
+pub mod protocol;
+pub mod result;
+pub mod tasks;
+pub mod worker;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::config::{Config, JobsConfig};
+use crate::context::RequestContext;
+use crate::db::models::{JobStateChange, JobStatus};
+use crate::error::{Error, Result};
+use crate::jobs::broker::redis_error;
+use crate::jobs::events::{Clock, EventSender};
+use crate::jobs::protocol::{TaskMessage, args_repr, py_repr};
+use crate::redis::RedisPool;
+
+pub use crate::jobs::result::{JobResult, TaskState};
+pub use crate::jobs::worker::{
+    TaskContext, TaskError, TaskRegistry, Worker, WorkerOptions, WorkerSummary,
+};
+
+/// Largest encoded `args` + `kwargs` of one job.
+pub const MAX_PAYLOAD_BYTES: usize = 512 * 1024;
+/// Longest task name.
+pub const MAX_TASK_NAME_LEN: usize = 200;
+/// Longest countdown or distance to an ETA or expiry.
+pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Key prefix of revocations that workers started later still honour.
+pub const REVOKED_PREFIX: &str = "xenios.revoked.";
+
+/// A Celery task id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct TaskId(pub String);
+
+impl TaskId {
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Soft and hard time limits of one job (the worker's defaults when unset).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TimeLimits {
+    /// Soft limit: the handler is told and may clean up.
+    pub soft: Option<Duration>,
+    /// Hard limit: the handler is stopped and FAILURE stored.
+    pub hard: Option<Duration>,
+}
+
+/// A job to enqueue. Build with [`EnqueueRequest::new`] and the typed setters.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueRequest {
+    /// Task name, e.g. `xenios.echo`; any name (a Python worker may be the one to run it).
+    pub task: String,
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    pub kwargs: Map<String, Value>,
+    /// Queue; by default routed by task-name prefix (`JOB_ROUTES`).
+    pub queue: Option<String>,
+    /// Run no sooner than this long after enqueueing.
+    pub countdown: Option<Duration>,
+    /// Run no sooner than this time (wins over `countdown`).
+    pub eta: Option<DateTime<Utc>>,
+    /// Revoke as expired when not started by then.
+    pub expires: Option<DateTime<Utc>>,
+    /// Priority 0-9, 0 served first (kombu's Redis convention); default 0.
+    pub priority: Option<u8>,
+    /// Time limits (default: the worker's, 300 s / 600 s).
+    pub time_limits: Option<TimeLimits>,
+}
+
+impl EnqueueRequest {
+    /// A job of `task` without arguments.
+    pub fn new(task: impl Into<String>) -> Self {
+        Self {
+            task: task.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets positional arguments from any value that serializes to a JSON array (a tuple,
+    /// a `Vec`, a `json!([...])`).
+    pub fn args<T: Serialize>(mut self, args: T) -> Result<Self> {
+        match serde_json::to_value(args) {
+            Ok(Value::Array(a)) => {
+                self.args = a;
+                Ok(self)
+            }
+            Ok(Value::Null) => {
+                self.args = Vec::new();
+                Ok(self)
+            }
+            Ok(_) => Err(Error::Validation("args must be a JSON array".to_owned())),
+            Err(e) => Err(Error::Validation(format!("args: {e}"))),
+        }
+    }
+
+    /// Sets keyword arguments from any value that serializes to a JSON object.
+    pub fn kwargs<T: Serialize>(mut self, kwargs: T) -> Result<Self> {
+        match serde_json::to_value(kwargs) {
+            Ok(Value::Object(k)) => {
+                self.kwargs = k;
+                Ok(self)
+            }
+            Ok(Value::Null) => {
+                self.kwargs = Map::new();
+                Ok(self)
+            }
+            Ok(_) => Err(Error::Validation("kwargs must be a JSON object".to_owned())),
+            Err(e) => Err(Error::Validation(format!("kwargs: {e}"))),
+        }
+    }
+
+    /// Sets the queue.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Sets a countdown.
+    pub fn countdown(mut self, countdown: Duration) -> Self {
+        self.countdown = Some(countdown);
+        self
+    }
+
+    /// Sets an ETA.
+    pub fn eta(mut self, eta: DateTime<Utc>) -> Self {
+        self.eta = Some(eta);
+        self
+    }
+
+    /// Sets an expiry time.
+    pub fn expires(mut self, expires: DateTime<Utc>) -> Self {
+        self.expires = Some(expires);
+        self
+    }
+
+    /// Sets the priority (0-9, 0 first).
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Sets time limits.
+    pub fn time_limits(mut self, soft: Option<Duration>, hard: Option<Duration>) -> Self {
+        self.time_limits = Some(TimeLimits { soft, hard });
+        self
+    }
+}
+
+/// Whether `name` may be a task name: 1-200 characters of `[A-Za-z0-9_.:-]`.
+pub fn valid_task_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TASK_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// Whether `name` may be a queue name: 1-128 characters of `[A-Za-z0-9_.:-]`.
+pub fn valid_queue_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// Routes task names to queues by the longest matching prefix.
+#[derive(Debug, Clone)]
+pub struct Router {
+    default_queue: String,
+    routes: Vec<(String, String)>,
+}
+
+impl Router {
+    /// The router of a configuration.
+    pub fn new(config: &JobsConfig) -> Self {
+        let mut routes = config.routes.clone();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+        Self {
+            default_queue: config.default_queue.clone(),
+            routes,
+        }
+    }
+
+    /// The queue of a task.
+    pub fn route(&self, task: &str) -> &str {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| task.starts_with(prefix.as_str()))
+            .map(|(_, q)| q.as_str())
+            .unwrap_or(&self.default_queue)
+    }
+}
+
+/// Jobs state held by the backend.
+#[derive(Debug)]
+pub(crate) struct JobsState {
+    pub(crate) router: Router,
+    pub(crate) client: std::result::Result<redis::Client, String>,
+    pub(crate) db: i64,
+    pub(crate) events: EventSender,
+}
+
+impl JobsState {
+    pub(crate) fn new(config: &Config, pool: RedisPool) -> Self {
+        let client = redis::Client::open(config.redis.url.expose_secret())
+            .map_err(|e| format!("REDIS_URL: {:?}", e.kind()));
+        let db = client
+            .as_ref()
+            .map(|c| c.get_connection_info().redis_settings().db())
+            .unwrap_or(0);
+        let events = EventSender::start(
+            pool,
+            db,
+            protocol::origin(),
+            Arc::new(Clock::default()),
+            config.jobs.task_events,
+        );
+        Self {
+            router: Router::new(&config.jobs),
+            client,
+            db,
+            events,
+        }
+    }
+
+    pub(crate) fn client(&self) -> Result<&redis::Client> {
+        self.client.as_ref().map_err(|e| Error::Unavailable {
+            component: "redis",
+            message: e.clone(),
+        })
+    }
+}
+
+/// Reply timeout of Redis commands of the job queue. redis-rs defaults to 500 ms, which a
+/// loaded 2-core machine exceeds now and then; a job call would rather wait than fail.
+pub const REDIS_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A pooled connection with the job queue's reply timeout.
+pub(crate) async fn pooled(
+    pool: &RedisPool,
+) -> Result<bb8::PooledConnection<'_, bb8_redis::RedisConnectionManager>> {
+    let mut conn = pool.get().await.map_err(|e| Error::Unavailable {
+        component: "redis",
+        message: e.to_string(),
+    })?;
+    conn.set_response_timeout(REDIS_REPLY_TIMEOUT);
+    Ok(conn)
+}
+
+/// A digest of arguments for job rows (never the arguments themselves).
+pub(crate) fn args_digest(args: &[Value], kwargs: &Map<String, Value>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(json!([args, kwargs]).to_string().as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The job row change of a message.
+pub(crate) fn job_change(m: &TaskMessage, status: JobStatus) -> JobStateChange {
+    let mut c = JobStateChange::new(&m.id, &m.task, &m.queue, status);
+    c.args_digest = Some(args_digest(&m.args, &m.kwargs));
+    c.correlation_id = m.correlation_id.clone();
+    c.user_id = m
+        .user_id
+        .as_deref()
+        .and_then(|u| uuid::Uuid::parse_str(u).ok());
+    c.attempts = i32::try_from(m.retries).unwrap_or(i32::MAX);
+    c
+}
+
+impl crate::AiBackend {
+    /// Builds the message of a request, validating it (bad input is [`Error::Validation`]).
+    pub fn job_message(&self, ctx: &RequestContext, req: EnqueueRequest) -> Result<TaskMessage> {
+        if !valid_task_name(&req.task) {
+            return Err(Error::Validation(format!(
+                "task must be 1-{MAX_TASK_NAME_LEN} characters of [A-Za-z0-9_.:-]"
+            )));
+        }
+        let queue = match req.queue {
+            Some(q) if valid_queue_name(&q) => q,
+            Some(_) => {
+                return Err(Error::Validation(
+                    "queue must be 1-128 characters of [A-Za-z0-9_.:-]".to_owned(),
+                ));
+            }
+            None => self.jobs_state().router.route(&req.task).to_owned(),
+        };
+        let priority = req.priority.unwrap_or(0);
+        if priority > 9 {
+            return Err(Error::Validation("priority must be 0-9".to_owned()));
+        }
+        let size = serde_json::to_string(&req.args)
+            .map(|s| s.len())
+            .unwrap_or(0)
+            + serde_json::to_string(&req.kwargs)
+                .map(|s| s.len())
+                .unwrap_or(0);
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(Error::Validation(format!(
+                "args and kwargs are {size} bytes encoded; the limit is {MAX_PAYLOAD_BYTES}"
+            )));
+        }
+        let now = Utc::now();
+        let delay = |d: Duration, what: &str| -> Result<chrono::Duration> {
+            if d > MAX_DELAY {
+                return Err(Error::Validation(format!(
+                    "{what} is more than a year away"
+                )));
+            }
+            chrono::Duration::from_std(d)
+                .map_err(|_| Error::Validation(format!("{what} is too large")))
+        };
+        let eta = match (req.eta, req.countdown) {
+            (Some(eta), _) => Some(eta),
+            (None, Some(c)) if !c.is_zero() => Some(now + delay(c, "countdown")?),
+            _ => None,
+        };
+        if let Some(eta) = eta
+            && eta - now > delay(MAX_DELAY, "eta")?
+        {
+            return Err(Error::Validation("eta is more than a year away".to_owned()));
+        }
+        let mut m = TaskMessage::new(req.task, queue);
+        m.args = req.args;
+        m.kwargs = req.kwargs;
+        m.priority = priority;
+        m.eta = eta;
+        m.expires = req.expires;
+        if let Some(tl) = req.time_limits {
+            for d in [tl.soft, tl.hard].into_iter().flatten() {
+                if d.is_zero() || d > MAX_DELAY {
+                    return Err(Error::Validation(
+                        "time limits must be positive and under a year".to_owned(),
+                    ));
+                }
+            }
+            if let (Some(s), Some(h)) = (tl.soft, tl.hard)
+                && s > h
+            {
+                return Err(Error::Validation(
+                    "the soft time limit must not exceed the hard one".to_owned(),
+                ));
+            }
+            m.soft_time_limit = tl.soft.map(|d| d.as_secs_f64());
+            m.hard_time_limit = tl.hard.map(|d| d.as_secs_f64());
+        }
+        m.correlation_id = Some(ctx.correlation_id.as_str().to_owned());
+        m.user_id = ctx.user_id().map(str::to_owned);
+        Ok(m)
+    }
+
+    /// Enqueues a job as a Celery protocol-v2 message and returns its task id.
+    pub async fn enqueue(&self, ctx: &RequestContext, req: EnqueueRequest) -> Result<TaskId> {
+        let mut ids = self.enqueue_many(ctx, vec![req]).await?;
+        ids.pop()
+            .ok_or_else(|| Error::Internal("enqueue returned no id".to_owned()))
+    }
+
+    /// Enqueues many jobs in pipelined round trips (all validated first: one bad request
+    /// enqueues nothing).
+    pub async fn enqueue_many(
+        &self,
+        ctx: &RequestContext,
+        reqs: Vec<EnqueueRequest>,
+    ) -> Result<Vec<TaskId>> {
+        let messages = reqs
+            .into_iter()
+            .map(|r| self.job_message(ctx, r))
+            .collect::<Result<Vec<_>>>()?;
+        self.publish_messages(&messages).await?;
+        Ok(messages.into_iter().map(|m| TaskId(m.id)).collect())
+    }
+
+    /// Publishes ready-made messages (with `task-sent` events and pending job rows).
+    pub async fn publish_messages(&self, messages: &[TaskMessage]) -> Result<()> {
+        for chunk in messages.chunks(1000) {
+            let out: Vec<(String, String)> = chunk.iter().map(broker::outgoing).collect();
+            let mut conn = pooled(self.redis()).await?;
+            broker::publish(&mut *conn, &out).await?;
+        }
+        let events = &self.jobs_state().events;
+        for m in messages {
+            self.audit().job(job_change(m, JobStatus::Pending));
+            events.task(
+                "task-sent",
+                json!({
+                    "uuid": m.id, "root_id": m.root_id, "parent_id": m.parent_id,
+                    "name": m.task, "args": args_repr(&m.args),
+                    "kwargs": py_repr(&Value::Object(m.kwargs.clone())),
+                    "retries": m.retries, "eta": m.eta.map(protocol::iso),
+                    "expires": m.expires.map(protocol::iso), "queue": m.queue,
+                    "exchange": m.exchange, "routing_key": m.queue,
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// The stored result of a job (PENDING when nothing is stored yet, as in Celery).
+    pub async fn job_result(&self, task_id: &str) -> Result<JobResult> {
+        let mut conn = pooled(self.redis()).await?;
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(result::result_key(task_id))
+            .query_async(&mut *conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(raw
+            .and_then(|r| JobResult::parse(task_id, &r))
+            .unwrap_or_else(|| JobResult::pending(task_id)))
+    }
+
+    /// Waits until a job's result is ready (SUCCESS, FAILURE or REVOKED), up to `timeout`,
+    /// on the result's pub/sub channel (a dedicated connection), like Celery's `get()`.
+    /// Returns the latest known result, ready or not, when the time is up.
+    pub async fn wait_result(&self, task_id: &str, timeout: Duration) -> Result<JobResult> {
+        use futures::StreamExt;
+        let key = result::result_key(task_id);
+        let mut pubsub = self
+            .jobs_state()
+            .client()?
+            .get_async_pubsub()
+            .await
+            .map_err(redis_error)?;
+        pubsub.subscribe(&key).await.map_err(redis_error)?;
+        // Subscribed first, then read: a result stored in between is not missed. A failed
+        // read (a pooled connection timing out under load) is not fatal: the result will
+        // still arrive on the channel, and is read again at the deadline.
+        let mut latest = match self.job_result(task_id).await {
+            Ok(r) if r.state.is_ready() => return Ok(r),
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the result yet; waiting on its channel");
+                JobResult::pending(task_id)
+            }
+        };
+        let mut stream = pubsub.on_message();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(msg)) => {
+                    if let Some(r) = std::str::from_utf8(msg.get_payload_bytes())
+                        .ok()
+                        .and_then(|raw| JobResult::parse(task_id, raw))
+                    {
+                        if r.state.is_ready() {
+                            return Ok(r);
+                        }
+                        latest = r;
+                    }
+                }
+                Ok(None) => {
+                    return Err(Error::Unavailable {
+                        component: "redis",
+                        message: "result subscription closed".to_owned(),
+                    });
+                }
+                Err(_) => {
+                    return Ok(match self.job_result(task_id).await {
+                        Ok(r) => r,
+                        Err(_) => latest,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Revokes a job: running workers are told through the pidbox broadcast (Python ones
+    /// too), and ours also honour it when started later (a marker kept for
+    /// `JOB_RESULT_EXPIRES_SECS`). The worker that meets the job stores REVOKED and its job
+    /// row; a job already running is not interrupted (Celery's `terminate` is not supported).
+    pub async fn revoke(&self, task_id: &str) -> Result<()> {
+        let state = self.jobs_state();
+        let ttl = self.config().jobs.result_expires.as_secs().max(1);
+        let request = pidbox::request(
+            "revoke",
+            json!({"task_id": task_id, "terminate": false, "signal": "SIGTERM"}),
+            None,
+        );
+        let channel = events::fanout_channel(state.db, "celery.pidbox", "");
+        let mut conn = pooled(self.redis()).await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(format!("{REVOKED_PREFIX}{task_id}"))
+            .arg(1)
+            .arg("EX")
+            .arg(ttl)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(channel)
+            .arg(request)
+            .ignore();
+        pipe.query_async::<()>(&mut *conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,322 @@
+//! Remote control (kombu "pidbox"): what `celery inspect`, `celery control` and Flower ask
+//! workers.
+//!
+//! Requests are PUBLISHed on `/<db>.celery.pidbox` with a body `{method, arguments,
+//! destination, ticket, reply_to: {exchange, routing_key}}`; a reply `{<hostname>: <reply>}`
+//! with headers `{ticket, clock}` is LPUSHed to each queue bound in
+//! `_kombu.binding.reply.celery.pidbox` under the reply's routing key. Reply shapes follow
+//! `tests/fixtures/celery/inspect-replies.json` (Flower's worker page needs the full
+//! `active_queues` entries).
+
+use serde_json::{Value, json};
+
+use crate::jobs::broker::{self, PRIORITY_SEP};
+use crate::jobs::protocol::{envelope, envelope_body, iso};
+use crate::jobs::worker::{Held, Shared};
+
+/// Builds a broadcast request envelope (`reply_to`: `(exchange, routing_key)`).
+pub fn request(method: &str, arguments: Value, reply_to: Option<(&str, &str)>) -> String {
+    let body = json!({
+        "method": method,
+        "arguments": arguments,
+        "destination": null,
+        "pattern": null,
+        "matcher": null,
+        "ticket": uuid::Uuid::new_v4().to_string(),
+        "reply_to": reply_to.map(|(e, rk)| json!({"exchange": e, "routing_key": rk})),
+    });
+    let expires = chrono::Utc::now().timestamp() as f64 + 10.0;
+    envelope(
+        &body,
+        "celery.pidbox",
+        "",
+        json!({"clock": 1, "expires": expires}),
+        2,
+    )
+}
+
+fn request_info(shared: &Shared, h: &Held) -> Value {
+    let m = &h.message;
+    json!({
+        "id": m.id,
+        "name": m.task,
+        "args": m.args,
+        "kwargs": m.kwargs,
+        "type": m.task,
+        "hostname": shared.hostname,
+        "time_start": h.started,
+        "acknowledged": false,
+        "delivery_info": {
+            "exchange": m.exchange,
+            "routing_key": m.queue,
+            "priority": m.priority,
+            "redelivered": m.redelivered,
+        },
+        "worker_pid": std::process::id(),
+    })
+}
+
+fn queue_dict(name: &str) -> Value {
+    json!({
+        "name": name,
+        "exchange": {
+            "name": name, "type": "direct", "arguments": null, "durable": true,
+            "passive": false, "auto_delete": false, "delivery_mode": null, "no_declare": false,
+        },
+        "routing_key": name,
+        "queue_arguments": null,
+        "binding_arguments": null,
+        "consumer_arguments": null,
+        "durable": true,
+        "exclusive": false,
+        "auto_delete": false,
+        "no_ack": false,
+        "alias": null,
+        "bindings": [],
+        "no_declare": null,
+        "expires": null,
+        "message_ttl": null,
+        "max_length": null,
+        "max_length_bytes": null,
+        "max_priority": null,
+    })
+}
+
+fn max_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn stats(shared: &Shared) -> Value {
+    let url = url::Url::parse(secrecy::ExposeSecret::expose_secret(
+        &shared.backend.config().redis.url,
+    ))
+    .ok();
+    let host = url
+        .as_ref()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let port = url.as_ref().and_then(url::Url::port).unwrap_or(6379);
+    json!({
+        "total": shared.totals(),
+        "pid": std::process::id(),
+        "clock": shared.clock.value().to_string(),
+        "uptime": shared.started.elapsed().as_secs(),
+        "pool": {
+            "implementation": "xenios_core::jobs::worker:TokioPool",
+            "max-concurrency": shared.concurrency,
+            "processes": [std::process::id()],
+            "max-tasks-per-child": "N/A",
+            "put-guarded-by-semaphore": false,
+            "timeouts": [
+                shared.backend.config().jobs.soft_time_limit.as_secs_f64(),
+                shared.backend.config().jobs.hard_time_limit.as_secs_f64(),
+            ],
+        },
+        "broker": {
+            "hostname": host, "userid": null, "virtual_host": shared.db.to_string(),
+            "port": port, "insist": false, "ssl": false, "transport": "redis",
+            "connect_timeout": 4, "transport_options": {}, "login_method": null,
+            "uri_prefix": null, "heartbeat": 120.0, "failover_strategy": "round-robin",
+            "alternates": [], "credential_provider": null,
+        },
+        "prefetch_count": shared.prefetch,
+        "rusage": {"maxrss": max_rss_kib()},
+    })
+}
+
+fn ids_of(arg: Option<&Value>) -> Vec<String> {
+    match arg {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The reply to one method, or None for requests that get no reply.
+fn reply(shared: &Shared, method: &str, args: &Value) -> Value {
+    match method {
+        "ping" => json!({"ok": "pong"}),
+        "stats" => stats(shared),
+        "active_queues" => Value::Array(shared.queues.iter().map(|q| queue_dict(q)).collect()),
+        "registered" => json!(shared.registered()),
+        "active" => {
+            let hand = shared.hand();
+            Value::Array(
+                hand.active
+                    .values()
+                    .map(|h| request_info(shared, h))
+                    .collect(),
+            )
+        }
+        "reserved" => {
+            let hand = shared.hand();
+            Value::Array(
+                hand.reserved
+                    .values()
+                    .map(|h| request_info(shared, h))
+                    .collect(),
+            )
+        }
+        "scheduled" => {
+            let hand = shared.hand();
+            Value::Array(
+                hand.scheduled
+                    .values()
+                    .map(|h| {
+                        json!({
+                            "eta": h.message.eta.map(iso),
+                            "priority": h.message.priority,
+                            "request": request_info(shared, h),
+                        })
+                    })
+                    .collect(),
+            )
+        }
+        "revoked" => json!(shared.revoked_ids()),
+        "conf" => json!({
+            "task_default_queue": shared.backend.config().jobs.default_queue,
+            "worker_concurrency": shared.concurrency,
+            "worker_prefetch_multiplier": shared.prefetch / shared.concurrency.max(1),
+            "task_soft_time_limit": shared.backend.config().jobs.soft_time_limit.as_secs_f64(),
+            "task_time_limit": shared.backend.config().jobs.hard_time_limit.as_secs_f64(),
+            "task_acks_late": true,
+            "task_reject_on_worker_lost": true,
+            "result_extended": true,
+            "worker_send_task_events": shared.events.task_events(),
+        }),
+        "enable_events" => {
+            shared.events.set_task_events(true);
+            json!({"ok": "task events enabled"})
+        }
+        "disable_events" => {
+            shared.events.set_task_events(false);
+            json!({"ok": "task events disabled"})
+        }
+        "hello" => {
+            for id in args
+                .get("revoked")
+                .and_then(Value::as_object)
+                .map(|o| o.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
+                shared.revoke_local(&id);
+            }
+            let now = chrono::Utc::now().timestamp() as f64;
+            let revoked: serde_json::Map<String, Value> = shared
+                .revoked_ids()
+                .into_iter()
+                .map(|id| (id, json!(now)))
+                .collect();
+            json!({"revoked": revoked, "clock": shared.clock.tick()})
+        }
+        "revoke" => {
+            let ids = ids_of(args.get("task_id"));
+            for id in &ids {
+                shared.revoke_local(id);
+            }
+            tracing::info!(task_ids = ?ids, "tasks flagged as revoked");
+            json!({"ok": format!("tasks {} flagged as revoked", ids.join(", "))})
+        }
+        other => json!({"error": format!("No such control command: {other}")}),
+    }
+}
+
+/// Handles one pidbox broadcast: replies when addressed to us and a reply is asked for.
+pub(crate) async fn handle(shared: &Shared, payload: &[u8]) {
+    let Ok(env) = serde_json::from_slice::<Value>(payload) else {
+        tracing::debug!("ignoring a pidbox message that is not JSON");
+        return;
+    };
+    if let Some(c) = env
+        .get("headers")
+        .and_then(|h| h.get("clock"))
+        .and_then(Value::as_u64)
+    {
+        shared.clock.adjust(c);
+    }
+    let Some(body) = envelope_body(&env) else {
+        return;
+    };
+    if let Some(Value::Array(d)) = body.get("destination")
+        && !d.is_empty()
+        && !d
+            .iter()
+            .any(|x| x.as_str() == Some(shared.hostname.as_str()))
+    {
+        return;
+    }
+    let Some(method) = body.get("method").and_then(Value::as_str) else {
+        return;
+    };
+    let args = body.get("arguments").cloned().unwrap_or(Value::Null);
+    if method == "hello"
+        && args.get("from_node").and_then(Value::as_str) == Some(shared.hostname.as_str())
+    {
+        return;
+    }
+    let answer = reply(shared, method, &args);
+    let Some(reply_to) = body.get("reply_to").filter(|r| r.is_object()) else {
+        return;
+    };
+    let exchange = reply_to
+        .get("exchange")
+        .and_then(Value::as_str)
+        .unwrap_or("reply.celery.pidbox");
+    let Some(rk) = reply_to.get("routing_key").and_then(Value::as_str) else {
+        return;
+    };
+    let ticket = body.get("ticket").cloned().unwrap_or(Value::Null);
+    let payload = envelope(
+        &json!({ shared.hostname.as_str(): answer }),
+        exchange,
+        rk,
+        json!({"ticket": ticket, "clock": shared.clock.tick()}),
+        1,
+    );
+    let result = async {
+        let mut conn = crate::jobs::pooled(shared.backend.redis())
+            .await
+            .map_err(|e| e.to_string())?;
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{}{exchange}", broker::BINDING_PREFIX))
+            .query_async(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut queues: Vec<String> = members
+            .iter()
+            .filter_map(|m| {
+                let mut p = m.split(PRIORITY_SEP);
+                let key = p.next()?;
+                let _ = p.next()?;
+                let queue = p.next()?;
+                (key == rk).then(|| queue.to_owned())
+            })
+            .collect();
+        if queues.is_empty() {
+            queues.push(format!("{rk}.{exchange}"));
+        }
+        let mut pipe = redis::pipe();
+        for q in &queues {
+            pipe.cmd("LPUSH").arg(q).arg(&payload).ignore();
+        }
+        pipe.query_async::<()>(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, method, "cannot send a pidbox reply");
+    }
+}

@@ -1,0 +1,240 @@
+//! Celery's Redis result backend: `celery-task-meta-<id>`, written with SETEX and PUBLISHed
+//! on a channel of the same name in one step (a Python `AsyncResult.get()` waits on the
+//! channel, not by polling). A stored SUCCESS is never overwritten (see
+//! [`crate::jobs::broker`]'s finish script). Failures use Celery's exception shape
+//! `{"exc_type", "exc_message": [...], "exc_module"}` so Python re-raises them.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::jobs::protocol::{TaskMessage, iso};
+
+/// The result key of a task.
+pub fn result_key(task_id: &str) -> String {
+    format!("celery-task-meta-{task_id}")
+}
+
+/// Celery task states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TaskState {
+    /// Unknown or waiting (Celery reports unknown ids as PENDING too).
+    Pending,
+    /// Taken by a worker.
+    Started,
+    /// Failed, another attempt is scheduled.
+    Retry,
+    /// Finished successfully.
+    Success,
+    /// Finished with an error.
+    Failure,
+    /// Revoked (or expired) before it ran.
+    Revoked,
+}
+
+impl TaskState {
+    /// Celery's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Started => "STARTED",
+            Self::Retry => "RETRY",
+            Self::Success => "SUCCESS",
+            Self::Failure => "FAILURE",
+            Self::Revoked => "REVOKED",
+        }
+    }
+
+    /// Whether no further change will happen.
+    pub fn is_ready(self) -> bool {
+        matches!(self, Self::Success | Self::Failure | Self::Revoked)
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "STARTED" => Self::Started,
+            "RETRY" => Self::Retry,
+            "SUCCESS" => Self::Success,
+            "FAILURE" => Self::Failure,
+            "REVOKED" => Self::Revoked,
+            _ => Self::Pending,
+        }
+    }
+}
+
+/// A stored task result, as Celery stores it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobResult {
+    /// Task id.
+    pub task_id: String,
+    /// State.
+    pub state: TaskState,
+    /// The return value (SUCCESS) or the exception `{exc_type, exc_message, exc_module}`.
+    pub result: Value,
+    /// Traceback text of a failure.
+    pub traceback: Option<String>,
+    /// When it finished.
+    pub date_done: Option<DateTime<Utc>>,
+    /// Task name, when the writer stored extended results (ours do).
+    pub name: Option<String>,
+    /// Attempts before this result.
+    pub retries: Option<u64>,
+    /// Worker that wrote it.
+    pub worker: Option<String>,
+    /// Queue it ran from.
+    pub queue: Option<String>,
+}
+
+impl JobResult {
+    /// Parses a stored `celery-task-meta-*` value.
+    pub fn parse(task_id: &str, raw: &str) -> Option<Self> {
+        let v: Value = serde_json::from_str(raw).ok()?;
+        let o = v.as_object()?;
+        let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_owned);
+        Some(Self {
+            task_id: s("task_id").unwrap_or_else(|| task_id.to_owned()),
+            state: TaskState::parse(o.get("status").and_then(Value::as_str).unwrap_or("")),
+            result: o.get("result").cloned().unwrap_or(Value::Null),
+            traceback: s("traceback"),
+            date_done: s("date_done").and_then(|d| crate::jobs::protocol::parse_time(&d)),
+            name: s("name"),
+            retries: o.get("retries").and_then(Value::as_u64),
+            worker: s("worker"),
+            queue: s("queue"),
+        })
+    }
+
+    /// A result for an id nothing is stored for.
+    pub fn pending(task_id: &str) -> Self {
+        Self {
+            task_id: task_id.to_owned(),
+            state: TaskState::Pending,
+            result: Value::Null,
+            traceback: None,
+            date_done: None,
+            name: None,
+            retries: None,
+            worker: None,
+            queue: None,
+        }
+    }
+
+    /// The exception type of a failure (`exc_type`), if any.
+    pub fn exc_type(&self) -> Option<&str> {
+        self.result.get("exc_type").and_then(Value::as_str)
+    }
+}
+
+/// A Python exception as Celery serializes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PyException {
+    /// Module, e.g. `builtins` or `billiard.exceptions`.
+    pub module: String,
+    /// Class name, e.g. `ValueError`.
+    pub kind: String,
+    /// The message (Celery stores the exception's args).
+    pub message: String,
+}
+
+impl PyException {
+    /// An exception of `module.kind` with `message`.
+    pub fn new(module: &str, kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            module: module.to_owned(),
+            kind: kind.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Celery's JSON shape.
+    pub fn to_json(&self) -> Value {
+        json!({"exc_type": self.kind, "exc_message": [self.message], "exc_module": self.module})
+    }
+
+    /// `Kind('message')`, as in task-failed events.
+    pub fn repr(&self) -> String {
+        format!(
+            "{}({})",
+            self.kind,
+            crate::jobs::protocol::py_repr(&Value::String(self.message.clone()))
+        )
+    }
+
+    /// A one-frame traceback text in Python's layout (Flower and logs show it).
+    pub fn traceback(&self, task: &str) -> String {
+        let qualified = if self.module == "builtins" {
+            self.kind.clone()
+        } else {
+            format!("{}.{}", self.module, self.kind)
+        };
+        format!(
+            "Traceback (most recent call last):\n  File \"<rust>\", in {task}\n{qualified}: {}\n",
+            self.message
+        )
+    }
+}
+
+/// Builds the stored JSON of a result (Celery's meta with `result_extended` fields).
+pub fn meta(
+    message: &TaskMessage,
+    state: TaskState,
+    result: &Value,
+    traceback: Option<&str>,
+    worker: &str,
+) -> String {
+    let mut m = json!({
+        "status": state.as_str(),
+        "result": result,
+        "traceback": traceback,
+        "children": [],
+        "date_done": iso(Utc::now()),
+        "name": message.task,
+        "args": message.args,
+        "kwargs": message.kwargs,
+        "worker": worker,
+        "retries": message.retries,
+        "queue": message.queue,
+        "task_id": message.id,
+    });
+    if let Some(p) = &message.parent_id {
+        m["parent_id"] = json!(p);
+    }
+    if let Some(g) = &message.group {
+        m["group_id"] = json!(g);
+    }
+    m.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_has_celerys_keys_and_parses_back() {
+        let mut m = TaskMessage::new("xenios.echo", "default");
+        m.args = vec![json!(1)];
+        let raw = meta(&m, TaskState::Success, &json!([1]), None, "w@h");
+        let v: Value = serde_json::from_str(&raw).unwrap();
+        for k in [
+            "status",
+            "result",
+            "traceback",
+            "children",
+            "date_done",
+            "task_id",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        let r = JobResult::parse(&m.id, &raw).unwrap();
+        assert_eq!(r.state, TaskState::Success);
+        assert_eq!(r.result, json!([1]));
+        assert!(r.date_done.is_some());
+        let e = PyException::new("billiard.exceptions", "TimeLimitExceeded", "600");
+        assert_eq!(
+            e.to_json(),
+            json!({"exc_type": "TimeLimitExceeded", "exc_message": ["600"], "exc_module": "billiard.exceptions"})
+        );
+        assert_eq!(e.repr(), "TimeLimitExceeded('600')");
+    }
+}

@@ -1,0 +1,186 @@
+//! `/api/v1/jobs`: enqueue Celery-compatible jobs and read their state.
+
+use std::time::Duration;
+
+use poem::Request;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde_json::Value;
+use xenios_core::auth::Principal;
+use xenios_core::jobs::{EnqueueRequest, JobResult};
+use xenios_core::{AiBackend, CorrelationId, RequestContext};
+
+use super::ApiTags;
+use crate::error::ApiError;
+
+/// Job routes.
+#[derive(Debug)]
+pub struct JobsApi {
+    /// The engine.
+    pub backend: AiBackend,
+}
+
+/// A job to enqueue.
+#[derive(Debug, Object)]
+pub struct EnqueueBody {
+    /// Task name, e.g. `xenios.echo`; any name is accepted (a Python worker may run it).
+    pub task: String,
+    /// Positional arguments (a JSON array).
+    pub args: Option<Value>,
+    /// Keyword arguments (a JSON object).
+    pub kwargs: Option<Value>,
+    /// Queue; by default routed by task-name prefix.
+    pub queue: Option<String>,
+    /// Seconds to wait before the job may run.
+    pub countdown: Option<f64>,
+    /// Priority 0-9; 0 is served first.
+    pub priority: Option<u8>,
+}
+
+/// An enqueued job.
+#[derive(Debug, Object)]
+pub struct EnqueuedBody {
+    /// Task id (Celery's).
+    pub id: String,
+    /// Task name.
+    pub task: String,
+    /// Queue it was routed to.
+    pub queue: String,
+    /// Correlation ID carried in the message.
+    pub correlation_id: String,
+    /// `PENDING`.
+    pub state: String,
+}
+
+/// A job's state and result.
+#[derive(Debug, Object)]
+pub struct JobBody {
+    /// Task id.
+    pub id: String,
+    /// PENDING, STARTED, RETRY, SUCCESS, FAILURE or REVOKED (PENDING also for unknown ids).
+    pub state: String,
+    /// Return value, or `{exc_type, exc_message, exc_module}` for a failure.
+    pub result: Option<Value>,
+    /// Traceback of a failure.
+    pub traceback: Option<String>,
+    /// When it finished (RFC 3339).
+    pub date_done: Option<String>,
+    /// Task name, when known.
+    pub task: Option<String>,
+    /// Retries before this result.
+    pub retries: Option<u64>,
+    /// Worker that wrote the result.
+    pub worker: Option<String>,
+    /// Queue it ran from.
+    pub queue: Option<String>,
+}
+
+impl From<JobResult> for JobBody {
+    fn from(r: JobResult) -> Self {
+        Self {
+            id: r.task_id,
+            state: r.state.as_str().to_owned(),
+            result: (!r.result.is_null()).then_some(r.result),
+            traceback: r.traceback,
+            date_done: r.date_done.map(|d| d.to_rfc3339()),
+            task: r.name,
+            retries: r.retries,
+            worker: r.worker,
+            queue: r.queue,
+        }
+    }
+}
+
+/// Enqueue response.
+#[derive(Debug, ApiResponse)]
+pub enum EnqueueResponse {
+    /// Enqueued.
+    #[oai(status = 202)]
+    Accepted(Json<EnqueuedBody>),
+}
+
+/// The caller's context: the one the auth layer put in the request, else a service
+/// context under the request's correlation ID.
+pub fn request_context(req: &Request) -> RequestContext {
+    if let Some(ctx) = req.extensions().get::<RequestContext>() {
+        return ctx.clone();
+    }
+    let id = req
+        .extensions()
+        .get::<CorrelationId>()
+        .cloned()
+        .unwrap_or_else(CorrelationId::generate);
+    RequestContext::new(id, Principal::Service)
+}
+
+fn validation_err(msg: impl Into<String>) -> poem::Error {
+    ApiError(xenios_core::Error::Validation(msg.into())).into()
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Jobs")]
+impl JobsApi {
+    /// Enqueues a job as a Celery message; returns its id at once (202).
+    #[oai(path = "/jobs", method = "post")]
+    async fn enqueue(
+        &self,
+        req: &Request,
+        body: Json<EnqueueBody>,
+    ) -> poem::Result<EnqueueResponse> {
+        let ctx = request_context(req);
+        let body = body.0;
+        let mut job = EnqueueRequest::new(body.task.clone());
+        match body.args {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) => job.args = a,
+            Some(_) => return Err(validation_err("args must be a JSON array")),
+        }
+        match body.kwargs {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(k)) => job.kwargs = k,
+            Some(_) => return Err(validation_err("kwargs must be a JSON object")),
+        }
+        if let Some(c) = body.countdown {
+            if !(c.is_finite() && (0.0..=xenios_core::jobs::MAX_DELAY.as_secs_f64()).contains(&c)) {
+                return Err(validation_err("countdown must be 0 to 31536000 seconds"));
+            }
+            job.countdown = Some(Duration::from_secs_f64(c));
+        }
+        job.queue = body.queue;
+        job.priority = body.priority;
+        let message = self.backend.job_message(&ctx, job).map_err(ApiError)?;
+        self.backend
+            .publish_messages(std::slice::from_ref(&message))
+            .await
+            .map_err(ApiError)?;
+        Ok(EnqueueResponse::Accepted(Json(EnqueuedBody {
+            id: message.id,
+            task: message.task,
+            queue: message.queue,
+            correlation_id: ctx.correlation_id.to_string(),
+            state: "PENDING".to_owned(),
+        })))
+    }
+
+    /// A job's state and result (PENDING while unknown, as in Celery).
+    #[oai(path = "/jobs/:id", method = "get")]
+    async fn get(&self, id: Path<String>) -> poem::Result<Json<JobBody>> {
+        if !(1..=128).contains(&id.0.len())
+            || !id
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            return Err(validation_err(
+                "job id must be 1-128 characters of [A-Za-z0-9._:-]",
+            ));
+        }
+        Ok(Json(
+            self.backend
+                .job_result(&id.0)
+                .await
+                .map_err(ApiError)?
+                .into(),
+        ))
+    }
+}

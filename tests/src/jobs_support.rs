@@ -1,0 +1,220 @@
+//! Helpers of the job queue tests: backends on a test's own Redis DB and Postgres database,
+//! the real `xenios-worker` binary as a child process (killed on drop), and the Python venv.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use xenios_core::redis::redis;
+use xenios_core::{AiBackend, Config};
+
+use crate::{TestDb, TestRedis, test_vars};
+
+/// The configuration variables of a test backend, with extra settings.
+pub fn vars_for(db: &TestDb, redis: &TestRedis, extra: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut vars = test_vars(db, &redis.url);
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    vars
+}
+
+/// A backend on the test's database and Redis DB.
+pub async fn backend_on(db: &TestDb, redis: &TestRedis, extra: &[(&str, &str)]) -> AiBackend {
+    let config = Config::from_map(&vars_for(db, redis, extra)).expect("test config");
+    AiBackend::builder(config).build().await.expect("backend")
+}
+
+/// Entries in a list, hash or sorted set (0 when missing).
+pub async fn count(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> usize {
+    let kind: String = redis::cmd("TYPE").arg(key).query_async(conn).await.unwrap();
+    let cmd = match kind.as_str() {
+        "list" => "LLEN",
+        "hash" => "HLEN",
+        "zset" => "ZCARD",
+        "set" => "SCARD",
+        "none" => return 0,
+        other => panic!("{key} is a {other}"),
+    };
+    redis::cmd(cmd).arg(key).query_async(conn).await.unwrap()
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `xenios-worker` binary of this build (built first if needed).
+pub fn worker_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("xenios-worker", "xenios-worker"))
+        .clone()
+}
+
+/// The `xenios-cli` binary of this build (built first if needed).
+pub fn cli_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("xenios-cli", "xenios-cli"))
+        .clone()
+}
+
+/// The binary next to the test executable, as `scripts/test.sh` (nextest `--workspace
+/// --all-targets`) builds it; rebuilt with `cargo build --bins` only when missing or older
+/// than a source file of the workspace crates (e.g. after `nextest run -p xenios-tests`).
+fn build_bin(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let path = profile_dir.join(bin);
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let newest_source = newest_mtime(&workspace_root().join("crates"));
+    let stale = match (built, newest_source) {
+        (Some(b), Some(s)) => s > b,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    if stale {
+        let release = profile_dir.ends_with("release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .args(["build", "-q", "-p", package, "--bin", bin]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo build");
+        assert!(status.success(), "cannot build {bin}");
+    }
+    assert!(path.exists(), "{} missing", path.display());
+    path
+}
+
+fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        let t = if p.is_dir() {
+            newest_mtime(&p)
+        } else if p.extension().is_some_and(|e| e == "rs" || e == "toml") {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// The real worker binary as a child process; killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub struct ChildWorker {
+    child: Option<Child>,
+}
+
+impl ChildWorker {
+    pub fn spawn(vars: &HashMap<String, String>, args: &[&str]) -> Self {
+        let child = Command::new(worker_bin())
+            .args(args)
+            .envs(vars)
+            .env("LOG_FORMAT", "pretty")
+            .env("LOG_LEVEL", "info")
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn xenios-worker");
+        Self { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM (warm shutdown).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the exit, killing the process after `deadline`.
+    pub fn wait(&mut self, deadline: Duration) -> ExitStatus {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("not running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            if start.elapsed() > deadline {
+                self.kill();
+                panic!("xenios-worker did not exit within {deadline:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildWorker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The Python of the venv with Celery and Flower: `XENIOS_PYTHON`, else made by
+/// `scripts/py-venv.sh` (never skipped).
+pub fn python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        if let Ok(p) = std::env::var("XENIOS_PYTHON")
+            && !p.is_empty()
+        {
+            return PathBuf::from(p);
+        }
+        let out = Command::new(workspace_root().join("scripts/py-venv.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/py-venv.sh");
+        assert!(out.status.success(), "scripts/py-venv.sh failed");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+/// The directory of the Python helpers (`tests/python`).
+pub fn python_dir() -> PathBuf {
+    workspace_root().join("tests/python")
+}
+
+/// Any child process (Python Celery worker, Flower), killed and reaped on drop.
+#[derive(Debug)]
+pub struct ChildProcess(pub Child);
+
+impl ChildProcess {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(
+            cmd.stdin(Stdio::null())
+                .spawn()
+                .expect("spawn child process"),
+        )
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,268 @@
+//! Interoperability with real Celery 5.6.3, kombu 5.7.0 and Flower 2.2.0 from PyPI
+//! (pinned in tests/python/requirements.txt; the venv comes from XENIOS_PYTHON or
+//! scripts/py-venv.sh, never skipped).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use xenios_core::jobs::{EnqueueRequest, TaskState, Worker, WorkerOptions, tasks};
+use xenios_core::{AiBackend, CorrelationId, RequestContext};
+use xenios_tests::jobs_support::{ChildProcess, backend_on, python, python_dir};
+use xenios_tests::{TestDb, TestRedis, free_port, wait_for};
+
+fn ctx(id: &str) -> RequestContext {
+    RequestContext::new(
+        CorrelationId::parse(id).unwrap(),
+        xenios_core::auth::Principal::Service,
+    )
+}
+
+fn python_cmd(redis: &TestRedis) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.current_dir(python_dir())
+        .env("XENIOS_TEST_BROKER", &redis.url)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1");
+    cmd
+}
+
+/// Our worker in the test process until the returned sender fires.
+fn spawn_worker(
+    backend: &AiBackend,
+    hostname: &str,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<xenios_core::Result<xenios_core::jobs::WorkerSummary>>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = Worker::new(
+        backend.clone(),
+        tasks::builtin_registry(),
+        WorkerOptions {
+            queues: vec!["default".into()],
+            concurrency: 2,
+            hostname: Some(hostname.to_owned()),
+            prefetch_multiplier: 4,
+        },
+    );
+    let handle = tokio::spawn(worker.run(async {
+        let _ = rx.await;
+    }));
+    (tx, handle)
+}
+
+async fn python_send(redis: &TestRedis, task: &str, queue: &str, args: Value) -> Value {
+    let mut cmd = python_cmd(redis);
+    cmd.args([
+        "celery_interop.py",
+        "send",
+        task,
+        queue,
+        &args.to_string(),
+        "30",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("bad output {stdout:?}: {e}"))
+}
+
+#[tokio::test]
+async fn jobs_interop_python_producer_gets_results_from_our_worker() {
+    let redis = TestRedis::new().await;
+    let db = TestDb::new().await;
+    let backend = backend_on(&db, &redis, &[]).await;
+    let (stop, worker) = spawn_worker(&backend, "rust-interop@%h");
+    let ok = python_send(
+        &redis,
+        "xenios.echo",
+        "default",
+        json!([2, "three", {"k": [1]}]),
+    )
+    .await;
+    assert_eq!(ok["result"], json!([2, "three", {"k": [1]}]), "{ok}");
+    // Our failure comes back as the Python exception Celery rebuilds from its shape.
+    let failed = python_send(&redis, "xenios.fail", "default", json!([])).await;
+    assert_eq!(failed["error"], "ValueError", "{failed}");
+    assert_eq!(failed["message"], "failed on request", "{failed}");
+    stop.send(()).unwrap();
+    let summary = worker.await.unwrap().unwrap();
+    assert_eq!((summary.succeeded, summary.failed), (1, 1));
+}
+
+#[tokio::test]
+async fn jobs_interop_our_producer_feeds_a_python_celery_worker() {
+    let redis = TestRedis::new().await;
+    let db = TestDb::new().await;
+    let backend = backend_on(&db, &redis, &[]).await;
+    let mut cmd = python_cmd(&redis);
+    cmd.args([
+        "-m",
+        "celery",
+        "-A",
+        "celery_interop",
+        "worker",
+        "-Q",
+        "pyq",
+        "-c",
+        "1",
+        "-P",
+        "solo",
+        "-n",
+        "py-interop@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "-l",
+        "warning",
+    ]);
+    let _py_worker = ChildProcess::spawn(&mut cmd);
+    let c = ctx("req-to-python");
+    let add = backend
+        .enqueue(
+            &c,
+            EnqueueRequest::new("interop.add")
+                .args((2, 3))
+                .unwrap()
+                .queue("pyq"),
+        )
+        .await
+        .unwrap();
+    let headers = backend
+        .enqueue(&c, EnqueueRequest::new("interop.headers").queue("pyq"))
+        .await
+        .unwrap();
+    let r = backend
+        .wait_result(add.as_str(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!((r.state, r.result), (TaskState::Success, json!(5)));
+    let r = backend
+        .wait_result(headers.as_str(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(r.state, TaskState::Success, "{r:?}");
+    assert_eq!(r.result["correlation_id"], "req-to-python", "{r:?}");
+    assert_eq!(r.result["delivery_info"], "pyq", "{r:?}");
+}
+
+#[tokio::test]
+async fn jobs_interop_flower_lists_our_worker_and_its_tasks() {
+    let redis = TestRedis::new().await;
+    let db = TestDb::new().await;
+    let backend = backend_on(&db, &redis, &[]).await;
+    let (stop, worker) = spawn_worker(&backend, "rust-flower@%h");
+    let port = free_port();
+    let mut cmd = python_cmd(&redis);
+    cmd.env("FLOWER_UNAUTHENTICATED_API", "true").args([
+        "-m",
+        "celery",
+        "-A",
+        "celery_interop",
+        "flower",
+        "--address=127.0.0.1",
+        &format!("--port={port}"),
+        "--inspect_timeout=3000",
+        "--logging=warning",
+    ]);
+    let _flower = ChildProcess::spawn(&mut cmd);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    // Flower is up and receiving events before we run tasks (events are not replayed).
+    wait_for(
+        "flower to see our worker's heartbeat",
+        Duration::from_secs(60),
+        || {
+            let http = http.clone();
+            let url = format!("{base}/api/workers?status=1");
+            async move {
+                let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                let (name, _) = v
+                    .as_object()?
+                    .iter()
+                    .find(|(k, _)| k.starts_with("rust-flower@"))?;
+                (v[name] == json!(true)).then_some(())
+            }
+        },
+    )
+    .await;
+    let c = ctx("req-flower");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            backend
+                .enqueue(&c, EnqueueRequest::new("xenios.echo").args((i,)).unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    for id in &ids {
+        let r = backend
+            .wait_result(id.as_str(), Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(r.state, TaskState::Success);
+    }
+    let tasks: Value = wait_for(
+        "flower to list our tasks as succeeded",
+        Duration::from_secs(30),
+        || {
+            let http = http.clone();
+            let url = format!("{base}/api/tasks");
+            let ids = ids.clone();
+            async move {
+                let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                ids.iter()
+                    .all(|id| v[id.as_str()]["state"] == "SUCCESS")
+                    .then_some(v)
+            }
+        },
+    )
+    .await;
+    let t = &tasks[ids[0].as_str()];
+    assert_eq!(t["name"], "xenios.echo");
+    assert!(
+        t["worker"].as_str().unwrap().starts_with("rust-flower@"),
+        "{t}"
+    );
+    // The inspect-based view: stats, active_queues, registered... through our pidbox replies.
+    let workers: Value = wait_for(
+        "flower's inspect of our worker",
+        Duration::from_secs(30),
+        || {
+            let http = http.clone();
+            let url = format!("{base}/api/workers?refresh=1");
+            async move {
+                let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                let (_, w) = v
+                    .as_object()?
+                    .iter()
+                    .find(|(k, _)| k.starts_with("rust-flower@"))?;
+                (w.get("registered").is_some()
+                    && w.get("active_queues").is_some()
+                    && w["stats"]["total"]["xenios.echo"] == 3)
+                    .then(|| w.clone())
+            }
+        },
+    )
+    .await;
+    assert!(
+        workers["registered"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("xenios.echo")),
+        "{workers}"
+    );
+    assert_eq!(workers["active_queues"][0]["name"], "default", "{workers}");
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}
