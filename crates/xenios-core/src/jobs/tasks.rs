@@ -7,16 +7,22 @@
 //! - `xenios.fail`: fails with `kwargs.message`; with `kwargs.retry_until` it asks for a
 //!   retry until that many retries happened, then returns the retry count.
 //!
-//! Hook for more: [`register_builtin`] is the one list the worker binary installs. The LLM
-//! task (`xenios.llm.complete`, routed to the `llm` queue) belongs here once the LLM layer
-//! lands: register it in [`register_builtin`] with a handler that calls the backend through
-//! [`TaskContext::backend`].
+//! - `xenios.llm.complete` (routed to the `llm` queue): one routed completion through the LLM
+//!   layer. kwargs: `task` (default `chat`), `messages` (OpenAI-style list) or `prompt`,
+//!   optional `temperature`, `max_tokens`, `models`. The job's correlation ID and user travel
+//!   into the upstream call and its `inference_logs` row. Invalid input fails the job
+//!   (`ValueError`); upstream failures that may pass (rate limits, outages) ask for a retry.
+//!
+//! [`register_builtin`] is the one list the worker binary installs.
 
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::auth::{Principal, UserContext};
+use crate::context::{CorrelationId, RequestContext};
 use crate::jobs::worker::{TaskContext, TaskError, TaskRegistry};
+use crate::llm::{CompletionRequest, Message, Role, Task};
 
 /// Registers every shipped handler.
 pub fn register_builtin(registry: &mut TaskRegistry) -> &mut TaskRegistry {
@@ -25,6 +31,7 @@ pub fn register_builtin(registry: &mut TaskRegistry) -> &mut TaskRegistry {
         .register("xenios.noop", noop)
         .register("xenios.sleep", sleep)
         .register("xenios.fail", fail)
+        .register("xenios.llm.complete", llm_complete)
 }
 
 /// A registry with the shipped handlers.
@@ -87,4 +94,82 @@ async fn fail(
         .and_then(Value::as_str)
         .unwrap_or("failed on request");
     Err(TaskError::exception("builtins", "ValueError", message))
+}
+
+fn invalid(message: impl Into<String>) -> TaskError {
+    TaskError::exception("builtins", "ValueError", message)
+}
+
+/// Reads the LLM job's kwargs into a request; every problem names its field.
+fn llm_request(kwargs: &Map<String, Value>) -> Result<CompletionRequest, TaskError> {
+    let task_name = kwargs.get("task").and_then(Value::as_str).unwrap_or("chat");
+    let task: Task = task_name
+        .parse()
+        .map_err(|e| invalid(format!("task: {e}")))?;
+    let messages: Vec<Message> = match (kwargs.get("messages"), kwargs.get("prompt")) {
+        (Some(m), _) => {
+            serde_json::from_value(m.clone()).map_err(|e| invalid(format!("messages: {e}")))?
+        }
+        (None, Some(Value::String(p))) => vec![Message::new(Role::User, p.clone())],
+        _ => {
+            return Err(invalid(
+                "kwargs need `messages` (a list) or `prompt` (a string)",
+            ));
+        }
+    };
+    let mut req = CompletionRequest::new(task, messages);
+    req.temperature = kwargs
+        .get("temperature")
+        .and_then(Value::as_f64)
+        .map(|t| t as f32);
+    req.max_tokens = kwargs
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .map(|t| t.min(u64::from(u32::MAX)) as u32);
+    if let Some(models) = kwargs.get("models") {
+        req.models = Some(
+            serde_json::from_value(models.clone()).map_err(|e| invalid(format!("models: {e}")))?,
+        );
+    }
+    req.validate().map_err(|e| invalid(e.to_string()))?;
+    Ok(req)
+}
+
+async fn llm_complete(
+    ctx: TaskContext,
+    _: Vec<Value>,
+    kwargs: Map<String, Value>,
+) -> Result<Value, TaskError> {
+    let req = llm_request(&kwargs)?;
+    let correlation_id = ctx
+        .correlation_id
+        .as_deref()
+        .and_then(CorrelationId::parse)
+        .unwrap_or_else(CorrelationId::generate);
+    let principal = match &ctx.user_id {
+        Some(user_id) => Principal::User(UserContext {
+            user_id: user_id.clone(),
+            role: "authenticated".to_owned(),
+            email: None,
+            session_id: None,
+            aal: None,
+            is_anonymous: false,
+        }),
+        None => Principal::System,
+    };
+    let request_ctx = RequestContext::new(correlation_id, principal);
+    let completion = tokio::select! {
+        r = ctx.backend.complete(&request_ctx, req) => r,
+        () = ctx.soft_time_limit() => return Err(TaskError::SoftTimeLimitExceeded),
+    };
+    match completion {
+        Ok(c) => serde_json::to_value(&c)
+            .map_err(|e| TaskError::exception("builtins", "RuntimeError", e.to_string())),
+        Err(e) if e.is_retryable() => Err(TaskError::Retry {
+            reason: e.to_string(),
+            countdown: e.retry_after(),
+            max_retries: None,
+        }),
+        Err(e) => Err(TaskError::exception("xenios", "LlmError", e.to_string())),
+    }
 }
