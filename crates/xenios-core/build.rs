@@ -4,8 +4,22 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=GIT_COMMIT");
-    println!("cargo:rerun-if-changed=../../.git/HEAD");
-    println!("cargo:rerun-if-changed=../../.git/refs/heads");
+    // Watch HEAD only where it exists: a path that does not (a worktree's `.git` is a file,
+    // a Docker build has none) would make cargo rebuild this crate every time.
+    if let Some(git_dir) = Command::new("git")
+        .args(["rev-parse", "--git-dir"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+    {
+        let git_dir = std::path::PathBuf::from(git_dir.trim());
+        for watched in [git_dir.join("HEAD"), git_dir.join("refs").join("heads")] {
+            if let Ok(abs) = watched.canonicalize() {
+                println!("cargo:rerun-if-changed={}", abs.display());
+            }
+        }
+    }
     let commit = std::env::var("GIT_COMMIT")
         .ok()
         .filter(|c| !c.is_empty())
