@@ -13,10 +13,13 @@ redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemoni
 redis_pid=$!
 trap 'kill $redis_pid 2>/dev/null; wait $redis_pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
-cargo build -q --release -p xenios-worker --bin xenios-worker --example bench
+cargo build -q --release -p xenios-worker -p xenios-cli --bin xenios-worker --bin xenios-cli --example bench
 echo "== xenios ($N jobs) on redis 127.0.0.1:$port"
-# No Postgres for the benchmark: job rows go nowhere (the audit writer drops and counts them).
-REDIS_URL="redis://127.0.0.1:$port/0" DATABASE_URL="postgres://bench@127.0.0.1:1/none" \
+bench_db=${BENCH_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/xenios_bench?sslmode=disable}
+PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE xenios_bench" postgres 2>/dev/null || true
+DATABASE_URL=$bench_db target/release/xenios-cli migrate >/dev/null
+# Job rows go to BENCH_DATABASE_URL (migrate it first: xenios-cli migrate), as in production.
+REDIS_URL="redis://127.0.0.1:$port/0" DATABASE_URL="${BENCH_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/xenios_bench?sslmode=disable}" \
   LOG_LEVEL=error target/release/examples/bench "$N"
 echo "== celery 5.6.3 ($NC jobs) on the same redis"
 XENIOS_TEST_BROKER="redis://127.0.0.1:$port/0" "$PY" tests/python/bench_celery.py "$NC"
