@@ -7,11 +7,11 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
-use xenios_core::auth::Principal;
+use xenios_core::AiBackend;
 use xenios_core::jobs::{EnqueueRequest, JobResult};
-use xenios_core::{AiBackend, CorrelationId, RequestContext};
 
 use super::ApiTags;
+use super::llm::request_context;
 use crate::error::ApiError;
 
 /// Job routes.
@@ -98,20 +98,6 @@ pub enum EnqueueResponse {
     /// Enqueued.
     #[oai(status = 202)]
     Accepted(Json<EnqueuedBody>),
-}
-
-/// The caller's context: the one the auth layer put in the request, else a service
-/// context under the request's correlation ID.
-pub fn request_context(req: &Request) -> RequestContext {
-    if let Some(ctx) = req.extensions().get::<RequestContext>() {
-        return ctx.clone();
-    }
-    let id = req
-        .extensions()
-        .get::<CorrelationId>()
-        .cloned()
-        .unwrap_or_else(CorrelationId::generate);
-    RequestContext::new(id, Principal::Service)
 }
 
 fn validation_err(msg: impl Into<String>) -> poem::Error {
