@@ -418,6 +418,26 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Polls `/health/ready` until it answers `status` (bounded by `deadline`) and returns
+    /// that answer's body.
+    pub async fn wait_ready_status(&self, status: u16, deadline: Duration) -> serde_json::Value {
+        let what = format!("{status} from /health/ready");
+        wait_for(&what, deadline, || async {
+            let r = self
+                .client
+                .get(self.url("/health/ready"))
+                .send()
+                .await
+                .ok()?;
+            if r.status().as_u16() == status {
+                r.json::<serde_json::Value>().await.ok()
+            } else {
+                None
+            }
+        })
+        .await
+    }
+
     /// Signals graceful shutdown and waits for the server task to finish.
     pub async fn shutdown(&mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {

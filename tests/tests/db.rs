@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::json;
 use xenios_core::db::models::{
     ExtractionCacheEntry, InferenceStatus, JobStateChange, JobStatus, NewInferenceLog,
 };
@@ -355,30 +355,10 @@ async fn server_keeps_serving_while_postgres_is_down_and_recovers() {
     vars.insert("DATABASE_URL".into(), url_via_port(&db.url, proxy.port));
     let app = TestApp::spawn_on(db, Some(redis), vars).await;
     app.backend.migrate().await.unwrap();
-    let ready = || async {
-        let r = app
-            .client
-            .get(app.url("/health/ready"))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json::<Value>().await.unwrap())
-    };
-    wait_for("a first 200", Duration::from_secs(20), || async {
-        (ready().await.0 == 200).then_some(())
-    })
-    .await;
+    app.wait_ready_status(200, Duration::from_secs(20)).await;
 
     proxy.cut();
-    let body = wait_for(
-        "503 with postgres down",
-        Duration::from_secs(15),
-        || async {
-            let (s, b) = ready().await;
-            (s == 503).then_some(b)
-        },
-    )
-    .await;
+    let body = app.wait_ready_status(503, Duration::from_secs(15)).await;
     let pg_c = body["components"]
         .as_array()
         .unwrap()
@@ -395,12 +375,7 @@ async fn server_keeps_serving_while_postgres_is_down_and_recovers() {
     assert_eq!(err.kind(), xenios_core::ErrorKind::Unavailable);
 
     proxy.restore().await;
-    wait_for(
-        "200 after postgres returns",
-        Duration::from_secs(20),
-        || async { (ready().await.0 == 200).then_some(()) },
-    )
-    .await;
+    app.wait_ready_status(200, Duration::from_secs(20)).await;
     assert!(app.backend.job_record("x").await.unwrap().is_none());
 }
 
