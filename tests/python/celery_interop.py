@@ -7,11 +7,15 @@ The broker and result backend are both XENIOS_TEST_BROKER (the test's own Redis 
 - As a script: `python celery_interop.py send <task> <queue> <args-json> <timeout>` sends a
   task the way a Python producer does and prints `{"result": ...}` or `{"error": ...}` from
   `AsyncResult.get()`.
+- `python celery_interop.py control <worker-hostname>` drives that worker with Celery's own
+  remote control (terminate, time_limit, rate_limit, then shutdown) and prints what it saw
+  as one JSON object.
 """
 
 import json
 import os
 import sys
+import time
 
 from celery import Celery
 
@@ -57,8 +61,68 @@ def send(task, queue, args_json, timeout):
         print(json.dumps({"id": result.id, "error": type(exc).__name__, "message": str(exc)}))
 
 
+def outcome(result, timeout=30):
+    """State and exception name of a finished task, as a Python caller sees them."""
+    try:
+        result.get(timeout=timeout)
+        return {"state": result.state}
+    except Exception as exc:
+        return {"state": result.state, "error": type(exc).__name__, "message": str(exc)}
+
+
+def control(host):
+    dest = [host]
+    out = {}
+    # revoke(terminate=True) of a running task: wait until the worker reports it active.
+    long = app.send_task("xenios.sleep", kwargs={"seconds": 60}, queue="default")
+    deadline = time.monotonic() + 30
+    active = []
+    while time.monotonic() < deadline and not active:
+        replies = app.control.inspect(dest, timeout=1.0).active() or {}
+        active = [t["id"] for t in replies.get(host, []) if t["id"] == long.id]
+    out["active_before_terminate"] = bool(active)
+    started = time.monotonic()
+    out["terminate_reply"] = app.control.revoke(
+        long.id, terminate=True, signal="SIGKILL", destination=dest, reply=True, timeout=5
+    )
+    out["terminated"] = outcome(long)
+    out["terminate_secs"] = time.monotonic() - started
+    # time_limit: the task's new soft limit stops a sleep that would run 60 s.
+    out["time_limit_reply"] = app.control.time_limit(
+        "xenios.sleep", soft=0.3, hard=5, destination=dest, reply=True, timeout=5
+    )
+    out["time_limit_unknown"] = app.control.time_limit(
+        "no.such.task", soft=1, destination=dest, reply=True, timeout=5
+    )
+    limited = app.send_task("xenios.sleep", kwargs={"seconds": 60}, queue="default")
+    out["time_limited"] = outcome(limited)
+    # rate_limit: 2/s spaces four no-ops at least 1.5 s apart (first to last, less slack).
+    out["rate_limit_reply"] = app.control.rate_limit(
+        "xenios.noop", "2/s", destination=dest, reply=True, timeout=5
+    )
+    out["rate_limit_bad"] = app.control.rate_limit(
+        "xenios.noop", "fast", destination=dest, reply=True, timeout=5
+    )
+    noops = [app.send_task("xenios.noop", queue="default") for _ in range(4)]
+    for r in noops:
+        r.get(timeout=30)
+    done = sorted(r.date_done.timestamp() for r in noops)
+    out["rate_limited_span_secs"] = done[-1] - done[0]
+    out["rate_limit_off"] = app.control.rate_limit(
+        "xenios.noop", 0, destination=dest, reply=True, timeout=5
+    )
+    # shutdown: the worker stops warmly (no reply is expected, as with Celery's workers).
+    app.control.shutdown(destination=dest)
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "send":
         send(*sys.argv[2:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "control":
+        control(sys.argv[2])
     else:
-        sys.exit("usage: celery_interop.py send <task> <queue> <args-json> <timeout>")
+        sys.exit(
+            "usage: celery_interop.py send <task> <queue> <args-json> <timeout>\n"
+            "       celery_interop.py control <worker-hostname>"
+        )

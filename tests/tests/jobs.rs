@@ -461,7 +461,7 @@ async fn jobs_revoked_jobs_are_skipped_and_wait_result_sees_results_arrive() {
         .enqueue(&c, EnqueueRequest::new("xenios.echo"))
         .await
         .unwrap();
-    backend.revoke(revoked.as_str()).await.unwrap();
+    backend.revoke(revoked.as_str(), false).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(
         Worker::new(
@@ -559,6 +559,103 @@ async fn jobs_http_enqueue_and_get_with_422_on_bad_input() {
     assert_eq!(job["task"], "xenios.echo");
     let r = app.get("/api/v1/jobs/bad%20id").await;
     assert_eq!(r.status(), 422);
+}
+
+#[tokio::test]
+async fn jobs_http_delete_revokes_and_terminate_stops_a_running_handler() {
+    let app = TestApp::spawn().await;
+    app.backend.migrate().await.unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let dropped = Arc::new(AtomicBool::new(false));
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let mut reg = TaskRegistry::new();
+    let (s, d) = (started.clone(), dropped.clone());
+    reg.register("t.forever", move |_ctx: TaskContext, _, _| {
+        let (s, d) = (s.clone(), d.clone());
+        async move {
+            let _guard = SetOnDrop(d);
+            s.notify_one();
+            std::future::pending::<()>().await;
+            Ok(Value::Null)
+        }
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(
+        Worker::new(app.backend.clone(), reg, opts(&["default"], 2)).run(async {
+            let _ = rx.await;
+        }),
+    );
+    let c = ctx("req-terminate");
+    let running = app
+        .backend
+        .enqueue(&c, EnqueueRequest::new("t.forever"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), started.notified())
+        .await
+        .expect("handler did not start");
+    let delete = |path: String| {
+        app.client
+            .delete(app.url(&path))
+            .header("x-api-key", API_KEY)
+            .send()
+    };
+    // A plain revoke is accepted too (it flags the id; the running handler goes on).
+    let r = delete(format!("/api/v1/jobs/{running}")).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"id": running.as_str(), "revoked": true, "terminate": false})
+    );
+    let r = delete(format!("/api/v1/jobs/{running}?terminate=true"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = app
+        .backend
+        .wait_result(running.as_str(), Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(r.state, TaskState::Revoked, "{r:?}");
+    assert_eq!(r.result["exc_message"], json!(["terminated"]), "{r:?}");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the handler was not stopped"
+    );
+    // Bad ids and parameters are a 4xx, never a 500.
+    let r = delete("/api/v1/jobs/bad%20id".to_owned()).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r = delete(format!("/api/v1/jobs/{running}?terminate=maybe"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/v1/jobs/{running}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    tx.send(()).unwrap();
+    let summary = worker.await.unwrap().unwrap();
+    assert_eq!(summary.revoked, 1, "{summary:?}");
+    app.backend.flush_audit().await;
+    let row = app
+        .backend
+        .job_record(running.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.status.as_str(), row.error.as_deref()),
+        ("revoked", Some("terminated"))
+    );
 }
 
 #[tokio::test]

@@ -266,3 +266,94 @@ async fn jobs_interop_flower_lists_our_worker_and_its_tasks() {
     stop.send(()).unwrap();
     worker.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn jobs_interop_celery_remote_control_terminates_limits_and_shuts_down_our_worker() {
+    let redis = TestRedis::new().await;
+    let db = TestDb::new().await;
+    let backend = backend_on(&db, &redis, &[]).await;
+    let worker = Worker::new(
+        backend.clone(),
+        tasks::builtin_registry(),
+        WorkerOptions {
+            queues: vec!["default".into()],
+            concurrency: 4,
+            hostname: Some("rust-ctl@%h".to_owned()),
+            prefetch_multiplier: 4,
+        },
+    );
+    let host = worker.hostname();
+    // Never stopped from here: only Celery's `shutdown` command ends it.
+    let handle = tokio::spawn(worker.run(std::future::pending::<()>()));
+    let mut cmd = python_cmd(&redis);
+    cmd.args(["celery_interop.py", "control", &host]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python control failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("bad output {stdout:?}: {e}"));
+    let reply = |k: &str| seen[k][0][&host].clone();
+
+    assert_eq!(seen["active_before_terminate"], true, "{seen}");
+    assert!(
+        reply("terminate_reply")["ok"]
+            .as_str()
+            .unwrap()
+            .starts_with("terminate: "),
+        "{seen}"
+    );
+    assert_eq!(seen["terminated"]["state"], "REVOKED", "{seen}");
+    assert_eq!(seen["terminated"]["error"], "TaskRevokedError", "{seen}");
+    assert!(seen["terminate_secs"].as_f64().unwrap() < 30.0, "{seen}");
+
+    assert_eq!(
+        reply("time_limit_reply"),
+        json!({"ok": "time limits set successfully"})
+    );
+    assert_eq!(
+        reply("time_limit_unknown"),
+        json!({"error": "unknown task"})
+    );
+    assert_eq!(seen["time_limited"]["state"], "FAILURE", "{seen}");
+    assert_eq!(
+        seen["time_limited"]["error"], "SoftTimeLimitExceeded",
+        "{seen}"
+    );
+
+    assert_eq!(
+        reply("rate_limit_reply"),
+        json!({"ok": "new rate limit set successfully"})
+    );
+    assert!(
+        reply("rate_limit_bad")["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid rate limit string"),
+        "{seen}"
+    );
+    // Four tasks at 2/s: the last starts at least 1.5 s after the first (less clock slack).
+    assert!(
+        seen["rate_limited_span_secs"].as_f64().unwrap() >= 1.3,
+        "{seen}"
+    );
+    assert_eq!(
+        reply("rate_limit_off"),
+        json!({"ok": "rate limit disabled successfully"})
+    );
+
+    // `shutdown` ended the worker warmly.
+    let summary = tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("worker did not shut down on Celery's shutdown command")
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.revoked, 1, "{summary:?}");
+    assert_eq!(summary.failed, 1, "{summary:?}");
+    assert_eq!(summary.succeeded, 4, "{summary:?}");
+}

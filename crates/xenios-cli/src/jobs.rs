@@ -99,3 +99,20 @@ pub async fn show(backend: &AiBackend, id: &str) -> ExitCode {
         }
     }
 }
+
+/// `xenios-cli revoke`.
+pub async fn revoke(backend: &AiBackend, id: &str, terminate: bool) -> ExitCode {
+    match backend.revoke(id, terminate).await {
+        Ok(()) => {
+            println!(
+                "{id} revoked{}",
+                if terminate { " (terminate)" } else { "" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xenios-cli: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

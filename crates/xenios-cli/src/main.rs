@@ -64,6 +64,14 @@ enum Command {
         /// Task id.
         id: String,
     },
+    /// Revoke a job: workers (Rust and Python) skip it.
+    Revoke {
+        /// Task id.
+        id: String,
+        /// Stop it too if it is already running.
+        #[arg(long)]
+        terminate: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +127,7 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Job { id } => jobs::show(&backend, &id).await,
+        Command::Revoke { id, terminate } => jobs::revoke(&backend, &id, terminate).await,
         Command::Health => {
             let r = backend.readiness().await;
             for c in &r.components {

@@ -194,6 +194,18 @@ pub fn valid_task_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
+/// What [`valid_task_id`] accepts, for error messages.
+pub const TASK_ID_RULE: &str = "job id must be 1-128 characters of [A-Za-z0-9._:-]";
+
+/// Whether `id` may be a task id: 1-128 characters of `[A-Za-z0-9._:-]` (UUIDs, and the
+/// custom ids Celery producers pick in practice).
+pub fn valid_task_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
 /// Whether `name` may be a queue name: 1-128 characters of `[A-Za-z0-9_.:-]`.
 pub fn valid_queue_name(name: &str) -> bool {
     !name.is_empty()
@@ -232,12 +244,26 @@ impl Router {
 }
 
 /// Jobs state held by the backend.
-#[derive(Debug)]
 pub(crate) struct JobsState {
     pub(crate) router: Router,
     pub(crate) client: std::result::Result<redis::Client, String>,
+    /// The producer's connection: one multiplexed connection that reconnects by itself
+    /// (redis-rs' `ConnectionManager`). Concurrent enqueues share it and are pipelined
+    /// onto the socket together, and no pool checkout (with its PING round trip) sits on
+    /// the enqueue path.
+    producer: std::result::Result<redis::aio::ConnectionManager, String>,
     pub(crate) db: i64,
     pub(crate) events: EventSender,
+}
+
+impl fmt::Debug for JobsState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobsState")
+            .field("router", &self.router)
+            .field("db", &self.db)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
 }
 
 impl JobsState {
@@ -255,12 +281,34 @@ impl JobsState {
             Arc::new(Clock::default()),
             config.jobs.task_events,
         );
+        let producer = match (&client, tokio::runtime::Handle::try_current()) {
+            (Ok(c), Ok(_)) => redis::aio::ConnectionManager::new_lazy_with_config(
+                c.clone(),
+                redis::aio::ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(REDIS_REPLY_TIMEOUT))
+                    .set_connection_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1)),
+            )
+            .map_err(|e| format!("REDIS_URL: {:?}", e.kind())),
+            (Err(e), _) => Err(e.clone()),
+            (Ok(_), Err(_)) => Err("no Tokio runtime".to_owned()),
+        };
         Self {
             router: Router::new(&config.jobs),
             client,
+            producer,
             db,
             events,
         }
+    }
+
+    /// A handle on the producer's connection (cheap: a clone of a multiplexed handle).
+    pub(crate) fn producer(&self) -> Result<redis::aio::ConnectionManager> {
+        self.producer.clone().map_err(|e| Error::Unavailable {
+            component: "redis",
+            message: e,
+        })
     }
 
     pub(crate) fn client(&self) -> Result<&redis::Client> {
@@ -413,10 +461,10 @@ impl crate::AiBackend {
 
     /// Publishes ready-made messages (with `task-sent` events and pending job rows).
     pub async fn publish_messages(&self, messages: &[TaskMessage]) -> Result<()> {
+        let mut conn = self.jobs_state().producer()?;
         for chunk in messages.chunks(1000) {
             let out: Vec<(String, String)> = chunk.iter().map(broker::outgoing).collect();
-            let mut conn = pooled(self.redis()).await?;
-            broker::publish(&mut *conn, &out).await?;
+            broker::publish(&mut conn, &out).await?;
         }
         let events = &self.jobs_state().events;
         for m in messages {
@@ -438,10 +486,10 @@ impl crate::AiBackend {
 
     /// The stored result of a job (PENDING when nothing is stored yet, as in Celery).
     pub async fn job_result(&self, task_id: &str) -> Result<JobResult> {
-        let mut conn = pooled(self.redis()).await?;
+        let mut conn = self.jobs_state().producer()?;
         let raw: Option<String> = redis::cmd("GET")
             .arg(result::result_key(task_id))
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await
             .map_err(redis_error)?;
         Ok(raw
@@ -507,17 +555,21 @@ impl crate::AiBackend {
     /// Revokes a job: running workers are told through the pidbox broadcast (Python ones
     /// too), and ours also honour it when started later (a marker kept for
     /// `JOB_RESULT_EXPIRES_SECS`). The worker that meets the job stores REVOKED and its job
-    /// row; a job already running is not interrupted (Celery's `terminate` is not supported).
-    pub async fn revoke(&self, task_id: &str) -> Result<()> {
+    /// row. With `terminate`, a job already running is stopped as well (our workers drop
+    /// its handler; Celery's send its process SIGTERM); without it, it runs to the end.
+    pub async fn revoke(&self, task_id: &str, terminate: bool) -> Result<()> {
+        if !valid_task_id(task_id) {
+            return Err(Error::Validation(TASK_ID_RULE.to_owned()));
+        }
         let state = self.jobs_state();
         let ttl = self.config().jobs.result_expires.as_secs().max(1);
         let request = pidbox::request(
             "revoke",
-            json!({"task_id": task_id, "terminate": false, "signal": "SIGTERM"}),
+            json!({"task_id": task_id, "terminate": terminate, "signal": "SIGTERM"}),
             None,
         );
         let channel = events::fanout_channel(state.db, "celery.pidbox", "");
-        let mut conn = pooled(self.redis()).await?;
+        let mut conn = self.jobs_state().producer()?;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(format!("{REVOKED_PREFIX}{task_id}"))
@@ -529,7 +581,7 @@ impl crate::AiBackend {
             .arg(channel)
             .arg(request)
             .ignore();
-        pipe.query_async::<()>(&mut *conn)
+        pipe.query_async::<()>(&mut conn)
             .await
             .map_err(redis_error)?;
         Ok(())

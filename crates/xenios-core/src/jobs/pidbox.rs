@@ -7,12 +7,20 @@
 //! `_kombu.binding.reply.celery.pidbox` under the reply's routing key. Reply shapes follow
 //! `tests/fixtures/celery/inspect-replies.json` (Flower's worker page needs the full
 //! `active_queues` entries).
+//!
+//! Control commands: `revoke` (with `terminate`), `terminate`, `time_limit`, `rate_limit`,
+//! `shutdown` (warm), `enable_events`/`disable_events`, with Celery's reply texts.
+
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::jobs::broker::{self, PRIORITY_SEP};
 use crate::jobs::protocol::{envelope, envelope_body, iso};
-use crate::jobs::worker::{Held, Shared};
+use crate::jobs::worker::{Held, RateLimit, Shared};
+
+/// Longest time limit a control command may set (a year, as [`crate::jobs::MAX_DELAY`]).
+const MAX_LIMIT_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// Builds a broadcast request envelope (`reply_to`: `(exchange, routing_key)`).
 pub fn request(method: &str, arguments: Value, reply_to: Option<(&str, &str)>) -> String {
@@ -221,13 +229,82 @@ fn reply(shared: &Shared, method: &str, args: &Value) -> Value {
                 .collect();
             json!({"revoked": revoked, "clock": shared.clock.tick()})
         }
-        "revoke" => {
+        "revoke" | "terminate" => {
             let ids = ids_of(args.get("task_id"));
             for id in &ids {
                 shared.revoke_local(id);
             }
             tracing::info!(task_ids = ?ids, "tasks flagged as revoked");
-            json!({"ok": format!("tasks {} flagged as revoked", ids.join(", "))})
+            let terminate = method == "terminate"
+                || args.get("terminate").and_then(Value::as_bool) == Some(true);
+            if !terminate {
+                return json!({"ok": format!("tasks {} flagged as revoked", ids.join(", "))});
+            }
+            // Any signal name stops the handler the same way: a Rust task is a future that
+            // is dropped, not a process to signal.
+            let stopped: Vec<&str> = ids
+                .iter()
+                .filter(|id| shared.terminate(id))
+                .map(String::as_str)
+                .collect();
+            if stopped.is_empty() {
+                json!({"ok": "terminate: tasks unknown"})
+            } else {
+                json!({"ok": format!("terminate: {}", stopped.join(", "))})
+            }
+        }
+        "time_limit" => {
+            let task = args.get("task_name").and_then(Value::as_str).unwrap_or("");
+            let secs = |k: &str| -> Result<Option<Duration>, String> {
+                match args.get(k) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(v) => v
+                        .as_f64()
+                        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                        .filter(|s| s.is_finite() && *s > 0.0 && *s < MAX_LIMIT_SECS)
+                        .map(|s| Some(Duration::from_secs_f64(s)))
+                        .ok_or_else(|| format!("{k} must be a positive number of seconds")),
+                }
+            };
+            match (secs("soft"), secs("hard")) {
+                (Ok(soft), Ok(hard)) => {
+                    if shared.set_time_limits(task, soft, hard) {
+                        tracing::info!(task, ?soft, ?hard, "new time limits");
+                        json!({"ok": "time limits set successfully"})
+                    } else {
+                        json!({"error": "unknown task"})
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => json!({"error": e}),
+            }
+        }
+        "rate_limit" => {
+            let task = args.get("task_name").and_then(Value::as_str).unwrap_or("");
+            let spec = match args.get("rate_limit") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                None | Some(Value::Null) => "0".to_owned(),
+                Some(other) => other.to_string(),
+            };
+            match RateLimit::parse(&spec) {
+                Err(e) => json!({"error": format!("Invalid rate limit string: {e}")}),
+                Ok(rate) => {
+                    let disabled = rate.is_none();
+                    if !shared.set_rate_limit(task, rate) {
+                        json!({"error": "unknown task"})
+                    } else if disabled {
+                        tracing::info!(task, "rate limit disabled");
+                        json!({"ok": "rate limit disabled successfully"})
+                    } else {
+                        tracing::info!(task, rate = %spec, "new rate limit");
+                        json!({"ok": "new rate limit set successfully"})
+                    }
+                }
+            }
+        }
+        "shutdown" => {
+            shared.request_shutdown();
+            json!({"ok": "shutting down"})
         }
         other => json!({"error": format!("No such control command: {other}")}),
     }

@@ -303,6 +303,85 @@ impl Revoked {
     }
 }
 
+/// Why a job ends REVOKED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Revocation {
+    /// Revoked before it started.
+    Revoked,
+    /// Its `expires` passed before it started.
+    Expired,
+    /// Revoked with `terminate=True` while it ran: its handler was stopped.
+    Terminated,
+}
+
+impl Revocation {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::Terminated => "terminated",
+        }
+    }
+}
+
+/// A task rate limit (Celery's `rate_limit` strings: `10/s`, `100/m`, `1000/h`, `5`).
+pub(crate) struct RateLimit {
+    /// The string it was set from, for `inspect`.
+    pub(crate) spec: String,
+    limiter: governor::DefaultDirectRateLimiter,
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+impl RateLimit {
+    /// Parses a Celery rate (as kombu's `rate()`): `None` for `0` (no limit).
+    pub(crate) fn parse(spec: &str) -> std::result::Result<Option<Self>, String> {
+        let s = spec.trim();
+        let (ops, per) = match s.split_once('/') {
+            Some((ops, unit)) => {
+                let per = match unit.trim().chars().next() {
+                    Some('s') => 1.0,
+                    Some('m') => 60.0,
+                    Some('h') => 3600.0,
+                    _ => return Err(format!("unknown rate unit in {s:?} (use s, m or h)")),
+                };
+                (ops.trim(), per)
+            }
+            None => (s, 1.0),
+        };
+        let ops: f64 = ops
+            .parse()
+            .map_err(|_| format!("{s:?} is not a rate such as 10/s, 100/m or 1000/h"))?;
+        if !ops.is_finite() || ops < 0.0 {
+            return Err(format!("{s:?} is not a positive rate"));
+        }
+        if ops == 0.0 {
+            return Ok(None);
+        }
+        let period = Duration::from_secs_f64(per / ops);
+        let quota = governor::Quota::with_period(period)
+            .ok_or_else(|| format!("{s:?} is too fast a rate"))?;
+        Ok(Some(Self {
+            spec: s.to_owned(),
+            limiter: governor::RateLimiter::direct(quota),
+        }))
+    }
+}
+
+/// Limits of one task name set at run time.
+#[derive(Debug, Default)]
+pub(crate) struct TaskOverrides {
+    soft: Option<Duration>,
+    hard: Option<Duration>,
+    rate: Option<Arc<RateLimit>>,
+}
+
 /// State shared by the worker's tasks (and read by the pidbox).
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -319,6 +398,11 @@ pub(crate) struct Shared {
     pub(crate) hand: Mutex<Hand>,
     pub(crate) revoked: Mutex<Revoked>,
     pub(crate) totals: Mutex<HashMap<String, u64>>,
+    /// Handlers running now, by task id: `revoke(terminate=True)` stops them.
+    running: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Time and rate limits per task name, set by the `time_limit` and `rate_limit`
+    /// control commands (Celery's, sent by `celery control` or Flower).
+    overrides: Mutex<HashMap<String, TaskOverrides>>,
     counters: Counters,
     exec: Arc<Semaphore>,
     prefetch_sem: Arc<Semaphore>,
@@ -352,6 +436,83 @@ impl Shared {
 
     pub(crate) fn revoked_ids(&self) -> Vec<String> {
         lock(&self.revoked).ids()
+    }
+
+    /// Stops the handler of a running job (`revoke(terminate=True)`); false when the job
+    /// is not running here. Call after [`Shared::revoke_local`]: a job about to start then
+    /// sees the revocation instead.
+    pub(crate) fn terminate(&self, id: &str) -> bool {
+        match lock(&self.running).get(id) {
+            Some(stop) => {
+                stop.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets the time limits of a task name (the `time_limit` control command); `None`
+    /// falls back to the worker's defaults. False for a task this worker does not know.
+    pub(crate) fn set_time_limits(
+        &self,
+        task: &str,
+        soft: Option<Duration>,
+        hard: Option<Duration>,
+    ) -> bool {
+        if self.registry.get(task).is_none() {
+            return false;
+        }
+        let mut o = lock(&self.overrides);
+        let entry = o.entry(task.to_owned()).or_default();
+        entry.soft = soft;
+        entry.hard = hard;
+        true
+    }
+
+    /// Sets or clears (`None`) the rate limit of a task name (the `rate_limit` control
+    /// command). False for a task this worker does not know.
+    pub(crate) fn set_rate_limit(&self, task: &str, rate: Option<RateLimit>) -> bool {
+        if self.registry.get(task).is_none() {
+            return false;
+        }
+        lock(&self.overrides)
+            .entry(task.to_owned())
+            .or_default()
+            .rate = rate.map(Arc::new);
+        true
+    }
+
+    /// The rate limit of a task name, if any.
+    pub(crate) fn rate_limit(&self, task: &str) -> Option<Arc<RateLimit>> {
+        lock(&self.overrides).get(task).and_then(|o| o.rate.clone())
+    }
+
+    /// Soft and hard limits of a message: its own, else the task's (control command),
+    /// else the worker's defaults.
+    fn time_limits(&self, m: &TaskMessage) -> (Duration, Duration) {
+        let own = |s: Option<f64>| {
+            s.filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+        };
+        let (task_soft, task_hard) = lock(&self.overrides)
+            .get(&m.task)
+            .map(|o| (o.soft, o.hard))
+            .unwrap_or_default();
+        let jobs = self.jobs();
+        (
+            own(m.soft_time_limit)
+                .or(task_soft)
+                .unwrap_or(jobs.soft_time_limit),
+            own(m.hard_time_limit)
+                .or(task_hard)
+                .unwrap_or(jobs.hard_time_limit),
+        )
+    }
+
+    /// Begins a warm shutdown (the `shutdown` control command), as SIGTERM does.
+    pub(crate) fn request_shutdown(&self) {
+        tracing::warn!("got shutdown from remote; warm shutdown");
+        self.stop();
     }
 
     pub(crate) fn totals(&self) -> HashMap<String, u64> {
@@ -441,22 +602,23 @@ impl Shared {
         self.backend.audit().job(c);
     }
 
-    fn revoked(&self, m: &TaskMessage, tag: &str, expired: bool) {
-        let exc = PyException::new(
-            "celery.exceptions",
-            "TaskRevokedError",
-            if expired { "expired" } else { "revoked" },
-        );
+    fn revoked(&self, m: &TaskMessage, tag: &str, why: Revocation) {
+        let exc = PyException::new("celery.exceptions", "TaskRevokedError", why.reason());
         self.conclude(m, tag, TaskState::Revoked, &exc.to_json(), None, None);
         self.counters.revoked.fetch_add(1, Ordering::Relaxed);
+        let terminated = why == Revocation::Terminated;
         self.events.task(
             "task-revoked",
-            json!({"uuid": m.id, "terminated": false, "signum": null, "expired": expired}),
+            json!({
+                "uuid": m.id, "terminated": terminated,
+                "signum": if terminated { json!(15) } else { Value::Null },
+                "expired": why == Revocation::Expired,
+            }),
         );
         let mut c = job_change(m, JobStatus::Revoked);
         c.worker = Some(self.hostname.clone());
-        if expired {
-            c.error = Some("expired".to_owned());
+        if why != Revocation::Revoked {
+            c.error = Some(why.reason().to_owned());
         }
         self.backend.audit().job(c);
     }
@@ -568,6 +730,8 @@ impl Worker {
             hand: Mutex::new(Hand::default()),
             revoked: Mutex::new(Revoked::default()),
             totals: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            overrides: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             exec: Arc::new(Semaphore::new(concurrency)),
             prefetch_sem: Arc::new(Semaphore::new(prefetch)),
@@ -966,12 +1130,12 @@ async fn dispatch(shared: &Arc<Shared>, taken: Vec<Taken>) {
         shared.events.task("task-received", fields);
         if in_redis || lock(&shared.revoked).contains(&m.id) {
             tracing::info!(task_id = %m.id, task = %m.task, "discarding revoked task");
-            shared.revoked(&m, &tag, false);
+            shared.revoked(&m, &tag, Revocation::Revoked);
             continue;
         }
         if m.expires.is_some_and(|e| e <= now) {
             tracing::info!(task_id = %m.id, task = %m.task, "discarding expired task");
-            shared.revoked(&m, &tag, true);
+            shared.revoked(&m, &tag, Revocation::Expired);
             continue;
         }
         if shared.registry.get(&m.task).is_none() {
@@ -1077,29 +1241,54 @@ enum Outcome {
     Done(std::result::Result<Value, TaskError>),
     Panicked(String),
     HardLimit(f64),
+    Terminated,
 }
 
 async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: Slot) {
+    let m = held.message.clone();
+    // A rate-limited task waits here, still reserved, without taking an execution slot.
+    if let Some(rate) = shared.rate_limit(&m.task) {
+        tokio::select! {
+            () = rate.limiter.until_ready() => {},
+            () = shared.stopped() => return,
+        }
+    }
     let permit = tokio::select! {
         p = shared.exec.clone().acquire_owned() => p,
         () = shared.stopped() => return,
     };
     let Ok(permit) = permit else { return };
-    let m = held.message.clone();
+    let Some(handler) = shared.registry.get(&m.task) else {
+        return;
+    };
+    // Registered as running before the revocation check: a `revoke(terminate=True)` either
+    // finds it here or has flagged it already.
+    let stop = Arc::new(Notify::new());
+    lock(&shared.running).insert(m.id.clone(), stop.clone());
+    let revoked_meanwhile = lock(&shared.revoked).contains(&m.id);
     let started = now_ts();
     {
         let mut hand = shared.hand();
         if hand.closing {
+            drop(hand);
+            lock(&shared.running).remove(&m.id);
             return;
         }
-        if let Some(mut h) = hand.reserved.remove(&tag) {
+        let h = hand.reserved.remove(&tag);
+        if let (Some(mut h), false) = (h, revoked_meanwhile) {
             h.started = Some(started);
             hand.active.insert(tag.clone(), h);
         }
     }
-    let Some(handler) = shared.registry.get(&m.task) else {
+    if revoked_meanwhile {
+        lock(&shared.running).remove(&m.id);
+        tracing::info!(task_id = %m.id, task = %m.task, "discarding a task revoked while reserved");
+        shared.revoked(&m, &tag, Revocation::Revoked);
+        drop(permit);
+        drop(slot);
+        shared.hand_changed.notify_waiters();
         return;
-    };
+    }
     shared.events.task("task-started", json!({"uuid": m.id}));
     let mut started_row = job_change(&m, JobStatus::Started);
     started_row.worker = Some(shared.hostname.clone());
@@ -1107,16 +1296,7 @@ async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: Slot) {
     shared.backend.audit().job(started_row);
 
     let jobs = shared.jobs();
-    let soft = m
-        .soft_time_limit
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(jobs.soft_time_limit);
-    let hard = m
-        .hard_time_limit
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(jobs.hard_time_limit);
+    let (soft, hard) = shared.time_limits(&m);
     let (soft_tx, soft_rx) = watch::channel(false);
     let ctx = TaskContext {
         task_id: m.id.clone(),
@@ -1132,7 +1312,8 @@ async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: Slot) {
     tokio::pin!(fut);
     let soft_sleep = tokio::time::sleep(soft);
     let hard_sleep = tokio::time::sleep(hard);
-    tokio::pin!(soft_sleep, hard_sleep);
+    let terminated = stop.notified();
+    tokio::pin!(soft_sleep, hard_sleep, terminated);
     let mut soft_fired = false;
     let outcome = loop {
         tokio::select! {
@@ -1149,8 +1330,10 @@ async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: Slot) {
                 let _ = soft_tx.send(true);
             }
             () = &mut hard_sleep => break Outcome::HardLimit(hard.as_secs_f64()),
+            () = &mut terminated => break Outcome::Terminated,
         }
     };
+    lock(&shared.running).remove(&m.id);
     let runtime = clock.elapsed().as_secs_f64();
     *lock(&shared.totals).entry(m.task.clone()).or_insert(0) += 1;
     shared.counters.processed.fetch_add(1, Ordering::Relaxed);
@@ -1251,6 +1434,10 @@ async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: Slot) {
             );
             shared.fail(&m, &tag, &exc, Some(runtime));
         }
+        Outcome::Terminated => {
+            tracing::warn!(task_id = %m.id, task = %m.task, "terminated by revoke; handler stopped");
+            shared.revoked(&m, &tag, Revocation::Terminated);
+        }
         Outcome::HardLimit(secs) => {
             tracing::error!(task_id = %m.id, task = %m.task, limit_secs = secs, "hard time limit exceeded; handler stopped");
             let exc = PyException::new(
@@ -1265,4 +1452,28 @@ async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: Slot) {
     drop(permit);
     drop(slot);
     shared.hand_changed.notify_waiters();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+
+    #[test]
+    fn rate_limits_parse_like_kombus_rate() {
+        for (spec, enabled) in [
+            ("10/s", true),
+            ("100/m", true),
+            ("1000/h", true),
+            ("5", true),
+            ("0.5/sec", true),
+            ("0", false),
+            ("0/m", false),
+        ] {
+            let parsed = RateLimit::parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_eq!(parsed.is_some(), enabled, "{spec}");
+        }
+        for bad in ["fast", "10/d", "-1/s", "NaN", "", "1e300/s"] {
+            assert!(RateLimit::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

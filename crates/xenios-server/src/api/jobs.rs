@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use poem::Request;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
@@ -92,6 +92,25 @@ impl From<JobResult> for JobBody {
     }
 }
 
+/// A revocation.
+#[derive(Debug, Object)]
+pub struct RevokedBody {
+    /// Task id.
+    pub id: String,
+    /// Always true: workers skip the job, or stop it when `terminate` was asked for.
+    pub revoked: bool,
+    /// Whether a running job is stopped too.
+    pub terminate: bool,
+}
+
+/// Revoke response.
+#[derive(Debug, ApiResponse)]
+pub enum RevokeResponse {
+    /// Revocation broadcast to every worker (Rust and Python).
+    #[oai(status = 202)]
+    Accepted(Json<RevokedBody>),
+}
+
 /// Enqueue response.
 #[derive(Debug, ApiResponse)]
 pub enum EnqueueResponse {
@@ -151,15 +170,8 @@ impl JobsApi {
     /// A job's state and result (PENDING while unknown, as in Celery).
     #[oai(path = "/jobs/:id", method = "get")]
     async fn get(&self, id: Path<String>) -> poem::Result<Json<JobBody>> {
-        if !(1..=128).contains(&id.0.len())
-            || !id
-                .0
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-        {
-            return Err(validation_err(
-                "job id must be 1-128 characters of [A-Za-z0-9._:-]",
-            ));
+        if !xenios_core::jobs::valid_task_id(&id.0) {
+            return Err(validation_err(xenios_core::jobs::TASK_ID_RULE));
         }
         Ok(Json(
             self.backend
@@ -168,5 +180,25 @@ impl JobsApi {
                 .map_err(ApiError)?
                 .into(),
         ))
+    }
+
+    /// Revokes a job (Celery's `revoke`): workers skip it; with `terminate=true` a job that
+    /// is already running is stopped too. The worker that meets it stores REVOKED.
+    #[oai(path = "/jobs/:id", method = "delete")]
+    async fn revoke(
+        &self,
+        id: Path<String>,
+        terminate: Query<Option<bool>>,
+    ) -> poem::Result<RevokeResponse> {
+        let terminate = terminate.0.unwrap_or(false);
+        self.backend
+            .revoke(&id.0, terminate)
+            .await
+            .map_err(ApiError)?;
+        Ok(RevokeResponse::Accepted(Json(RevokedBody {
+            id: id.0,
+            revoked: true,
+            terminate,
+        })))
     }
 }
