@@ -659,6 +659,47 @@ async fn jobs_http_delete_revokes_and_terminate_stops_a_running_handler() {
 }
 
 #[tokio::test]
+async fn jobs_worker_drains_and_stops_promptly_while_postgres_hangs() {
+    let redis = TestRedis::new().await;
+    let db = TestDb::new().await;
+    // A Postgres that accepts connections at the TCP level and never answers: every
+    // connection attempt of the job-row writer waits out its connect timeout (5 s).
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = xenios_tests::url_via_port(&db.url, blackhole.local_addr().unwrap().port());
+    let backend = backend_on(&db, &redis, &[("DATABASE_URL", &url)]).await;
+    let c = ctx("req-pg-down");
+    let n = 3000;
+    let reqs = (0..n).map(|_| EnqueueRequest::new("xenios.noop")).collect();
+    let ids = backend.enqueue_many(&c, reqs).await.unwrap();
+    let started = std::time::Instant::now();
+    // Before the writer gave up on an unreachable Postgres quickly and the stopping worker
+    // bounded its flush, this took minutes (3 attempts x 5 s per batch of 500 rows).
+    let summary = tokio::time::timeout(
+        Duration::from_secs(60),
+        Worker::new(
+            backend.clone(),
+            tasks::builtin_registry(),
+            opts(&["default"], 8),
+        )
+        .run_until_idle(),
+    )
+    .await
+    .expect("the worker hung on Postgres")
+    .unwrap();
+    assert_eq!(summary.succeeded, n as u64, "{summary:?}");
+    let r = backend.job_result(ids[n - 1].as_str()).await.unwrap();
+    assert_eq!(r.state, TaskState::Success);
+    let stats = backend.audit_stats();
+    assert_eq!(stats.written, 0, "{stats:?}");
+    assert!(stats.failed + stats.dropped > 0, "{stats:?}");
+    eprintln!(
+        "drained {n} jobs in {:?} with Postgres hanging",
+        started.elapsed()
+    );
+    drop(blackhole);
+}
+
+#[tokio::test]
 async fn jobs_worker_killed_with_sigkill_mid_job_loses_nothing() {
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;

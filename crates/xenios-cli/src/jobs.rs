@@ -6,6 +6,9 @@ use std::time::Duration;
 use xenios_core::jobs::{EnqueueRequest, JobResult, TaskState};
 use xenios_core::{AiBackend, RequestContext};
 
+/// The job row is best effort here: the CLI does not hang when Postgres is down.
+const AUDIT_FLUSH: Duration = Duration::from_secs(3);
+
 fn print_result(r: &JobResult) -> ExitCode {
     match serde_json::to_string_pretty(r) {
         Ok(json) => println!("{json}"),
@@ -70,7 +73,7 @@ pub async fn enqueue(
     };
     if !wait {
         println!("{id}");
-        backend.flush_audit().await;
+        backend.flush_audit_within(AUDIT_FLUSH).await;
         return ExitCode::SUCCESS;
     }
     eprintln!("enqueued {id}; waiting");
@@ -80,7 +83,7 @@ pub async fn enqueue(
         60.0
     });
     let result = backend.wait_result(id.as_str(), timeout).await;
-    backend.flush_audit().await;
+    backend.flush_audit_within(AUDIT_FLUSH).await;
     match result {
         Ok(r) => print_result(&r),
         Err(e) => {

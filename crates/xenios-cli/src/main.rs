@@ -270,6 +270,8 @@ async fn llm(backend: &xenios_core::AiBackend, args: LlmArgs, stream: bool) -> E
         }
     };
     // The audit row is best effort here: do not hang when Postgres is down.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), backend.flush_audit()).await;
+    backend
+        .flush_audit_within(std::time::Duration::from_secs(3))
+        .await;
     code
 }

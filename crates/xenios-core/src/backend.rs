@@ -301,6 +301,12 @@ impl AiBackend {
         self.inner.audit.flush().await;
     }
 
+    /// [`AiBackend::flush_audit`] bounded by `timeout` (for shutdowns); false when rows
+    /// were still queued at the deadline (the count is logged).
+    pub async fn flush_audit_within(&self, timeout: std::time::Duration) -> bool {
+        self.inner.audit.flush_within(timeout).await
+    }
+
     /// The stored metadata of one job.
     pub async fn job_record(&self, task_id: &str) -> Result<Option<JobRecord>> {
         use crate::db::schema::job_queue_metadata::dsl;

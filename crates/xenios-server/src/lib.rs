@@ -126,12 +126,7 @@ pub async fn run(
         .run_with_graceful_shutdown(app, shutdown, Some(timeout))
         .await?;
     tracing::info!("server stopped; flushing audit rows and closing pools");
-    if tokio::time::timeout(timeout, backend.flush_audit())
-        .await
-        .is_err()
-    {
-        tracing::warn!(stats = ?backend.audit_stats(), "audit rows still queued at exit");
-    }
+    backend.flush_audit_within(timeout).await;
     drop(backend);
     Ok(())
 }

@@ -125,11 +125,31 @@ impl AuditWriter {
     }
 
     /// Waits until every row queued before this call has been written (or given up on).
+    /// With Postgres unreachable this can take a connect timeout per batch: processes that
+    /// are stopping use [`AuditWriter::flush_within`].
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// [`AuditWriter::flush`], but gives up after `timeout`: then logs how many rows are
+    /// still queued (they are lost when the process exits) and returns false.
+    pub async fn flush_within(&self, timeout: Duration) -> bool {
+        if tokio::time::timeout(timeout, self.flush()).await.is_ok() {
+            return true;
+        }
+        let s = self.stats();
+        tracing::warn!(
+            unwritten = s.queued.saturating_sub(s.written + s.failed),
+            written = s.written,
+            failed = s.failed,
+            dropped = s.dropped,
+            "audit rows still queued after {} s (is Postgres reachable?)",
+            timeout.as_secs_f64()
+        );
+        false
     }
 
     /// The writer's counters.
@@ -140,7 +160,12 @@ impl AuditWriter {
 
 async fn run(pool: PgPool, mut rx: mpsc::Receiver<Command>, stats: Arc<AuditStats>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // After a batch failed every attempt, Postgres counts as down: later batches get one
+    // attempt each (no backoff), so an outage costs one connect timeout per batch instead
+    // of several, and the queue keeps moving. The first success ends it.
+    let mut down = false;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let attempts = if down { 1 } else { WRITE_ATTEMPTS };
         let mut inference = Vec::new();
         let mut jobs: Vec<JobStateChange> = Vec::new();
         let mut waiters = Vec::new();
@@ -153,22 +178,31 @@ async fn run(pool: PgPool, mut rx: mpsc::Receiver<Command>, stats: Arc<AuditStat
         }
         if !inference.is_empty() {
             let n = inference.len() as u64;
-            match with_retries(|| write_inference(&pool, &inference)).await {
-                Ok(()) => stats.written.fetch_add(n, Ordering::Relaxed),
+            down = match with_retries(attempts, || write_inference(&pool, &inference)).await {
+                Ok(()) => {
+                    stats.written.fetch_add(n, Ordering::Relaxed);
+                    false
+                }
                 Err(e) => {
                     tracing::error!(rows = n, error = %e, "inference_logs rows lost");
-                    stats.failed.fetch_add(n, Ordering::Relaxed)
+                    stats.failed.fetch_add(n, Ordering::Relaxed);
+                    true
                 }
             };
         }
         if !jobs.is_empty() {
             let n = jobs.len() as u64;
             let merged = merge_jobs(jobs);
-            match with_retries(|| write_jobs(&pool, &merged)).await {
-                Ok(()) => stats.written.fetch_add(n, Ordering::Relaxed),
+            let attempts = if down { 1 } else { attempts };
+            down = match with_retries(attempts, || write_jobs(&pool, &merged)).await {
+                Ok(()) => {
+                    stats.written.fetch_add(n, Ordering::Relaxed);
+                    false
+                }
                 Err(e) => {
                     tracing::error!(rows = n, error = %e, "job_queue_metadata changes lost");
-                    stats.failed.fetch_add(n, Ordering::Relaxed)
+                    stats.failed.fetch_add(n, Ordering::Relaxed);
+                    true
                 }
             };
         }
@@ -178,14 +212,14 @@ async fn run(pool: PgPool, mut rx: mpsc::Receiver<Command>, stats: Arc<AuditStat
     }
 }
 
-async fn with_retries<F, Fut>(mut write: F) -> Result<(), String>
+async fn with_retries<F, Fut>(attempts: u32, mut write: F) -> Result<(), String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let mut delay = Duration::from_millis(100);
     let mut last = String::new();
-    for attempt in 1..=WRITE_ATTEMPTS {
+    for attempt in 1..=attempts {
         match write().await {
             Ok(()) => return Ok(()),
             Err(e) => {
@@ -193,7 +227,7 @@ where
                 last = e;
             }
         }
-        if attempt < WRITE_ATTEMPTS {
+        if attempt < attempts {
             tokio::time::sleep(delay).await;
             delay *= 4;
         }

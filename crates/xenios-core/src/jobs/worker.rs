@@ -43,6 +43,9 @@ use crate::jobs::protocol::{TaskMessage, args_repr, iso, py_repr};
 use crate::jobs::result::{PyException, TaskState, meta};
 use crate::jobs::{REVOKED_PREFIX, job_change, pidbox};
 
+/// How long a stopping worker waits for its job rows to reach Postgres.
+pub const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>;
 type Handler = Arc<dyn Fn(TaskContext, Vec<Value>, Map<String, Value>) -> BoxFuture + Send + Sync>;
 
@@ -838,7 +841,8 @@ impl Worker {
             )
             .await;
         shared.events.flush().await;
-        self.backend.flush_audit().await;
+        // Job rows are not worth hanging a stopping worker: Postgres may be what is down.
+        self.backend.flush_audit_within(AUDIT_FLUSH_TIMEOUT).await;
         let c = &shared.counters;
         let summary = WorkerSummary {
             processed: c.processed.load(Ordering::Relaxed),
