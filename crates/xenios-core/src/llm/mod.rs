@@ -24,6 +24,7 @@ pub mod routing;
 pub mod types;
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -294,6 +295,27 @@ fn usage_into_row(row: &mut NewInferenceLog, u: &Usage) {
     row.cost_usd = u.cost_usd;
 }
 
+/// The model that answered a call, and the failures of those tried before it.
+struct Routed<T> {
+    /// Position of the model in the route (0: no fallback).
+    index: usize,
+    model: String,
+    value: T,
+    failures: Vec<ModelFailure>,
+}
+
+/// The earlier models' failures of a call that succeeded, for its audit row.
+fn failures_text(task: Task, failures: Vec<ModelFailure>) -> Option<String> {
+    (!failures.is_empty()).then(|| {
+        LlmError {
+            task,
+            failures,
+            refused: false,
+        }
+        .to_string()
+    })
+}
+
 /// The result of opening a stream: the chunks, plus what was read before the first token.
 struct Opened {
     model: String,
@@ -410,95 +432,121 @@ impl Llm {
         let mut guard = self.guard(ctx, &req, &plan, false);
         let config = &self.inner.config;
         let attempt_timeout = config.ttft_timeout.min(config.total_timeout);
-        let mut retrier = Retrier::new(config);
-        let mut failures = Vec::new();
-        let mut refused = false;
-        'models: for (index, model) in plan.models.iter().enumerate() {
-            retrier.next_model();
-            let preq = self.provider_request(ctx, &req, &plan, model);
-            let mut attempts = 0u32;
-            loop {
-                attempts += 1;
-                let result = match tokio::time::timeout(
-                    attempt_timeout,
-                    self.inner.provider.complete(&preq),
-                )
-                .await
-                {
+        let provider = &self.inner.provider;
+        let routed = self
+            .along_route(ctx, &req, &plan, |preq| async move {
+                match tokio::time::timeout(attempt_timeout, provider.complete(&preq)).await {
                     Ok(r) => r,
                     Err(_) => Err(ProviderError::new(
                         ProviderErrorKind::Timeout,
                         format!("no answer within {} ms", attempt_timeout.as_millis()),
                     )),
-                };
-                match result {
-                    Ok(resp) => {
-                        let usage = resp.usage.unwrap_or_default();
-                        let completion = Completion {
-                            content: resp.content,
-                            model_used: resp.model.unwrap_or_else(|| model.clone()),
-                            model_requested: plan.models[0].clone(),
-                            fallback_used: index > 0,
-                            finish_reason: resp.finish_reason,
-                            usage,
-                            latency_ms: millis_u64(guard.started.elapsed()),
-                        };
-                        if completion.fallback_used {
-                            self.inner.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
-                        }
-                        self.inner.metrics.observe(guard.started.elapsed());
-                        let store = self.inner.store_payloads;
-                        let failures_text = (!failures.is_empty()).then(|| {
-                            LlmError {
-                                task: req.task,
-                                failures: failures.clone(),
-                                refused: false,
-                            }
-                            .to_string()
-                        });
-                        guard.finish(InferenceStatus::Success, |row| {
-                            row.model_used = Some(completion.model_used.clone());
-                            row.fallback_used = completion.fallback_used;
-                            usage_into_row(row, &completion.usage);
-                            row.error = failures_text;
-                            if store {
-                                row.response_payload = Some(json!({
-                                    "content": completion.content,
-                                    "finish_reason": completion.finish_reason,
-                                }));
-                            }
-                        });
-                        return Ok(completion);
-                    }
-                    Err(e) => {
-                        tracing::debug!(%model, attempt = attempts, error = %e, "model call failed");
-                        if let Some(delay) = retrier.delay(&e) {
-                            self.inner.metrics.retries.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(delay).await;
-                            continue;
-                        }
-                        let stop = !e.allows_fallback();
-                        failures.push(ModelFailure {
-                            model: model.clone(),
-                            error: e,
-                            attempts,
-                        });
-                        if stop {
-                            refused = true;
-                            break 'models;
-                        }
-                        break;
-                    }
                 }
+            })
+            .await;
+        let Routed {
+            index,
+            model,
+            value: resp,
+            failures,
+        } = match routed {
+            Ok(r) => r,
+            Err(err) => {
+                self.failed(&mut guard, &err);
+                return Err(err.into());
+            }
+        };
+        let usage = resp.usage.unwrap_or_default();
+        let completion = Completion {
+            content: resp.content,
+            model_used: resp.model.unwrap_or(model),
+            model_requested: plan.models[0].clone(),
+            fallback_used: index > 0,
+            finish_reason: resp.finish_reason,
+            usage,
+            latency_ms: millis_u64(guard.started.elapsed()),
+        };
+        if completion.fallback_used {
+            self.inner.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.metrics.observe(guard.started.elapsed());
+        let store = self.inner.store_payloads;
+        let failures_text = failures_text(req.task, failures);
+        guard.finish(InferenceStatus::Success, |row| {
+            row.model_used = Some(completion.model_used.clone());
+            row.fallback_used = completion.fallback_used;
+            usage_into_row(row, &completion.usage);
+            row.error = failures_text;
+            if store {
+                row.response_payload = Some(json!({
+                    "content": completion.content,
+                    "finish_reason": completion.finish_reason,
+                }));
+            }
+        });
+        Ok(completion)
+    }
+
+    /// Tries the plan's models in order with the retry and fallback rules of this module:
+    /// `call` is one attempt on one model. Returns the first success, with the failures of
+    /// the models before it, or every failure in order.
+    async fn along_route<T, F, Fut>(
+        &self,
+        ctx: &RequestContext,
+        req: &CompletionRequest,
+        plan: &Plan,
+        mut call: F,
+    ) -> std::result::Result<Routed<T>, LlmError>
+    where
+        F: FnMut(ProviderRequest) -> Fut,
+        Fut: Future<Output = std::result::Result<T, ProviderError>>,
+    {
+        let mut retrier = Retrier::new(&self.inner.config);
+        let mut failures = Vec::new();
+        for (index, model) in plan.models.iter().enumerate() {
+            retrier.next_model();
+            let preq = self.provider_request(ctx, req, plan, model);
+            let mut attempts = 0u32;
+            loop {
+                attempts += 1;
+                let e = match call(preq.clone()).await {
+                    Ok(value) => {
+                        return Ok(Routed {
+                            index,
+                            model: model.clone(),
+                            value,
+                            failures,
+                        });
+                    }
+                    Err(e) => e,
+                };
+                tracing::debug!(%model, attempt = attempts, error = %e, "model call failed");
+                if let Some(delay) = retrier.delay(&e) {
+                    self.inner.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                let stop = !e.allows_fallback();
+                failures.push(ModelFailure {
+                    model: model.clone(),
+                    error: e,
+                    attempts,
+                });
+                if stop {
+                    return Err(LlmError {
+                        task: req.task,
+                        failures,
+                        refused: true,
+                    });
+                }
+                break;
             }
         }
-        let err = LlmError {
+        Err(LlmError {
             task: req.task,
             failures,
-            refused,
-        };
-        self.failed(&mut guard, &err);
-        Err(err.into())
+            refused: false,
+        })
     }
 
     /// Opens a stream on one model and reads up to its first token, all within the
@@ -580,52 +628,24 @@ impl Llm {
         self.inner.metrics.streams.fetch_add(1, Ordering::Relaxed);
         let mut guard = self.guard(&ctx, &req, &plan, true);
         let config = &self.inner.config;
-        let mut retrier = Retrier::new(config);
-        let mut failures = Vec::new();
-        let mut refused = false;
-        let mut opened = None;
-        'models: for (index, model) in plan.models.iter().enumerate() {
-            retrier.next_model();
-            let preq = self.provider_request(&ctx, &req, &plan, model);
-            let mut attempts = 0u32;
-            loop {
-                attempts += 1;
-                match self.open(&preq).await {
-                    Ok(o) => {
-                        opened = Some((index, o));
-                        break 'models;
-                    }
-                    Err(e) => {
-                        tracing::debug!(%model, attempt = attempts, error = %e, "model stream failed");
-                        if let Some(delay) = retrier.delay(&e) {
-                            self.inner.metrics.retries.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(delay).await;
-                            continue;
-                        }
-                        let stop = !e.allows_fallback();
-                        failures.push(ModelFailure {
-                            model: model.clone(),
-                            error: e,
-                            attempts,
-                        });
-                        if stop {
-                            refused = true;
-                            break 'models;
-                        }
-                        break;
-                    }
-                }
+        let routed = self
+            .along_route(&ctx, &req, &plan, |preq| {
+                let this = self.clone();
+                async move { this.open(&preq).await }
+            })
+            .await;
+        let Routed {
+            index,
+            value: mut o,
+            failures,
+            ..
+        } = match routed {
+            Ok(r) => r,
+            Err(err) => {
+                self.failed(&mut guard, &err);
+                let _ = tx.send(Err(err.into())).await;
+                return;
             }
-        }
-        let Some((index, mut o)) = opened else {
-            let err = LlmError {
-                task: req.task,
-                failures,
-                refused,
-            };
-            self.failed(&mut guard, &err);
-            let _ = tx.send(Err(err.into())).await;
-            return;
         };
         let ttft = guard.started.elapsed();
         let fallback_used = index > 0;
@@ -741,14 +761,7 @@ impl Llm {
             latency_ms: millis_u64(guard.started.elapsed()),
             ttft_ms,
         };
-        let failures_text = (!failures.is_empty()).then(|| {
-            LlmError {
-                task: req.task,
-                failures,
-                refused: false,
-            }
-            .to_string()
-        });
+        let failures_text = failures_text(req.task, failures);
         guard.finish(InferenceStatus::Success, |row| {
             row.model_used = Some(model_used);
             row.fallback_used = fallback_used;
