@@ -175,7 +175,11 @@ impl AiBackend {
         llm_provider: Option<Arc<dyn Provider>>,
     ) -> AiBackend {
         let api_keys = ApiKeyVerifier::new(&config.api_key);
-        let audit = AuditWriter::start(db.clone(), config.database.audit_queue_capacity);
+        let audit = AuditWriter::start(
+            db.clone(),
+            config.database.audit_queue_capacity,
+            config.database.audit_batch_linger,
+        );
         let jwt = JwtVerifier::new(&config.supabase, http.clone());
         let rate_limiter = RateLimiter::new(&config.server.rate_limit);
         let provider: Arc<dyn Provider> = match (llm_provider, &config.openrouter.api_key) {

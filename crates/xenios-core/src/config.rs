@@ -99,6 +99,10 @@ pub struct DatabaseConfig {
     /// `AUDIT_QUEUE_CAPACITY`: audit rows held in memory while Postgres is slow or down
     /// (default 10000); beyond it rows are dropped and counted.
     pub audit_queue_capacity: usize,
+    /// `AUDIT_BATCH_LINGER_MS`: how long the audit writer gathers rows into one statement
+    /// (default 20 ms; 0 writes whatever has queued at once). One insert per request would
+    /// cost Postgres CPU, on the same machine, at every request.
+    pub audit_batch_linger: Duration,
     /// `AUDIT_STORE_PAYLOADS`: also store prompts and outputs in `inference_logs`
     /// (default false: they may hold personal data).
     pub audit_store_payloads: bool,
@@ -537,6 +541,9 @@ impl Config {
             prepared_statements: r.bool("DATABASE_PREPARED_STATEMENTS", true),
             run_migrations: r.bool("RUN_MIGRATIONS", false),
             audit_queue_capacity: r.parse("AUDIT_QUEUE_CAPACITY", 10_000usize).max(1),
+            audit_batch_linger: Duration::from_millis(
+                r.parse("AUDIT_BATCH_LINGER_MS", 20u64).min(10_000),
+            ),
             audit_store_payloads: r.bool("AUDIT_STORE_PAYLOADS", false),
         };
         let redis = RedisConfig {

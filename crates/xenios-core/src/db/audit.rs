@@ -2,8 +2,9 @@
 //!
 //! Request paths and the worker's hot path must not wait for Postgres, so they hand rows to
 //! a bounded channel ([`AuditWriter::inference`], [`AuditWriter::job`] never block) and one
-//! task writes them in batches: whatever has queued up while the previous batch was being
-//! written goes in the next one, as one multi-row statement per table. When the channel is
+//! task writes them in batches: rows that arrive within `AUDIT_BATCH_LINGER_MS` of the first
+//! (or queued while the previous batch was being written) go in together, as one multi-row
+//! statement per table. When the channel is
 //! full or Postgres stays down past a few retries, rows are dropped and counted in
 //! [`AuditStats`]; nothing else slows down.
 
@@ -84,12 +85,12 @@ impl std::fmt::Debug for AuditWriter {
 impl AuditWriter {
     /// Starts the writer task on the current Tokio runtime. Without a runtime, every row is
     /// counted as dropped instead.
-    pub fn start(pool: PgPool, capacity: usize) -> Self {
+    pub fn start(pool: PgPool, capacity: usize, linger: Duration) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stats = Arc::new(AuditStats::default());
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn(run(pool, rx, stats.clone()));
+                handle.spawn(run(pool, rx, stats.clone(), linger));
             }
             Err(_) => {
                 tracing::error!("no Tokio runtime: audit rows will be dropped");
@@ -158,13 +159,41 @@ impl AuditWriter {
     }
 }
 
-async fn run(pool: PgPool, mut rx: mpsc::Receiver<Command>, stats: Arc<AuditStats>) {
+/// Gathers more commands into `batch` for up to `linger`, until it is full or holds a
+/// flush request (a flush is answered at once).
+async fn linger_for_more(
+    rx: &mut mpsc::Receiver<Command>,
+    batch: &mut Vec<Command>,
+    linger: Duration,
+) {
+    let has_flush = |b: &[Command]| b.iter().any(|c| matches!(c, Command::Flush(_)));
+    if linger.is_zero() || has_flush(batch) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + linger;
+    while batch.len() < MAX_BATCH {
+        let room = MAX_BATCH - batch.len();
+        match tokio::time::timeout_at(deadline, rx.recv_many(batch, room)).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) if has_flush(batch) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn run(
+    pool: PgPool,
+    mut rx: mpsc::Receiver<Command>,
+    stats: Arc<AuditStats>,
+    linger: Duration,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // After a batch failed every attempt, Postgres counts as down: later batches get one
     // attempt each (no backoff), so an outage costs one connect timeout per batch instead
     // of several, and the queue keeps moving. The first success ends it.
     let mut down = false;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        linger_for_more(&mut rx, &mut batch, linger).await;
         let attempts = if down { 1 } else { WRITE_ATTEMPTS };
         let mut inference = Vec::new();
         let mut jobs: Vec<JobStateChange> = Vec::new();
