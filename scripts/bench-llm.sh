@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark (not a test): the latency xenios-server adds to an LLM call. Release build, Postgres
+# Benchmark (not a test): the latency xenios-server adds to an LLM call. Release build (the server
+# runs as its own process), Postgres
 # and Redis from scripts/services.sh, loopback only, bounded time (about BENCH_SECS*1.5+10 s).
 # Prints p50/p99 straight to a mock upstream vs through /api/v1/llm/complete (API key on,
 # audit rows written) at BENCH_RATE req/s (default 1000), and streaming time to first token.
@@ -12,5 +13,5 @@ PGPASSWORD=postgres psql -q -h 127.0.0.1 -U postgres -d postgres \
 export DATABASE_URL=${BENCH_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/xenios_bench}
 export REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
 export ENVIRONMENT=development
-cargo build --release -q -p xenios-server --example llm_overhead
+cargo build --release -q -p xenios-server --bin xenios-server --example llm_overhead
 exec timeout 180 target/release/examples/llm_overhead

@@ -336,7 +336,8 @@ async fn complete_answers_from_the_primary_sends_the_correlation_id_and_logs_a_r
     let (sent, rid, auth) = &reqs[0];
     assert_eq!(rid.as_deref(), Some("req-llm-complete-1"));
     assert_eq!(auth.as_deref(), Some("Bearer sk-or-test-key"));
-    assert_eq!(sent["temperature"], json!(0.7f32));
+    // Sent as written (0.7), not widened from f32 (0.699999988...).
+    assert_eq!(sent["temperature"], json!(0.7));
     assert_eq!(sent["max_tokens"], 2048);
 
     let rows = logs(&s.app, "req-llm-complete-1").await;
@@ -538,7 +539,9 @@ async fn routing_table_covers_all_five_tasks_with_their_fallbacks() {
         assert_eq!(body["model_used"], primary, "{task}");
         let last = s.state.requests.lock().unwrap().last().unwrap().0.clone();
         assert_eq!(last["max_tokens"], route.max_tokens, "{task}");
-        assert_eq!(last["temperature"], json!(route.temperature), "{task}");
+        // Sent as the route writes it (0.3), not widened from f32.
+        let written: f64 = route.temperature.to_string().parse().unwrap();
+        assert_eq!(last["temperature"], json!(written), "{task}");
 
         s.state.down.lock().unwrap().insert(primary.to_owned());
         let resp = post(&s.app, "/api/v1/llm/complete", ask(task, None)).await;

@@ -1,18 +1,21 @@
 //! Latency the server adds to an LLM call (not a test: run `scripts/bench-llm.sh`).
 //!
-//! One process, loopback only: a fast mock OpenRouter, and the real server (API-key check on,
-//! audit rows written to Postgres) pointed at it. An open-loop generator sends, at a fixed rate,
-//! requests straight to the mock and through `POST /api/v1/llm/complete`, interleaved in the
-//! same run; latency is measured from each request's scheduled send time (no coordinated
-//! omission). Reported: p50/p99 of each and their difference; then the same for streaming,
-//! time to the first token straight vs through `POST /api/v1/llm/stream`.
+//! Loopback only. This process runs a fast mock OpenRouter and the load generator; the real
+//! `xenios-server` binary (release build, API-key check on, audit rows written to Postgres)
+//! runs as its own process, pointed at the mock, as in production. An open-loop generator
+//! sends, at a fixed rate, requests straight to the mock and through
+//! `POST /api/v1/llm/complete`, interleaved in the same run. Each latency is measured from
+//! the moment its request is handed to the HTTP client (the generator's timer is coarse, and
+//! its lateness would otherwise be counted on both paths). Reported: p50/p99 of each and
+//! their difference; then the same for streaming, time to the first token straight vs
+//! through `POST /api/v1/llm/stream`.
 //!
-//! Environment: `DATABASE_URL`, `REDIS_URL` (as the server), `BENCH_RATE` (requests/s per
-//! path, default 1000), `BENCH_SECS` (default 10), `BENCH_STREAM_RATE` (default 200).
+//! Environment: `DATABASE_URL`, `REDIS_URL` (for the server), `BENCH_RATE` (requests/s per
+//! path, default 1000), `BENCH_SECS` (default 10), `BENCH_STREAM_RATE` (default 200),
+//! `XENIOS_SERVER_BIN` (default: `xenios-server` next to this example's directory).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -132,9 +135,9 @@ async fn run(
         let (client, out, errors) = (client.clone(), results[k].clone(), errors.clone());
         let (kind, mock, server) = (kinds[k], mock.to_owned(), server.to_owned());
         handles.push(tokio::spawn(async move {
-            let scheduled: Instant = at.into_std();
+            let sent = Instant::now();
             if one(&client, kind, &mock, &server).await {
-                let us = scheduled.elapsed().as_micros() as u64;
+                let us = sent.elapsed().as_micros() as u64;
                 out.lock().await.push(us);
             } else {
                 errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -188,42 +191,60 @@ async fn main() {
     });
     let mock = format!("http://{mock_addr}");
 
-    let mut overrides: HashMap<&str, String> = HashMap::new();
-    overrides.insert("OPENROUTER_API_KEY", "sk-or-bench".to_owned());
-    overrides.insert("OPENROUTER_BASE_URL", mock.clone());
-    overrides.insert("XENIOS_BACKEND_API_KEY", KEY.to_owned());
-    overrides.insert("LLM_ROUTES", "chat=bench/model".to_owned());
-    overrides.insert("LOG_LEVEL", "warn".to_owned());
-    // One client sends every request: the per-caller limit would answer 429 to most of them.
-    overrides.insert("RATE_LIMIT_PER_MINUTE", "0".to_owned());
-    let config = xenios_core::Config::from_lookup(&|name| {
-        overrides
-            .get(name)
-            .cloned()
-            .or_else(|| std::env::var(name).ok())
-    })
-    .expect("config");
-    xenios_core::telemetry::init_with("warn", xenios_core::config::LogFormat::Json);
-    let backend = xenios_core::AiBackend::builder(config)
-        .build()
-        .await
-        .expect("backend");
-    backend
-        .migrate()
-        .await
-        .expect("migrations (is Postgres up?)");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let srv = tokio::spawn(xenios_server::run(backend.clone(), listener, async move {
-        let _ = rx.await;
-    }));
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = format!("http://127.0.0.1:{port}");
+    let bin = std::env::var_os("XENIOS_SERVER_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("xenios-server")
+        });
+    let mut child = std::process::Command::new(&bin)
+        .env("ENVIRONMENT", "development")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("OPENROUTER_API_KEY", "sk-or-bench")
+        .env("OPENROUTER_BASE_URL", &mock)
+        .env("XENIOS_BACKEND_API_KEY", KEY)
+        .env("LLM_ROUTES", "chat=bench/model")
+        .env("LOG_LEVEL", "warn")
+        // One client sends every request: the per-caller limit would answer 429 to most.
+        .env("RATE_LIMIT_PER_MINUTE", "0")
+        .env("RUN_MIGRATIONS", "true")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (cargo build --release -p xenios-server)",
+                bin.display()
+            )
+        });
+    let server_pid = child.id();
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
         .build()
         .unwrap();
+    let ready = format!("{server}/health/ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.get(&ready).send().await {
+            Ok(r) if r.status().is_success() => break,
+            _ if Instant::now() > deadline => {
+                let _ = child.kill();
+                panic!("xenios-server not ready on {server} (is Postgres up?)");
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
     println!("warming up...");
     let _ = run(
         &client,
@@ -234,7 +255,7 @@ async fn main() {
         &server,
     )
     .await;
-    let before = backend.audit_stats();
+    let before = audit_metrics(&client, &server).await;
 
     let (r, errors) = run(
         &client,
@@ -266,10 +287,49 @@ async fn main() {
         &r[1],
         errors,
     );
-    backend.flush_audit().await;
-    let after = backend.audit_stats();
-    println!("audit writer before: {before:?}");
-    println!("audit writer after:  {after:?}");
-    let _ = tx.send(());
-    let _ = srv.await;
+    // The server's audit writer batches for 20 ms: give it a moment, then read its counters.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = audit_metrics(&client, &server).await;
+    println!("server audit rows before: {before}");
+    println!("server audit rows after:  {after}");
+    println!(
+        "server RSS after the run: {:.1} MB",
+        rss_kib(server_pid) as f64 / 1024.0
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &server_pid.to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// The audit writer's counters from the server's `/metrics`.
+async fn audit_metrics(client: &reqwest::Client, server: &str) -> String {
+    let text = client
+        .get(format!("{server}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("xenios_audit_rows_"))
+        .map(|l| {
+            l.trim_start_matches("xenios_audit_rows_")
+                .replace("_total", "")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -21,8 +21,10 @@ pub mod middleware;
 use std::future::Future;
 use std::time::Instant;
 
+use poem::http::uri::Scheme;
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::middleware::Cors;
+use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Endpoint, EndpointExt, Route, Server};
 use poem_openapi::OpenApiService;
 use xenios_core::{AiBackend, Config};
@@ -113,7 +115,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let acceptor = NoDelay(TcpAcceptor::from_tokio(listener)?);
     let addr = acceptor
         .local_addr()
         .first()
@@ -169,4 +171,25 @@ pub async fn serve(
     );
     run(backend, listener, shutdown).await?;
     Ok(())
+}
+
+/// poem's TCP acceptor with `TCP_NODELAY` on every connection: without it, Nagle's algorithm
+/// holds a small write (an SSE token after the response head) until the previous one is
+/// acknowledged. poem has no switch for it.
+struct NoDelay(TcpAcceptor);
+
+impl Acceptor for NoDelay {
+    type Io = tokio::net::TcpStream;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        let accepted = self.0.accept().await?;
+        if let Err(e) = accepted.0.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        Ok(accepted)
+    }
 }

@@ -1,5 +1,6 @@
 //! Job queue benchmark (run by `scripts/bench-jobs.sh`, which also runs Celery on the same
-//! Redis): enqueue rate of one producer, drain rate of no-op tasks by one `xenios-worker`
+//! Redis): enqueue rate of one producer (batched; one call per job from 32 concurrent
+//! callers; one awaited call at a time), drain rate of no-op tasks by one `xenios-worker`
 //! process, enqueue-to-start latency (from task-started events), worker idle RSS.
 //!
 //! `cargo run --release -p xenios-worker --example bench -- [jobs]` with `REDIS_URL` set to
@@ -154,7 +155,30 @@ async fn main() {
             .unwrap();
     }
     let single_secs = start.elapsed().as_secs_f64();
-    let total = n + single_n;
+    // One call per job from many tasks of the one producer at once (a server's request
+    // handlers): the calls share the producer connection and are pipelined together.
+    let callers = 32usize;
+    let concurrent_n = n.max(callers);
+    let per_caller = concurrent_n / callers;
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(callers);
+    for _ in 0..callers {
+        let (backend, ctx) = (backend.clone(), ctx.clone());
+        handles.push(tokio::spawn(async move {
+            for _ in 0..per_caller {
+                backend
+                    .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let concurrent_secs = start.elapsed().as_secs_f64();
+    let concurrent_n = per_caller * callers;
+    let total = n + single_n + concurrent_n;
 
     // Drain rate of one worker process (results stored, acks_late).
     let start = Instant::now();
@@ -170,7 +194,11 @@ async fn main() {
         n as f64 / enqueue_secs
     );
     println!(
-        "xenios enqueue (one call per job):    {:.0} jobs/s ({single_n} jobs)",
+        "xenios enqueue (one call per job, {callers} callers): {:.0} jobs/s ({concurrent_n} jobs)",
+        concurrent_n as f64 / concurrent_secs
+    );
+    println!(
+        "xenios enqueue (one call per job, one caller, each awaited): {:.0} jobs/s ({single_n} jobs)",
         single_n as f64 / single_secs
     );
     println!(

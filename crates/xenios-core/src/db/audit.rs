@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, Int4, Nullable, Text, Timestamptz};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::PgPool;
 use super::models::{JobStateChange, JobStatus, NewInferenceLog};
@@ -72,6 +72,8 @@ enum Command {
 pub struct AuditWriter {
     tx: mpsc::Sender<Command>,
     stats: Arc<AuditStats>,
+    /// Cuts the writer's batching wait short for a flush.
+    flushing: Arc<Notify>,
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -88,16 +90,21 @@ impl AuditWriter {
     pub fn start(pool: PgPool, capacity: usize, linger: Duration) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stats = Arc::new(AuditStats::default());
+        let flushing = Arc::new(Notify::new());
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn(run(pool, rx, stats.clone(), linger));
+                handle.spawn(run(pool, rx, stats.clone(), linger, flushing.clone()));
             }
             Err(_) => {
                 tracing::error!("no Tokio runtime: audit rows will be dropped");
                 drop(rx);
             }
         }
-        Self { tx, stats }
+        Self {
+            tx,
+            stats,
+            flushing,
+        }
     }
 
     /// Queues an inference log row; never waits.
@@ -131,6 +138,7 @@ impl AuditWriter {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Flush(tx)).await.is_ok() {
+            self.flushing.notify_one();
             let _ = rx.await;
         }
     }
@@ -159,24 +167,27 @@ impl AuditWriter {
     }
 }
 
-/// Gathers more commands into `batch` for up to `linger`, until it is full or holds a
-/// flush request (a flush is answered at once).
+/// Lets rows gather for `linger` after the first, then takes what has queued (up to a
+/// full batch). The writer sleeps meanwhile instead of waking for every row: a wake-up per
+/// request is CPU taken from the requests. A flush ends the wait at once.
 async fn linger_for_more(
     rx: &mut mpsc::Receiver<Command>,
     batch: &mut Vec<Command>,
     linger: Duration,
+    flushing: &Notify,
 ) {
-    let has_flush = |b: &[Command]| b.iter().any(|c| matches!(c, Command::Flush(_)));
-    if linger.is_zero() || has_flush(batch) {
+    let has_flush = batch.iter().any(|c| matches!(c, Command::Flush(_)));
+    if linger.is_zero() || has_flush || batch.len() >= MAX_BATCH {
         return;
     }
-    let deadline = tokio::time::Instant::now() + linger;
+    tokio::select! {
+        () = tokio::time::sleep(linger) => {},
+        () = flushing.notified() => {},
+    }
     while batch.len() < MAX_BATCH {
-        let room = MAX_BATCH - batch.len();
-        match tokio::time::timeout_at(deadline, rx.recv_many(batch, room)).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) if has_flush(batch) => return,
-            Ok(_) => {}
+        match rx.try_recv() {
+            Ok(c) => batch.push(c),
+            Err(_) => break,
         }
     }
 }
@@ -186,6 +197,7 @@ async fn run(
     mut rx: mpsc::Receiver<Command>,
     stats: Arc<AuditStats>,
     linger: Duration,
+    flushing: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // After a batch failed every attempt, Postgres counts as down: later batches get one
@@ -193,7 +205,7 @@ async fn run(
     // of several, and the queue keeps moving. The first success ends it.
     let mut down = false;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        linger_for_more(&mut rx, &mut batch, linger).await;
+        linger_for_more(&mut rx, &mut batch, linger, &flushing).await;
         let attempts = if down { 1 } else { WRITE_ATTEMPTS };
         let mut inference = Vec::new();
         let mut jobs: Vec<JobStateChange> = Vec::new();

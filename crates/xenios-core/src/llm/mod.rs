@@ -498,18 +498,18 @@ impl Llm {
         mut call: F,
     ) -> std::result::Result<Routed<T>, LlmError>
     where
-        F: FnMut(ProviderRequest) -> Fut,
+        F: FnMut(Arc<ProviderRequest>) -> Fut,
         Fut: Future<Output = std::result::Result<T, ProviderError>>,
     {
         let mut retrier = Retrier::new(&self.inner.config);
         let mut failures = Vec::new();
         for (index, model) in plan.models.iter().enumerate() {
             retrier.next_model();
-            let preq = self.provider_request(ctx, req, plan, model);
+            let preq = Arc::new(self.provider_request(ctx, req, plan, model));
             let mut attempts = 0u32;
             loop {
                 attempts += 1;
-                let e = match call(preq.clone()).await {
+                let e = match call(Arc::clone(&preq)).await {
                     Ok(value) => {
                         return Ok(Routed {
                             index,

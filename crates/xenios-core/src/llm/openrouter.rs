@@ -8,38 +8,80 @@
 use eventsource_stream::Eventsource;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::provider::{
     ChunkStream, Provider, ProviderChunk, ProviderError, ProviderErrorKind, ProviderRequest,
     ProviderResponse, parse_retry_after,
 };
-use super::types::Usage;
+use super::types::{Message, Usage};
 
 /// Calls `POST {OPENROUTER_BASE_URL}/chat/completions`.
+///
+/// The URL and the `Authorization` header are built once, not per call: parsing a URL
+/// (IDNA included) and formatting the header showed up in the per-request profile.
 #[derive(Clone)]
 pub struct OpenRouterProvider {
     http: reqwest::Client,
-    url: String,
-    api_key: SecretString,
+    url: Result<reqwest::Url, String>,
+    authorization: Result<HeaderValue, String>,
 }
 
 impl std::fmt::Debug for OpenRouterProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenRouterProvider")
-            .field("url", &self.url)
+            .field("url", &self.url.as_ref().map(reqwest::Url::as_str))
             .finish_non_exhaustive()
     }
 }
 
+/// The request body, serialized straight from the request (no intermediate JSON tree).
+#[derive(Serialize)]
+struct ChatBody<'a> {
+    model: &'a str,
+    messages: &'a [Message],
+    temperature: f32,
+    max_tokens: u32,
+    /// OpenRouter's switch for usage and cost in the answer.
+    usage: Include,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct Include {
+    include: bool,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
 impl OpenRouterProvider {
     /// A provider on `http`, against `base_url` (e.g. `https://openrouter.ai/api/v1`).
+    /// An invalid URL or key (the configuration refuses both) fails every call.
     pub fn new(http: reqwest::Client, base_url: &str, api_key: SecretString) -> Self {
+        let url = reqwest::Url::parse(&format!(
+            "{}/chat/completions",
+            base_url.trim_end_matches('/')
+        ))
+        .map_err(|e| format!("OPENROUTER_BASE_URL is not a valid URL: {e}"));
+        let authorization = HeaderValue::from_str(&format!("Bearer {}", api_key.expose_secret()))
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            })
+            .map_err(|_| "OPENROUTER_API_KEY is not a valid header value".to_owned());
         Self {
             http,
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
-            api_key,
+            url,
+            authorization,
         }
     }
 
@@ -48,21 +90,25 @@ impl OpenRouterProvider {
         req: &ProviderRequest,
         stream: bool,
     ) -> Result<reqwest::Response, ProviderError> {
-        let mut body = json!({
-            "model": req.model,
-            "messages": req.messages,
-            "temperature": req.temperature,
-            "max_tokens": req.max_tokens,
-            "usage": {"include": true},
-        });
-        if stream {
-            body["stream"] = Value::Bool(true);
-            body["stream_options"] = json!({"include_usage": true});
-        }
+        // Both fail the same way for every model: 401-like, so no fallback is tried.
+        let refused = |m: &String| ProviderError::new(ProviderErrorKind::Status(401), m.clone());
+        let url = self.url.as_ref().map_err(refused)?;
+        let authorization = self.authorization.as_ref().map_err(refused)?;
+        let body = ChatBody {
+            model: &req.model,
+            messages: &req.messages,
+            temperature: req.temperature,
+            max_tokens: req.max_tokens,
+            usage: Include { include: true },
+            stream: stream.then_some(true),
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: true,
+            }),
+        };
         let resp = self
             .http
-            .post(&self.url)
-            .bearer_auth(self.api_key.expose_secret())
+            .post(url.clone())
+            .header(reqwest::header::AUTHORIZATION, authorization.clone())
             .header("X-Request-ID", &req.correlation_id)
             .header("X-Title", "Xenios AI Backend")
             .json(&body)

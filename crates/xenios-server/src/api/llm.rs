@@ -241,7 +241,10 @@ impl LlmApi {
     /// latency histogram (seconds).
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self) -> PlainText<String> {
-        PlainText(prometheus_text(&self.backend.llm().metrics()))
+        PlainText(prometheus_text(
+            &self.backend.llm().metrics(),
+            &self.backend.audit_stats(),
+        ))
     }
 
     /// Stream: the same as server-sent events. `delta` events carry text as it arrives, then
@@ -270,11 +273,34 @@ impl LlmApi {
     }
 }
 
-/// Renders the LLM counters in the Prometheus text format.
-pub fn prometheus_text(m: &xenios_core::llm::LlmMetricsSnapshot) -> String {
+/// Renders the LLM and audit-writer counters in the Prometheus text format.
+pub fn prometheus_text(
+    m: &xenios_core::llm::LlmMetricsSnapshot,
+    audit: &xenios_core::db::audit::AuditStatsSnapshot,
+) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     for (name, help, value) in [
+        (
+            "xenios_audit_rows_queued_total",
+            "Audit rows (inference_logs, job_queue_metadata) queued for Postgres.",
+            audit.queued,
+        ),
+        (
+            "xenios_audit_rows_written_total",
+            "Audit rows written to Postgres.",
+            audit.written,
+        ),
+        (
+            "xenios_audit_rows_dropped_total",
+            "Audit rows dropped because the queue was full.",
+            audit.dropped,
+        ),
+        (
+            "xenios_audit_rows_failed_total",
+            "Audit rows given up on after write errors.",
+            audit.failed,
+        ),
         (
             "xenios_llm_calls_total",
             "LLM calls (complete and stream).",
