@@ -831,6 +831,7 @@ async fn openai_compatible_endpoint_complete_and_stream() {
 #[tokio::test]
 async fn development_without_a_key_uses_the_fake_provider() {
     let app = TestApp::spawn().await;
+    app.backend.migrate().await.unwrap();
     assert!(app.backend.config().uses_fake_llm());
     assert_eq!(app.backend.llm().provider_name(), "fake");
     let resp = post(
@@ -844,6 +845,7 @@ async fn development_without_a_key_uses_the_fake_provider() {
     assert_eq!(body["model_used"], "fake/ok");
     assert_eq!(body["fallback_used"], true);
 
+    app.backend.flush_audit().await;
     let metrics = app
         .client
         .get(app.url("/metrics"))
@@ -858,6 +860,11 @@ async fn development_without_a_key_uses_the_fake_provider() {
         "xenios_llm_fallbacks_total 1",
         "xenios_llm_retries_total 2",
         "xenios_llm_latency_seconds_count 1",
+        // The call's inference_logs row, written by the audit writer.
+        "xenios_audit_rows_queued_total 1",
+        "xenios_audit_rows_written_total 1",
+        "xenios_audit_rows_dropped_total 0",
+        "xenios_audit_rows_failed_total 0",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }
