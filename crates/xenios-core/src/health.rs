@@ -58,3 +58,32 @@ where
         error,
     }
 }
+
+/// A memory figure of a process in KiB from `/proc/<pid>/status` (Linux): `field` is e.g.
+/// `VmRSS` (resident now) or `VmHWM` (peak resident). `None` elsewhere or when unknown.
+/// `pid` None is this process.
+pub fn proc_status_kib(pid: Option<u32>, field: &str) -> Option<u64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proc_status_kib;
+
+    #[test]
+    fn reads_memory_figures_of_this_process() {
+        let rss = proc_status_kib(None, "VmRSS").unwrap_or(0);
+        let peak = proc_status_kib(Some(std::process::id()), "VmHWM").unwrap_or(0);
+        assert!(rss > 0 && peak >= rss, "rss {rss} peak {peak}");
+        assert_eq!(proc_status_kib(None, "NoSuchField"), None);
+        assert_eq!(proc_status_kib(Some(u32::MAX), "VmRSS"), None);
+    }
+}

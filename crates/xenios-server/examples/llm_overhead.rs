@@ -323,13 +323,5 @@ async fn audit_metrics(client: &reqwest::Client, server: &str) -> String {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    xenios_core::health::proc_status_kib(Some(pid), "VmRSS").unwrap_or(0)
 }

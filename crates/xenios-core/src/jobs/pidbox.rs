@@ -91,15 +91,7 @@ fn queue_dict(name: &str) -> Value {
 }
 
 fn max_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::health::proc_status_kib(None, "VmHWM").unwrap_or(0)
 }
 
 fn stats(shared: &Shared) -> Value {
