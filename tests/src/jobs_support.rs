@@ -63,14 +63,20 @@ pub fn cli_bin() -> PathBuf {
 }
 
 /// The binary next to the test executable, as `scripts/test.sh` (nextest `--workspace
-/// --all-targets`) builds it; rebuilt with `cargo build --bins` only when missing or older
-/// than a source file of the workspace crates (e.g. after `nextest run -p xenios-tests`).
+/// --all-targets`) builds it; rebuilt with `cargo build` only when missing or older than one
+/// of its own sources (e.g. after `nextest run -p xenios-tests`). Its sources are read from
+/// the dep-info file cargo writes beside it: a change elsewhere in the workspace (another
+/// binary, an example) must not trigger a build, whose different feature set would
+/// recompile the workspace in the middle of a test.
 fn build_bin(package: &str, bin: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let path = profile_dir.join(bin);
     let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-    let newest_source = newest_mtime(&workspace_root().join("crates"));
+    let newest_source = match std::fs::read_to_string(profile_dir.join(format!("{bin}.d"))) {
+        Ok(dep_info) => newest_dependency(&dep_info),
+        Err(_) => newest_mtime(&workspace_root().join("crates")),
+    };
     let stale = match (built, newest_source) {
         (Some(b), Some(s)) => s > b,
         (Some(_), None) => false,
@@ -90,6 +96,17 @@ fn build_bin(package: &str, bin: &str) -> PathBuf {
     }
     assert!(path.exists(), "{} missing", path.display());
     path
+}
+
+/// The newest modification time of the files a dep-info file (`target: dep dep ...`) lists.
+fn newest_dependency(dep_info: &str) -> Option<std::time::SystemTime> {
+    let (_, deps) = dep_info.lines().next()?.split_once(": ")?;
+    // Paths are separated by spaces; a space inside a path is escaped as `\ `.
+    deps.replace("\\ ", "\u{0}")
+        .split_whitespace()
+        .map(|p| p.replace('\u{0}', " "))
+        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .max()
 }
 
 fn newest_mtime(dir: &std::path::Path) -> Option<std::time::SystemTime> {
