@@ -11,6 +11,10 @@ export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
 # Real Python peers (Celery, Flower, OpenAI SDK) for the interoperability tests.
 XENIOS_PYTHON=$(scripts/py-venv.sh)
 export XENIOS_PYTHON
+# Build every target first, the binaries the job tests start included, with one feature set.
+# (nextest builds test harnesses only; a test that then had to build xenios-cli itself would
+# compile the workspace again, with other features, inside its own time.)
+cargo build --workspace --all-targets
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets --no-fail-fast "$@"
 else
