@@ -11,6 +11,12 @@ scripts/services.sh
 PGPASSWORD=postgres psql -q -h 127.0.0.1 -U postgres -d postgres \
   -c 'CREATE DATABASE xenios_bench' >/dev/null 2>&1 || true
 export DATABASE_URL=${BENCH_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/xenios_bench}
+# Every run on the default bench database starts from empty tables (the server creates them
+# on its first run, hence `|| true`).
+if [ -z "${BENCH_DATABASE_URL:-}" ]; then
+  psql "$DATABASE_URL" -qc 'TRUNCATE ai_backend.job_queue_metadata, ai_backend.inference_logs' \
+    >/dev/null 2>&1 || true
+fi
 export REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
 export ENVIRONMENT=development
 cargo build --release -q -p xenios-server --bin xenios-server --example llm_overhead
