@@ -335,12 +335,34 @@ pub(crate) async fn pooled(
     Ok(conn)
 }
 
+/// `io::Write` into a hasher.
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(self.0, buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A digest of arguments for job rows (never the arguments themselves).
 pub(crate) fn args_digest(args: &[Value], kwargs: &Map<String, Value>) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(json!([args, kwargs]).to_string().as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    // Serialized straight into the hasher: no JSON tree, no string.
+    if serde_json::to_writer(HashWriter(&mut h), &(args, kwargs)).is_err() {
+        h.update(b"unserializable");
+    }
+    let mut hex = String::with_capacity(64);
+    for b in h.finalize() {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 /// The job row change of a message.
