@@ -206,7 +206,6 @@ async fn run(
     let mut down = false;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         linger_for_more(&mut rx, &mut batch, linger, &flushing).await;
-        let attempts = if down { 1 } else { WRITE_ATTEMPTS };
         let mut inference = Vec::new();
         let mut jobs: Vec<JobStateChange> = Vec::new();
         let mut waiters = Vec::new();
@@ -218,37 +217,38 @@ async fn run(
             }
         }
         if !inference.is_empty() {
-            let n = inference.len() as u64;
-            down = match with_retries(attempts, || write_inference(&pool, &inference)).await {
-                Ok(()) => {
-                    stats.written.fetch_add(n, Ordering::Relaxed);
-                    false
-                }
-                Err(e) => {
-                    tracing::error!(rows = n, error = %e, "inference_logs rows lost");
-                    stats.failed.fetch_add(n, Ordering::Relaxed);
-                    true
-                }
-            };
+            let result = with_retries(attempts(down), || write_inference(&pool, &inference)).await;
+            down = account(&stats, inference.len(), result, "inference_logs rows lost");
         }
         if !jobs.is_empty() {
-            let n = jobs.len() as u64;
+            let n = jobs.len();
             let merged = merge_jobs(jobs);
-            let attempts = if down { 1 } else { attempts };
-            down = match with_retries(attempts, || write_jobs(&pool, &merged)).await {
-                Ok(()) => {
-                    stats.written.fetch_add(n, Ordering::Relaxed);
-                    false
-                }
-                Err(e) => {
-                    tracing::error!(rows = n, error = %e, "job_queue_metadata changes lost");
-                    stats.failed.fetch_add(n, Ordering::Relaxed);
-                    true
-                }
-            };
+            let result = with_retries(attempts(down), || write_jobs(&pool, &merged)).await;
+            down = account(&stats, n, result, "job_queue_metadata changes lost");
         }
         for w in waiters {
             let _ = w.send(());
+        }
+    }
+}
+
+/// Write attempts per batch: one while Postgres counts as down.
+fn attempts(down: bool) -> u32 {
+    if down { 1 } else { WRITE_ATTEMPTS }
+}
+
+/// Counts a batch of `n` rows as written or failed; true when it failed (Postgres down).
+fn account(stats: &AuditStats, n: usize, result: Result<(), String>, lost: &str) -> bool {
+    let n = n as u64;
+    match result {
+        Ok(()) => {
+            stats.written.fetch_add(n, Ordering::Relaxed);
+            false
+        }
+        Err(e) => {
+            tracing::error!(rows = n, error = %e, "{lost}");
+            stats.failed.fetch_add(n, Ordering::Relaxed);
+            true
         }
     }
 }
