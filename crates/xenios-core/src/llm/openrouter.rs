@@ -10,7 +10,8 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use super::provider::{
@@ -127,7 +128,7 @@ impl OpenRouterProvider {
         let text = resp.text().await.unwrap_or_default();
         let message = serde_json::from_str::<Value>(&text)
             .ok()
-            .and_then(|v| error_message(&v))
+            .and_then(|v| v.get("error").map(error_text))
             .unwrap_or_else(|| {
                 status
                     .canonical_reason()
@@ -155,59 +156,143 @@ fn transport_error(e: reqwest::Error) -> ProviderError {
     ProviderError::new(kind, e.without_url().to_string())
 }
 
-/// `{"error": {"message": ..}}` -> the message (also `{"error": "text"}`).
-fn error_message(v: &Value) -> Option<String> {
-    let e = v.get("error")?;
-    Some(
-        e.get("message")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| match e {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }),
-    )
-}
-
-fn parse_usage(v: &Value) -> Option<Usage> {
-    let u = v.get("usage")?;
-    if u.is_null() {
-        return None;
-    }
-    let n = |v: Option<&Value>| {
-        v.and_then(Value::as_u64)
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
-    };
-    let prompt = n(u.get("prompt_tokens")).unwrap_or(0);
-    let completion = n(u.get("completion_tokens")).unwrap_or(0);
-    Some(Usage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: n(u.get("total_tokens")).unwrap_or(prompt.saturating_add(completion)),
-        cost_usd: u.get("cost").and_then(Value::as_f64),
-        cached_tokens: n(u.pointer("/prompt_tokens_details/cached_tokens")),
-        reasoning_tokens: n(u.pointer("/completion_tokens_details/reasoning_tokens")),
-    })
-}
-
-fn str_at(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
+/// `{"error": ..}`'s text: its `message`, the value itself when it is a string, else the
+/// JSON of it.
+fn error_text(e: &Value) -> String {
+    e.get("message")
         .and_then(Value::as_str)
         .map(str::to_owned)
+        .unwrap_or_else(|| match e {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+}
+
+/// An answer or stream chunk as OpenRouter sends it, read straight into these structs.
+///
+/// Hand-written rather than a `serde_json::Value` tree walked with `pointer`: building that
+/// tree's maps and escaping its pointers were a visible share of each proxied call's CPU.
+/// Fields the backend does not use are skipped unread. Scalars of an unexpected type read
+/// as absent ([`lenient`]), so an odd `model` or token count never fails a good answer.
+#[derive(Deserialize)]
+struct Wire {
+    #[serde(default, deserialize_with = "lenient")]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Option<Vec<WireChoice>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    /// OpenRouter reports a failure of the model behind it here, even with HTTP 200.
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    /// Complete answers.
+    #[serde(default)]
+    message: Option<WireText>,
+    /// Stream chunks.
+    #[serde(default)]
+    delta: Option<WireText>,
+    #[serde(default, deserialize_with = "lenient")]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireText {
+    #[serde(default, deserialize_with = "lenient")]
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    total_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    cost: Option<f64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<WireDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<WireDetails>,
+}
+
+#[derive(Deserialize)]
+struct WireDetails {
+    #[serde(default, deserialize_with = "lenient")]
+    cached_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning_tokens: Option<u64>,
+}
+
+/// A scalar that reads as `None` when it is null or of another type, instead of failing the
+/// whole answer.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    Ok(serde_json::from_value(Value::deserialize(d)?).ok())
+}
+
+impl Wire {
+    fn parse(data: &[u8], what: &str) -> Result<Self, ProviderError> {
+        serde_json::from_slice(data).map_err(|e| {
+            ProviderError::new(
+                ProviderErrorKind::InvalidResponse,
+                format!("{what} is not an OpenAI-shaped JSON object: {e}"),
+            )
+        })
+    }
+
+    /// The `error` of the answer, as a mid-stream failure.
+    fn failure(&self) -> Option<ProviderError> {
+        self.error
+            .as_ref()
+            .map(|e| ProviderError::new(ProviderErrorKind::MidStream, error_text(e)))
+    }
+
+    fn first_choice(&mut self) -> Option<WireChoice> {
+        self.choices
+            .as_mut()
+            .filter(|c| !c.is_empty())
+            .map(|c| c.swap_remove(0))
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        let u = self.usage.as_ref()?;
+        let n = |v: Option<u64>| v.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        let prompt = n(u.prompt_tokens).unwrap_or(0);
+        let completion = n(u.completion_tokens).unwrap_or(0);
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: n(u.total_tokens).unwrap_or(prompt.saturating_add(completion)),
+            cost_usd: u.cost,
+            cached_tokens: n(u
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)),
+            reasoning_tokens: n(u
+                .completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens)),
+        })
+    }
 }
 
 /// One `data:` payload of a stream.
 fn parse_chunk(data: &str) -> Result<ProviderChunk, ProviderError> {
-    let v: Value = serde_json::from_str(data).map_err(|e| {
-        ProviderError::new(
-            ProviderErrorKind::InvalidResponse,
-            format!("stream chunk is not JSON: {e}"),
-        )
-    })?;
-    let finish_reason = str_at(&v, "/choices/0/finish_reason");
-    if let Some(message) = error_message(&v) {
-        return Err(ProviderError::new(ProviderErrorKind::MidStream, message));
+    let mut wire = Wire::parse(data.as_bytes(), "stream chunk")?;
+    if let Some(e) = wire.failure() {
+        return Err(e);
     }
+    let choice = wire.first_choice();
+    let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
     if finish_reason.as_deref() == Some("error") {
         return Err(ProviderError::new(
             ProviderErrorKind::MidStream,
@@ -215,10 +300,13 @@ fn parse_chunk(data: &str) -> Result<ProviderChunk, ProviderError> {
         ));
     }
     Ok(ProviderChunk {
-        delta: str_at(&v, "/choices/0/delta/content").filter(|s| !s.is_empty()),
-        model: str_at(&v, "/model"),
+        delta: choice
+            .and_then(|c| c.delta)
+            .and_then(|d| d.content)
+            .filter(|s| !s.is_empty()),
+        usage: wire.usage(),
+        model: wire.model,
         finish_reason,
-        usage: parse_usage(&v),
     })
 }
 
@@ -233,31 +321,32 @@ impl Provider for OpenRouterProvider {
     ) -> BoxFuture<'a, Result<ProviderResponse, ProviderError>> {
         async move {
             let resp = self.send(req, false).await?;
-            let v: Value = resp.json().await.map_err(|e| {
+            let body = resp.bytes().await.map_err(|e| {
                 ProviderError::new(
-                    ProviderErrorKind::InvalidResponse,
-                    format!("body is not JSON: {}", e.without_url()),
+                    ProviderErrorKind::MidStream,
+                    format!("body not received: {}", e.without_url()),
                 )
             })?;
-            if let Some(message) = error_message(&v) {
-                // OpenRouter can report a failure of the model behind a 200.
-                return Err(ProviderError::new(ProviderErrorKind::MidStream, message));
+            let mut wire = Wire::parse(&body, "body")?;
+            if let Some(e) = wire.failure() {
+                return Err(e);
             }
-            let content = v
-                .pointer("/choices/0/message/content")
-                .and_then(Value::as_str)
+            let choice = wire.first_choice();
+            let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
+            let content = choice
+                .and_then(|c| c.message)
+                .and_then(|m| m.content)
                 .ok_or_else(|| {
                     ProviderError::new(
                         ProviderErrorKind::InvalidResponse,
                         "no choices[0].message.content",
                     )
-                })?
-                .to_owned();
+                })?;
             Ok(ProviderResponse {
                 content,
-                model: str_at(&v, "/model"),
-                finish_reason: str_at(&v, "/choices/0/finish_reason"),
-                usage: parse_usage(&v),
+                usage: wire.usage(),
+                model: wire.model,
+                finish_reason,
             })
         }
         .boxed()
@@ -316,5 +405,40 @@ mod tests {
         assert_eq!(e.kind, ProviderErrorKind::MidStream);
         assert!(e.message.contains("provider died"));
         assert!(parse_chunk("not json").is_err());
+    }
+
+    #[test]
+    fn odd_scalars_read_as_absent_and_null_error_is_no_error() {
+        // A float count, a numeric model and `error: null` do not fail a good chunk.
+        let c = parse_chunk(
+            r#"{"model":7,"error":null,"choices":[{"delta":{"content":"Hi"},"finish_reason":null}],"usage":{"prompt_tokens":2.5,"completion_tokens":3,"cost":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.delta.as_deref(), Some("Hi"));
+        assert_eq!(c.model, None);
+        let u = c.usage.unwrap();
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens,
+                u.cost_usd
+            ),
+            (0, 3, 3, None)
+        );
+        // No choices at all is a chunk without text (usage-only chunks look like this).
+        let c = parse_chunk(r#"{"choices":[],"usage":{"total_tokens":9}}"#).unwrap();
+        assert_eq!((c.delta, c.usage.unwrap().total_tokens), (None, 9));
+        // An error given as a plain string keeps its text.
+        let e = parse_chunk(r#"{"error":"overloaded"}"#).unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ProviderErrorKind::MidStream, "overloaded")
+        );
+        // A JSON value that is not an object is an invalid response, not a panic.
+        for bad in ["[1,2]", "\"text\"", r#"{"choices":{"0":1}}"#] {
+            let e = parse_chunk(bad).unwrap_err();
+            assert_eq!(e.kind, ProviderErrorKind::InvalidResponse, "{bad}");
+        }
     }
 }
