@@ -560,18 +560,8 @@ impl Llm {
             loop {
                 match chunks.next().await {
                     Some(Ok(c)) => {
-                        let got_token = c.delta.is_some();
-                        if c.model.is_some() {
-                            first.model = c.model;
-                        }
-                        if c.usage.is_some() {
-                            first.usage = c.usage;
-                        }
-                        if c.finish_reason.is_some() {
-                            first.finish_reason = c.finish_reason;
-                        }
-                        if got_token {
-                            first.delta = c.delta;
+                        if let Some(token) = first.merge(c) {
+                            first.delta = Some(token);
                             return Ok((chunks, first, false));
                         }
                     }
@@ -654,69 +644,55 @@ impl Llm {
         }
         let deadline = tokio::time::Instant::now() + config.total_timeout;
         let mut content = String::new();
-        let mut model_used = o.first.model.take();
-        let mut usage = o.first.usage.take();
-        let mut finish_reason = o.first.finish_reason.take();
         let store = self.inner.store_payloads;
         let mut failure: Option<ProviderError> = None;
-        if let Some(d) = o.first.delta.take() {
-            if store {
-                content.push_str(&d);
+        // `meta` gathers the model, usage and finish reason as chunks bring them; `token` is
+        // the text to forward next, starting with the one `open` read.
+        let mut meta = std::mem::take(&mut o.first);
+        let mut token = meta.delta.take();
+        let mut ended = o.ended;
+        loop {
+            if let Some(d) = token.take() {
+                if store {
+                    content.push_str(&d);
+                }
+                if tx
+                    .send(Ok(StreamEvent::Delta { content: d }))
+                    .await
+                    .is_err()
+                {
+                    // The caller went away: the guard logs `cancelled`.
+                    return;
+                }
             }
-            if tx
-                .send(Ok(StreamEvent::Delta { content: d }))
-                .await
-                .is_err()
-            {
-                return;
+            if ended {
+                break;
             }
-        }
-        if !o.ended {
-            loop {
-                let next = tokio::time::timeout_at(deadline, o.chunks.next()).await;
-                match next {
-                    Ok(Some(Ok(c))) => {
-                        if c.model.is_some() {
-                            model_used = c.model;
-                        }
-                        if c.usage.is_some() {
-                            usage = c.usage;
-                        }
-                        if c.finish_reason.is_some() {
-                            finish_reason = c.finish_reason;
-                        }
-                        if let Some(d) = c.delta {
-                            if store {
-                                content.push_str(&d);
-                            }
-                            if tx
-                                .send(Ok(StreamEvent::Delta { content: d }))
-                                .await
-                                .is_err()
-                            {
-                                // The caller went away: the guard logs `cancelled`.
-                                return;
-                            }
-                        }
-                    }
-                    Ok(Some(Err(e))) => {
-                        failure = Some(e);
-                        break;
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        failure = Some(ProviderError::new(
-                            ProviderErrorKind::Timeout,
-                            format!(
-                                "stream not finished within {} ms",
-                                config.total_timeout.as_millis()
-                            ),
-                        ));
-                        break;
-                    }
+            match tokio::time::timeout_at(deadline, o.chunks.next()).await {
+                Ok(Some(Ok(c))) => token = meta.merge(c),
+                Ok(Some(Err(e))) => {
+                    failure = Some(e);
+                    ended = true;
+                }
+                Ok(None) => ended = true,
+                Err(_) => {
+                    failure = Some(ProviderError::new(
+                        ProviderErrorKind::Timeout,
+                        format!(
+                            "stream not finished within {} ms",
+                            config.total_timeout.as_millis()
+                        ),
+                    ));
+                    ended = true;
                 }
             }
         }
+        let ProviderChunk {
+            model: model_used,
+            usage,
+            finish_reason,
+            ..
+        } = meta;
         // Close the upstream before reporting.
         drop(o.chunks);
         let model_used = model_used.unwrap_or(o.model);

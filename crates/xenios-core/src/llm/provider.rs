@@ -53,6 +53,23 @@ pub struct ProviderChunk {
     pub usage: Option<Usage>,
 }
 
+impl ProviderChunk {
+    /// Takes `next`'s model, usage and finish reason where it carries them (a later chunk
+    /// overrides an earlier one) and returns its text, if any.
+    pub fn merge(&mut self, next: ProviderChunk) -> Option<String> {
+        if next.model.is_some() {
+            self.model = next.model;
+        }
+        if next.usage.is_some() {
+            self.usage = next.usage;
+        }
+        if next.finish_reason.is_some() {
+            self.finish_reason = next.finish_reason;
+        }
+        next.delta
+    }
+}
+
 /// A stream of chunks; dropping it cancels the upstream request.
 pub type ChunkStream = BoxStream<'static, Result<ProviderChunk, ProviderError>>;
 
