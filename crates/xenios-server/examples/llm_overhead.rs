@@ -12,7 +12,9 @@
 //!
 //! Environment: `DATABASE_URL`, `REDIS_URL` (for the server), `BENCH_RATE` (requests/s per
 //! path, default 1000), `BENCH_SECS` (default 10), `BENCH_STREAM_RATE` (default 200),
-//! `XENIOS_SERVER_BIN` (default: `xenios-server` next to this example's directory).
+//! `XENIOS_SERVER_BIN` (default: `xenios-server` next to this example's directory),
+//! `BENCH_LOG_LEVEL` (the server's `LOG_LEVEL`, default `warn`; `info` adds one access-log
+//! line per request).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -214,7 +216,10 @@ async fn main() {
         .env("OPENROUTER_BASE_URL", &mock)
         .env("XENIOS_BACKEND_API_KEY", KEY)
         .env("LLM_ROUTES", "chat=bench/model")
-        .env("LOG_LEVEL", "warn")
+        .env(
+            "LOG_LEVEL",
+            std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".to_owned()),
+        )
         // One client sends every request: the per-caller limit would answer 429 to most.
         .env("RATE_LIMIT_PER_MINUTE", "0")
         .env("RUN_MIGRATIONS", "true")
@@ -257,6 +262,7 @@ async fn main() {
     .await;
     let before = audit_metrics(&client, &server).await;
 
+    let cpu_before = cpu_secs(server_pid);
     let (r, errors) = run(
         &client,
         &[Kind::Direct, Kind::Gateway],
@@ -271,6 +277,11 @@ async fn main() {
         &r[0],
         &r[1],
         errors,
+    );
+    let cpu = cpu_secs(server_pid) - cpu_before;
+    println!(
+        "  server CPU (user+system) per proxied call: {:.0} µs",
+        cpu * 1e6 / r[1].len().max(1) as f64
     );
     let (r, errors) = run(
         &client,
@@ -320,6 +331,31 @@ async fn audit_metrics(client: &reqwest::Client, server: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// User plus system CPU time of a process so far, in seconds (`/proc/<pid>/stat`).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`, which may hold spaces: utime and stime are the 12th and
+    // 13th of them, in clock ticks.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let ticks = f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0);
+    let per_sec = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    ticks / per_sec
 }
 
 fn rss_kib(pid: u32) -> u64 {
