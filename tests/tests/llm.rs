@@ -909,3 +909,181 @@ async fn the_openai_python_sdk_completes_and_streams() {
     assert!(stdout.contains("complete: Hello world!"), "{stdout}");
     assert!(stdout.contains("stream: Hello| world|!"), "{stdout}");
 }
+
+/// The variables that point `xenios-cli` at the same database, Redis and fake upstream as `s`.
+fn cli_vars(s: &Setup) -> HashMap<String, String> {
+    let redis = s.app.redis.as_ref().unwrap();
+    let mut vars = xenios_tests::test_vars(&s.app.db, &redis.url);
+    vars.insert("OPENROUTER_API_KEY".into(), "sk-or-test-key".into());
+    vars.insert(
+        "OPENROUTER_BASE_URL".into(),
+        format!("{}/api/v1", s._upstream.base),
+    );
+    vars.insert("LLM_MAX_RETRIES".into(), "1".into());
+    vars.insert("LLM_RETRY_BASE_MS".into(), "10".into());
+    vars
+}
+
+/// Runs `xenios-cli` to the end: (exit code, stdout, stderr).
+async fn run_cli(vars: &HashMap<String, String>, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(xenios_tests::jobs_support::cli_bin());
+    cmd.args(args).envs(vars).current_dir(std::env::temp_dir());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The X-Request-ID the fake upstream saw with the last request for `model`.
+fn upstream_request_id(s: &Setup, model: &str) -> String {
+    s.state
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(b, _, _)| b["model"] == model)
+        .and_then(|(_, id, _)| id.clone())
+        .unwrap_or_else(|| panic!("the upstream saw no request for {model}"))
+}
+
+#[tokio::test]
+async fn the_cli_completes_and_streams_through_the_backend_with_its_audit_rows() {
+    let s = setup(&[]).await;
+    let vars = cli_vars(&s);
+
+    // complete: the answer on stdout, the model and fallback on stderr, a success row
+    // under the correlation ID that was sent upstream.
+    let (code, out, err) = run_cli(
+        &vars,
+        &[
+            "complete",
+            "--task",
+            "chat",
+            "--model",
+            "c/fail-503,c/ok",
+            "How was it?",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "Hello world!\n");
+    assert!(err.contains("[model c/ok (fallback), 10 tokens"), "{err}");
+    assert!(!err.contains("fake LLM"), "{err}");
+    let seen = s.state.requests.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.0["messages"][0]["content"], "How was it?");
+    assert_eq!(seen.2.as_deref(), Some("Bearer sk-or-test-key"));
+    let rows = logs(&s.app, &upstream_request_id(&s, "c/ok")).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].task_type.as_str(), rows[0].status.as_str()),
+        ("chat", "success")
+    );
+    assert_eq!(rows[0].model_used.as_deref(), Some("c/ok"));
+    assert!(rows[0].fallback_used && !rows[0].streaming);
+
+    // stream: the tokens in order, then the summary; a streaming success row.
+    let (code, out, err) = run_cli(
+        &vars,
+        &["stream", "--system", "Be brief.", "--model", "s/ok", "Hi"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "Hello world!\n");
+    assert!(err.contains("[model s/ok, 10 tokens"), "{err}");
+    let rows = logs(&s.app, &upstream_request_id(&s, "s/ok")).await;
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].streaming && rows[0].status == "success");
+
+    // Refusals and bad input: a clear message and a failure exit code.
+    let (code, _, err) = run_cli(&vars, &["complete", "--model", "r/fail-401", "x"]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("refused") && err.contains("r/fail-401"),
+        "{err}"
+    );
+    let (code, _, err) = run_cli(&vars, &["complete", "--task", "poetry", "x"]).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("poetry"), "{err}");
+    let (code, _, err) = run_cli(&vars, &["stream", "--model", "m/midstream-after", "x"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("stream failed"), "{err}");
+}
+
+#[tokio::test]
+async fn the_cli_prints_stream_tokens_as_they_arrive() {
+    use std::io::Read;
+
+    /// Kills and reaps the CLI however the test ends.
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    let s = setup(&[]).await;
+    let child = std::process::Command::new(xenios_tests::jobs_support::cli_bin())
+        .args(["stream", "--model", "d/drip", "Go"])
+        .envs(cli_vars(&s))
+        .current_dir(std::env::temp_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Reaped(child);
+    let mut stdout = child.0.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !printed.contains("t2 ") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(bytes)) => printed.push_str(&String::from_utf8_lossy(&bytes)),
+            _ => panic!("no streamed tokens on stdout within 20 s: {printed:?}"),
+        }
+    }
+    // The upstream drips 500 tokens 20 ms apart. Tokens printed as they arrive show while it
+    // is still near the start; output held in stdout's buffer (1 KiB, no newline yet) would
+    // first show some 250 tokens in, and output printed at the end after all 500.
+    let dripped = s.state.dripped.load(Ordering::SeqCst);
+    assert!(printed.starts_with("t0 t1 t2 "), "{printed:?}");
+    assert!(
+        dripped < 100,
+        "first tokens shown only after {dripped} were sent"
+    );
+    drop(child);
+    reader.join().unwrap();
+    wait_for(
+        "the upstream to see the CLI gone",
+        Duration::from_secs(10),
+        || async { s.state.disconnected.load(Ordering::SeqCst).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_cli_says_when_the_fake_llm_answers() {
+    let app = TestApp::spawn().await;
+    app.backend.migrate().await.unwrap();
+    let redis = app.redis.as_ref().unwrap();
+    let vars = xenios_tests::test_vars(&app.db, &redis.url);
+    let (code, out, err) = run_cli(&vars, &["complete", "--model", "fake/ok", "Hello there"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.trim().is_empty());
+    assert!(err.contains("built-in fake LLM"), "{err}");
+    assert!(err.contains("[model fake/ok"), "{err}");
+}

@@ -214,6 +214,11 @@ async fn llm(backend: &xenios_core::AiBackend, args: LlmArgs, stream: bool) -> E
     req.models = args
         .model
         .map(|m| m.split(',').map(|s| s.trim().to_owned()).collect());
+    if backend.config().uses_fake_llm() {
+        eprintln!(
+            "xenios-cli: OPENROUTER_API_KEY is not set: answers come from the built-in fake LLM"
+        );
+    }
     let ctx = xenios_core::RequestContext::system();
     let code = if stream {
         match backend.stream(&ctx, req).await {
