@@ -160,6 +160,9 @@ async fn openrouter(req: &poem::Request, body: Json<Value>, state: Data<&Arc<Sta
     if model.contains("slow") {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+    if model.contains("late") {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     if !stream {
         return Response::builder().content_type("application/json").body(
             json!({
@@ -183,6 +186,7 @@ async fn openrouter(req: &poem::Request, body: Json<Value>, state: Data<&Arc<Sta
         return sse(chunks, Duration::from_millis(10), None);
     }
     if model.contains("drip") {
+        // 500 tokens, 20 ms apart.
         for i in 0..500 {
             chunks.push(chunk(&model, &format!("t{i} ")));
         }
@@ -733,6 +737,60 @@ async fn stream_failure_after_a_token_ends_with_an_error_event() {
     let rows = logs(&s.app, &rid).await;
     assert_eq!(rows[0].status, "error");
     assert_eq!(rows[0].model_used.as_deref(), Some("p/midstream-after"));
+}
+
+#[tokio::test]
+async fn a_stream_past_the_total_timeout_ends_with_a_timeout_event() {
+    // The first token comes after 1.5 s, then one every 20 ms for 10 s. The 3 s total
+    // deadline counts from the attempt's request: the stream ends at about 3 s, long before
+    // the upstream finishes (and well before 4.5 s, where a deadline counted from the first
+    // token would end it).
+    let s = setup(&[("LLM_TTFT_TIMEOUT_MS", "2500"), ("LLM_TIMEOUT_MS", "3000")]).await;
+    let resp = post(
+        &s.app,
+        "/api/v1/llm/stream",
+        ask("chat", Some(&["d/late-drip"])),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let rid = request_id(&resp);
+    let mut sse = SseReader::new(resp);
+    let mut deltas = 0;
+    let (event, data) = loop {
+        let (event, data) = sse.next().await.unwrap();
+        if event != "delta" {
+            break (event, data);
+        }
+        deltas += 1;
+    };
+    assert_eq!(event, "error", "{data}");
+    let v: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(v["code"], "upstream_timeout");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("not finished within 3000 ms"),
+        "{v}"
+    );
+    assert!(sse.next().await.is_none());
+    assert!(deltas >= 1);
+    assert!(s.state.dripped.load(Ordering::SeqCst) < 500);
+    wait_for(
+        "the upstream request to be closed",
+        Duration::from_secs(10),
+        || async { s.state.disconnected.load(Ordering::SeqCst).then_some(()) },
+    )
+    .await;
+    let rows = logs(&s.app, &rid).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "error");
+    assert!(rows[0].streaming);
+    assert!(
+        (3000..4000).contains(&rows[0].latency_ms),
+        "the call lasted {} ms",
+        rows[0].latency_ms
+    );
 }
 
 #[tokio::test]

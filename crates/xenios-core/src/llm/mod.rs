@@ -319,6 +319,8 @@ fn failures_text(task: Task, failures: Vec<ModelFailure>) -> Option<String> {
 /// The result of opening a stream: the chunks, plus what was read before the first token.
 struct Opened {
     model: String,
+    /// When the attempt's request was sent.
+    started: tokio::time::Instant,
     chunks: ChunkStream,
     first: ProviderChunk,
     /// True when the stream ended before any token (an empty answer).
@@ -554,6 +556,7 @@ impl Llm {
     async fn open(&self, preq: &ProviderRequest) -> Result<Opened, ProviderError> {
         let config = &self.inner.config;
         let ttft = config.ttft_timeout.min(config.total_timeout);
+        let started = tokio::time::Instant::now();
         let opening = async {
             let mut chunks = self.inner.provider.stream(preq).await?;
             let mut first = ProviderChunk::default();
@@ -573,6 +576,7 @@ impl Llm {
         match tokio::time::timeout(ttft, opening).await {
             Ok(Ok((chunks, first, ended))) => Ok(Opened {
                 model: preq.model.clone(),
+                started,
                 chunks,
                 first,
                 ended,
@@ -642,7 +646,9 @@ impl Llm {
         if fallback_used {
             self.inner.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
-        let deadline = tokio::time::Instant::now() + config.total_timeout;
+        // LLM_TIMEOUT_MS bounds the attempt end to end: counted from its request, not from
+        // its first token.
+        let deadline = o.started + config.total_timeout;
         let mut content = String::new();
         let store = self.inner.store_payloads;
         let mut failure: Option<ProviderError> = None;
