@@ -792,3 +792,82 @@ impl Drop for LlmStream {
         self.task.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_retries: u32, base_ms: u64, max_ms: u64, budget_ms: u64) -> LlmConfig {
+        LlmConfig {
+            max_retries,
+            retry_base_delay: Duration::from_millis(base_ms),
+            retry_max_delay: Duration::from_millis(max_ms),
+            retry_budget: Duration::from_millis(budget_ms),
+            ..LlmConfig::default()
+        }
+    }
+
+    fn status(s: u16) -> ProviderError {
+        ProviderError::new(ProviderErrorKind::Status(s), "x")
+    }
+
+    #[test]
+    fn retries_are_bounded_in_count_and_grow_within_the_maximum() {
+        let config = config(3, 100, 1000, 60_000);
+        let mut r = Retrier::new(&config);
+        let delays: Vec<Duration> = std::iter::from_fn(|| r.delay(&status(503))).collect();
+        assert_eq!(delays.len(), 3, "{delays:?}");
+        for d in &delays {
+            assert!(
+                *d >= Duration::from_millis(100) && *d <= Duration::from_millis(1000),
+                "{delays:?}"
+            );
+        }
+        // The next model starts with a fresh count.
+        r.next_model();
+        assert!(r.delay(&status(503)).is_some());
+    }
+
+    #[test]
+    fn refusals_are_never_retried() {
+        let config = config(3, 10, 1000, 60_000);
+        let mut r = Retrier::new(&config);
+        for s in [400, 401, 402, 403, 404] {
+            assert_eq!(r.delay(&status(s)), None, "{s}");
+        }
+        let invalid = ProviderError::new(ProviderErrorKind::InvalidResponse, "x");
+        assert_eq!(r.delay(&invalid), None);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_longest_wait() {
+        let config = config(3, 10, 2000, 60_000);
+        let mut r = Retrier::new(&config);
+        let asked = status(429).with_retry_after(Some(Duration::from_millis(1500)));
+        let d = r.delay(&asked).unwrap();
+        assert!(d >= Duration::from_millis(1500), "{d:?}");
+        // Longer than LLM_RETRY_MAX_DELAY_MS: move on instead of waiting.
+        let too_long = status(429).with_retry_after(Some(Duration::from_secs(30)));
+        assert_eq!(r.delay(&too_long), None);
+    }
+
+    #[test]
+    fn the_waiting_budget_spans_every_model_of_a_call() {
+        // 10 retries allowed, but at most 1 s of waiting in the whole call.
+        let config = config(10, 400, 400, 1000);
+        let mut r = Retrier::new(&config);
+        let mut waited = Duration::ZERO;
+        while let Some(d) = r.delay(&status(503)) {
+            waited += d;
+        }
+        assert!(waited <= Duration::from_millis(1000), "{waited:?}");
+        assert!(waited >= Duration::from_millis(400), "{waited:?}");
+        // The budget is per call: a fresh model does not refill it.
+        r.next_model();
+        let more: Duration = std::iter::from_fn(|| r.delay(&status(503))).sum();
+        assert!(
+            waited + more <= Duration::from_millis(1000),
+            "{waited:?} + {more:?}"
+        );
+    }
+}
