@@ -622,7 +622,12 @@ async fn stream_forwards_deltas_in_order_then_done_and_ignores_comments() {
         let v: Value = serde_json::from_str(&data).unwrap();
         assert_eq!(v["type"], event.as_str());
         match event.as_str() {
-            "delta" => deltas.push(v["content"].as_str().unwrap().to_owned()),
+            "delta" => {
+                // Only what a delta carries: no null fields of the other event types.
+                let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+                assert_eq!(keys, ["content", "type"], "{data}");
+                deltas.push(v["content"].as_str().unwrap().to_owned());
+            }
             "done" => break v,
             other => panic!("unexpected {other}: {data}"),
         }

@@ -103,8 +103,10 @@ pub struct CompletionBody {
     pub latency_ms: u64,
 }
 
-/// One server-sent event of `/api/v1/llm/stream`; the SSE event name is its `type`.
+/// One server-sent event of `/api/v1/llm/stream`; the SSE event name is its `type`. Fields
+/// that do not apply to the event's type are left out.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct StreamEventBody {
     /// `delta`, `done` or `error`.
     #[oai(rename = "type")]
