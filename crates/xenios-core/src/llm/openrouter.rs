@@ -170,7 +170,7 @@ fn error_text(e: &Value) -> String {
 
 /// An answer or stream chunk as OpenRouter sends it, read straight into these structs.
 ///
-/// Hand-written rather than a `serde_json::Value` tree walked with `pointer`: building that
+/// Typed structs rather than a `serde_json::Value` tree walked with `pointer`: building that
 /// tree's maps and escaping its pointers were a visible share of each proxied call's CPU.
 /// Fields the backend does not use are skipped unread. Scalars of an unexpected type read
 /// as absent ([`lenient`]), so an odd `model` or token count never fails a good answer.
