@@ -23,8 +23,8 @@ DATABASE_URL=$bench_db target/release/xenios-cli migrate >/dev/null
 if [ -z "${BENCH_DATABASE_URL:-}" ]; then
   psql "$bench_db" -qc 'TRUNCATE ai_backend.job_queue_metadata, ai_backend.inference_logs' >/dev/null
 fi
-# Job rows go to BENCH_DATABASE_URL (migrate it first: xenios-cli migrate), as in production.
-REDIS_URL="redis://127.0.0.1:$port/0" DATABASE_URL="${BENCH_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/xenios_bench?sslmode=disable}" \
+# Job rows go to the bench database (migrated above), as in production.
+REDIS_URL="redis://127.0.0.1:$port/0" DATABASE_URL="$bench_db" \
   LOG_LEVEL=error target/release/examples/bench "$N"
 echo "== celery 5.6.3 ($NC jobs) on the same redis"
 XENIOS_TEST_BROKER="redis://127.0.0.1:$port/0" "$PY" tests/python/bench_celery.py "$NC"

@@ -39,7 +39,7 @@ use crate::db::models::{JobStateChange, JobStatus};
 use crate::error::{Error, Result};
 use crate::jobs::broker::redis_error;
 use crate::jobs::events::{Clock, EventSender};
-use crate::jobs::protocol::{TaskMessage, args_repr, py_repr};
+use crate::jobs::protocol::{TaskMessage, args_repr, kwargs_repr};
 use crate::redis::RedisPool;
 
 pub use crate::jobs::result::{JobResult, TaskState};
@@ -335,34 +335,15 @@ pub(crate) async fn pooled(
     Ok(conn)
 }
 
-/// `io::Write` into a hasher.
-struct HashWriter<'a>(&'a mut sha2::Sha256);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        sha2::Digest::update(self.0, buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A digest of arguments for job rows (never the arguments themselves).
 pub(crate) fn args_digest(args: &[Value], kwargs: &Map<String, Value>) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    // Serialized straight into the hasher: no JSON tree, no string.
-    if serde_json::to_writer(HashWriter(&mut h), &(args, kwargs)).is_err() {
+    // Serialized straight into the hasher (it is an `io::Write`): no JSON tree, no string.
+    if serde_json::to_writer(&mut h, &(args, kwargs)).is_err() {
         h.update(b"unserializable");
     }
-    let mut hex = String::with_capacity(64);
-    for b in h.finalize() {
-        use std::fmt::Write;
-        let _ = write!(hex, "{b:02x}");
-    }
-    hex
+    format!("{:x}", h.finalize())
 }
 
 /// The job row change of a message.
@@ -496,7 +477,7 @@ impl crate::AiBackend {
                 json!({
                     "uuid": m.id, "root_id": m.root_id, "parent_id": m.parent_id,
                     "name": m.task, "args": args_repr(&m.args),
-                    "kwargs": py_repr(&Value::Object(m.kwargs.clone())),
+                    "kwargs": kwargs_repr(&m.kwargs),
                     "retries": m.retries, "eta": m.eta.map(protocol::iso),
                     "expires": m.expires.map(protocol::iso), "queue": m.queue,
                     "exchange": m.exchange, "routing_key": m.queue,

@@ -141,18 +141,15 @@ impl TaskMessage {
     /// `serde_json::Value` tree per message (a map insert per header) was most of the
     /// producer's CPU per job.
     pub fn encode(&self) -> String {
-        let extra: Map<String, Value> = self
-            .extra_headers
-            .iter()
-            .filter(|(k, _)| !KNOWN_HEADERS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        // The same JSON as `body()`, written from references rather than a copied tree.
+        let body =
+            serde_json::to_string(&(&self.args, &self.kwargs, &self.embed)).unwrap_or_default();
         let envelope = Envelope {
-            body: B64.encode(self.body().to_string()),
+            body: B64.encode(body),
             content_encoding: "utf-8",
             content_type: "application/json",
             headers: Headers {
-                extra,
+                extra: unknown_headers(&self.extra_headers),
                 lang: "py",
                 task: &self.task,
                 id: &self.id,
@@ -166,7 +163,7 @@ impl TaskMessage {
                 root_id: self.root_id.as_deref(),
                 parent_id: self.parent_id.as_deref(),
                 argsrepr: args_repr(&self.args),
-                kwargsrepr: py_repr(&Value::Object(self.kwargs.clone())),
+                kwargsrepr: kwargs_repr(&self.kwargs),
                 origin: &self.origin,
                 ignore_result: self.ignore_result,
                 replaced_task_nesting: 0,
@@ -325,11 +322,7 @@ impl TaskMessage {
                     .and_then(Value::as_bool)
             })
             .unwrap_or(false);
-        let extra_headers = headers
-            .iter()
-            .filter(|(k, _)| !KNOWN_HEADERS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let extra_headers = unknown_headers(headers);
         let hstr = |k: &str| headers.get(k).and_then(Value::as_str).map(str::to_owned);
         Ok(Self {
             queue: di_str("routing_key").unwrap_or_default(),
@@ -420,14 +413,20 @@ pub fn py_repr(v: &Value) -> String {
         Value::Number(n) => n.to_string(),
         Value::String(s) => py_str(s),
         Value::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
-        Value::Object(o) => format!(
-            "{{{}}}",
-            o.iter()
-                .map(|(k, v)| format!("{}: {}", py_str(k), py_repr(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        Value::Object(o) => kwargs_repr(o),
     }
+}
+
+/// Python's `repr` of a dict (Celery's `kwargsrepr`), without copying it into a `Value`.
+pub fn kwargs_repr(kwargs: &Map<String, Value>) -> String {
+    format!(
+        "{{{}}}",
+        kwargs
+            .iter()
+            .map(|(k, v)| format!("{}: {}", py_str(k), py_repr(v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 fn py_str(s: &str) -> String {
@@ -529,6 +528,16 @@ const KNOWN_HEADERS: &[&str] = &[
     CORRELATION_HEADER,
     USER_HEADER,
 ];
+
+/// The headers [`TaskMessage`] does not model (kept for retries): decoding keeps them, and
+/// encoding never lets them repeat a header it writes itself.
+fn unknown_headers(headers: &Map<String, Value>) -> Map<String, Value> {
+    headers
+        .iter()
+        .filter(|(k, _)| !KNOWN_HEADERS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
 
 /// A kombu envelope as [`TaskMessage::encode`] writes it.
 #[derive(serde::Serialize)]

@@ -39,7 +39,7 @@ use crate::db::models::JobStatus;
 use crate::error::{Error, Result};
 use crate::jobs::broker::{self, Finish, Taken, redis_error};
 use crate::jobs::events::{Clock, EventSender, HEARTBEAT_FREQ, worker_fields};
-use crate::jobs::protocol::{TaskMessage, args_repr, iso, py_repr};
+use crate::jobs::protocol::{TaskMessage, args_repr, iso, kwargs_repr, py_repr};
 use crate::jobs::result::{PyException, TaskState, meta};
 use crate::jobs::{REVOKED_PREFIX, job_change, pidbox};
 
@@ -564,7 +564,7 @@ impl Shared {
     fn task_fields(m: &TaskMessage) -> Value {
         json!({
             "uuid": m.id, "name": m.task, "args": args_repr(&m.args),
-            "kwargs": py_repr(&Value::Object(m.kwargs.clone())),
+            "kwargs": kwargs_repr(&m.kwargs),
             "root_id": m.root_id, "parent_id": m.parent_id, "retries": m.retries,
             "eta": m.eta.map(iso), "expires": m.expires.map(iso),
         })
@@ -1372,7 +1372,7 @@ async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: Slot) {
                         m.task,
                         m.id,
                         args_repr(&m.args),
-                        py_repr(&Value::Object(m.kwargs.clone()))
+                        kwargs_repr(&m.kwargs)
                     ),
                 );
                 shared.fail(&m, &tag, &exc, Some(runtime));
