@@ -204,6 +204,8 @@ async fn openrouter(req: &poem::Request, body: Json<Value>, state: Data<&Arc<Sta
 struct Setup {
     app: TestApp,
     state: Arc<State>,
+    /// The variables `setup` added to the app's: fake upstream, retries, timeouts, extras.
+    llm_vars: Vec<(String, String)>,
     _upstream: FakeUpstream,
 }
 
@@ -216,26 +218,25 @@ async fn setup(extra: &[(&str, &str)]) -> Setup {
     )
     .await;
     let base = format!("{}/api/v1", upstream.base);
-    let extra: Vec<(String, String)> = extra
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let app = TestApp::spawn_with(move |vars| {
-        vars.insert("OPENROUTER_API_KEY".into(), "sk-or-test-key".into());
-        vars.insert("OPENROUTER_BASE_URL".into(), base);
-        vars.insert("LLM_MAX_RETRIES".into(), "1".into());
-        vars.insert("LLM_RETRY_BASE_MS".into(), "10".into());
-        vars.insert("LLM_RETRY_MAX_DELAY_MS".into(), "2000".into());
-        vars.insert("LLM_TTFT_TIMEOUT_MS".into(), "400".into());
-        for (k, v) in extra {
-            vars.insert(k, v);
-        }
-    })
-    .await;
+    let llm_vars: Vec<(String, String)> = [
+        ("OPENROUTER_API_KEY", "sk-or-test-key"),
+        ("OPENROUTER_BASE_URL", base.as_str()),
+        ("LLM_MAX_RETRIES", "1"),
+        ("LLM_RETRY_BASE_MS", "10"),
+        ("LLM_RETRY_MAX_DELAY_MS", "2000"),
+        ("LLM_TTFT_TIMEOUT_MS", "400"),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    let added = llm_vars.clone();
+    let app = TestApp::spawn_with(move |vars| vars.extend(added)).await;
     app.backend.migrate().await.unwrap();
     Setup {
         app,
         state,
+        llm_vars,
         _upstream: upstream,
     }
 }
@@ -973,17 +974,12 @@ async fn the_openai_python_sdk_completes_and_streams() {
     assert!(stdout.contains("stream: Hello| world|!"), "{stdout}");
 }
 
-/// The variables that point `xenios-cli` at the same database, Redis and fake upstream as `s`.
+/// The variables that point `xenios-cli` at the same database, Redis and fake upstream, with
+/// the same settings, as the app of `s`.
 fn cli_vars(s: &Setup) -> HashMap<String, String> {
     let redis = s.app.redis.as_ref().unwrap();
     let mut vars = xenios_tests::test_vars(&s.app.db, &redis.url);
-    vars.insert("OPENROUTER_API_KEY".into(), "sk-or-test-key".into());
-    vars.insert(
-        "OPENROUTER_BASE_URL".into(),
-        format!("{}/api/v1", s._upstream.base),
-    );
-    vars.insert("LLM_MAX_RETRIES".into(), "1".into());
-    vars.insert("LLM_RETRY_BASE_MS".into(), "10".into());
+    vars.extend(s.llm_vars.iter().cloned());
     vars
 }
 

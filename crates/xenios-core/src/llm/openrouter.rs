@@ -239,28 +239,60 @@ where
     Ok(serde_json::from_value(Value::deserialize(d)?).ok())
 }
 
+/// Which kind of payload [`Wire::read`] reads: its text is `choices[0].message` in an answer,
+/// `choices[0].delta` in a stream chunk.
+#[derive(Clone, Copy)]
+enum Shape {
+    Answer,
+    Chunk,
+}
+
+/// What the backend uses of an answer or chunk.
+struct Read {
+    text: Option<String>,
+    finish_reason: Option<String>,
+    model: Option<String>,
+    usage: Option<Usage>,
+}
+
 impl Wire {
-    fn parse(data: &[u8], what: &str) -> Result<Self, ProviderError> {
-        serde_json::from_slice(data).map_err(|e| {
+    /// Parses an answer or chunk; its `error` (OpenRouter's failure behind a 200) is a
+    /// mid-stream failure.
+    fn read(data: &[u8], shape: Shape) -> Result<Read, ProviderError> {
+        let what = match shape {
+            Shape::Answer => "body",
+            Shape::Chunk => "stream chunk",
+        };
+        let wire: Wire = serde_json::from_slice(data).map_err(|e| {
             ProviderError::new(
                 ProviderErrorKind::InvalidResponse,
                 format!("{what} is not an OpenAI-shaped JSON object: {e}"),
             )
+        })?;
+        if let Some(e) = &wire.error {
+            return Err(ProviderError::new(
+                ProviderErrorKind::MidStream,
+                error_text(e),
+            ));
+        }
+        let usage = wire.usage();
+        let first = wire.choices.and_then(|c| c.into_iter().next());
+        let (text, finish_reason) = match first {
+            Some(c) => {
+                let text = match shape {
+                    Shape::Answer => c.message,
+                    Shape::Chunk => c.delta,
+                };
+                (text.and_then(|t| t.content), c.finish_reason)
+            }
+            None => (None, None),
+        };
+        Ok(Read {
+            text,
+            finish_reason,
+            model: wire.model,
+            usage,
         })
-    }
-
-    /// The `error` of the answer, as a mid-stream failure.
-    fn failure(&self) -> Option<ProviderError> {
-        self.error
-            .as_ref()
-            .map(|e| ProviderError::new(ProviderErrorKind::MidStream, error_text(e)))
-    }
-
-    fn first_choice(&mut self) -> Option<WireChoice> {
-        self.choices
-            .as_mut()
-            .filter(|c| !c.is_empty())
-            .map(|c| c.swap_remove(0))
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -287,26 +319,18 @@ impl Wire {
 
 /// One `data:` payload of a stream.
 fn parse_chunk(data: &str) -> Result<ProviderChunk, ProviderError> {
-    let mut wire = Wire::parse(data.as_bytes(), "stream chunk")?;
-    if let Some(e) = wire.failure() {
-        return Err(e);
-    }
-    let choice = wire.first_choice();
-    let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
-    if finish_reason.as_deref() == Some("error") {
+    let r = Wire::read(data.as_bytes(), Shape::Chunk)?;
+    if r.finish_reason.as_deref() == Some("error") {
         return Err(ProviderError::new(
             ProviderErrorKind::MidStream,
             "finish_reason error",
         ));
     }
     Ok(ProviderChunk {
-        delta: choice
-            .and_then(|c| c.delta)
-            .and_then(|d| d.content)
-            .filter(|s| !s.is_empty()),
-        usage: wire.usage(),
-        model: wire.model,
-        finish_reason,
+        delta: r.text.filter(|s| !s.is_empty()),
+        model: r.model,
+        finish_reason: r.finish_reason,
+        usage: r.usage,
     })
 }
 
@@ -327,26 +351,18 @@ impl Provider for OpenRouterProvider {
                     format!("body not received: {}", e.without_url()),
                 )
             })?;
-            let mut wire = Wire::parse(&body, "body")?;
-            if let Some(e) = wire.failure() {
-                return Err(e);
-            }
-            let choice = wire.first_choice();
-            let finish_reason = choice.as_ref().and_then(|c| c.finish_reason.clone());
-            let content = choice
-                .and_then(|c| c.message)
-                .and_then(|m| m.content)
-                .ok_or_else(|| {
-                    ProviderError::new(
-                        ProviderErrorKind::InvalidResponse,
-                        "no choices[0].message.content",
-                    )
-                })?;
+            let r = Wire::read(&body, Shape::Answer)?;
+            let content = r.text.ok_or_else(|| {
+                ProviderError::new(
+                    ProviderErrorKind::InvalidResponse,
+                    "no choices[0].message.content",
+                )
+            })?;
             Ok(ProviderResponse {
                 content,
-                usage: wire.usage(),
-                model: wire.model,
-                finish_reason,
+                model: r.model,
+                finish_reason: r.finish_reason,
+                usage: r.usage,
             })
         }
         .boxed()
