@@ -12,7 +12,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use super::connect::{self, ConnectOptions};
 
 /// The migrations under `migrations/`, embedded at build time.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 
 /// Key of the advisory lock held while migrating ("xenios" in ASCII).
 const LOCK_KEY: i64 = 0x78_65_6e_69_6f_73;

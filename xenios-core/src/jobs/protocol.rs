@@ -609,7 +609,7 @@ struct DeliveryInfo<'a> {
 mod tests {
     use super::*;
 
-    const VECTOR: &str = include_str!("../../../../tests/fixtures/celery/task-message.json");
+    const VECTOR: &str = include_str!("../../../tests/fixtures/celery/task-message.json");
 
     #[test]
     fn decodes_the_captured_celery_message() {
