@@ -1,0 +1,244 @@
+//! Fetching: take messages within the prefetch budget, reject what cannot be run, hand
+//! the rest to [`super::execute`] (now, or at their ETA).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+use crate::error::Result;
+use crate::jobs::REVOKED_PREFIX;
+use crate::jobs::broker::{self, Finish, Taken};
+use crate::jobs::protocol::TaskMessage;
+use crate::jobs::result::{PyException, TaskState, meta};
+
+use super::execute::execute;
+use super::state::{Held, Revocation, Shared, Slot, lock};
+
+pub(super) async fn fetch_loop(
+    shared: Arc<Shared>,
+    poll: Duration,
+    until_idle: bool,
+) -> Result<()> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if shared.is_stopping() {
+            return Ok(());
+        }
+        // Wait for at least one free prefetch slot.
+        let first = tokio::select! {
+            p = shared.prefetch_sem.clone().acquire_owned() => p,
+            () = shared.stopped() => return Ok(()),
+        };
+        let Ok(first) = first else { return Ok(()) };
+        first.forget();
+        let mut slots = 1usize;
+        let extra = shared.prefetch_sem.available_permits().min(255);
+        if extra > 0
+            && let Ok(p) = shared
+                .prefetch_sem
+                .clone()
+                .try_acquire_many_owned(extra as u32)
+        {
+            p.forget();
+            slots += extra;
+        }
+        let mut c = shared.conn.clone();
+        let wake = shared.wake.notified();
+        // Idle is judged before the take: anything a pending finish pushes (a retry) is
+        // on the queue by the time the take runs.
+        let idle_before = until_idle
+            && shared.hand().len() == 0
+            && shared.pending_finishes.load(Ordering::Acquire) == 0;
+        let taken = broker::take(&mut c, &shared.keys, slots).await;
+        let taken = match taken {
+            Ok(t) => {
+                backoff = Duration::from_millis(50);
+                t
+            }
+            Err(e) => {
+                shared.prefetch_sem.add_permits(slots);
+                tracing::warn!(error = %e, "cannot take messages; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {},
+                    () = shared.stopped() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let unused = slots - taken.len().min(slots);
+        if unused > 0 {
+            shared.prefetch_sem.add_permits(unused);
+        }
+        if taken.is_empty() {
+            if idle_before {
+                return Ok(());
+            }
+            let changed = shared.hand_changed.notified();
+            tokio::select! {
+                () = wake => {},
+                () = tokio::time::sleep(poll) => {},
+                () = changed, if until_idle => {},
+                () = shared.stopped() => return Ok(()),
+            }
+            continue;
+        }
+        dispatch(&shared, taken).await;
+    }
+}
+
+pub(super) async fn dispatch(shared: &Arc<Shared>, taken: Vec<Taken>) {
+    let mut messages = Vec::with_capacity(taken.len());
+    for t in taken {
+        match t {
+            Taken::Dead { raw } => {
+                shared.prefetch_sem.add_permits(1);
+                shared
+                    .counters
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    bytes = raw.len(),
+                    list = broker::DEAD_LETTER_KEY,
+                    "rejected a message without a delivery tag (not a kombu envelope); moved to the dead-letter list"
+                );
+            }
+            Taken::Message { tag, raw } => match TaskMessage::decode(raw.as_bytes()) {
+                Ok(m) => messages.push((tag, m)),
+                Err(e) => {
+                    shared.prefetch_sem.add_permits(1);
+                    reject_undecodable(shared, &tag, &raw, &e).await;
+                }
+            },
+        }
+    }
+    if messages.is_empty() {
+        return;
+    }
+    // Revocations recorded in Redis (by producers, or while this worker was not running).
+    let revoked: Vec<bool> = {
+        let mut pipe = redis::pipe();
+        for (_, m) in &messages {
+            pipe.cmd("EXISTS").arg(format!("{REVOKED_PREFIX}{}", m.id));
+        }
+        let mut c = shared.conn.clone();
+        pipe.query_async(&mut c)
+            .await
+            .unwrap_or_else(|_| vec![false; messages.len()])
+    };
+    let now = Utc::now();
+    for ((tag, m), in_redis) in messages.into_iter().zip(revoked) {
+        let slot = Slot(Some(shared.prefetch_sem.clone()));
+        let fields = Shared::task_fields(&m);
+        shared.events.task("task-received", fields);
+        if in_redis || lock(&shared.revoked).contains(&m.id) {
+            tracing::info!(task_id = %m.id, task = %m.task, "discarding revoked task");
+            shared.revoked(&m, &tag, Revocation::Revoked);
+            continue;
+        }
+        if m.expires.is_some_and(|e| e <= now) {
+            tracing::info!(task_id = %m.id, task = %m.task, "discarding expired task");
+            shared.revoked(&m, &tag, Revocation::Expired);
+            continue;
+        }
+        if shared.registry.get(&m.task).is_none() {
+            tracing::error!(
+                task_id = %m.id, task = %m.task, queue = %m.queue,
+                "received unregistered task; storing NotRegistered failure and dropping the message"
+            );
+            shared
+                .events
+                .task("task-rejected", json!({"uuid": m.id, "requeue": false}));
+            let exc = PyException::new(
+                "celery.exceptions",
+                "NotRegistered",
+                format!("'{}'", m.task),
+            );
+            shared.fail(&m, &tag, &exc, None);
+            continue;
+        }
+        let held = Held {
+            message: Arc::new(m),
+            started: None,
+        };
+        match held.message.eta.filter(|eta| *eta > now) {
+            Some(eta) => {
+                drop(slot); // ETA jobs do not count against prefetch.
+                shared.hand().scheduled.insert(tag.clone(), held);
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let wait = (eta - Utc::now()).to_std().unwrap_or_default();
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {},
+                        () = shared.stopped() => return,
+                    }
+                    let held = {
+                        let mut hand = shared.hand();
+                        if hand.closing {
+                            return;
+                        }
+                        match hand.scheduled.remove(&tag) {
+                            Some(h) => {
+                                hand.reserved.insert(tag.clone(), h.clone());
+                                h
+                            }
+                            None => return,
+                        }
+                    };
+                    execute(shared, tag, held, Slot(None)).await;
+                });
+            }
+            None => {
+                shared.hand().reserved.insert(tag.clone(), held.clone());
+                tokio::spawn(execute(shared.clone(), tag, held, slot));
+            }
+        }
+    }
+}
+
+pub(super) async fn reject_undecodable(
+    shared: &Shared,
+    tag: &str,
+    raw: &str,
+    e: &crate::jobs::protocol::DecodeError,
+) {
+    shared
+        .counters
+        .dead_lettered
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        task_id = ?e.id, task = ?e.task, reason = %e.reason, list = broker::DEAD_LETTER_KEY,
+        "rejected an undecodable task message; moved to the dead-letter list"
+    );
+    let mut c = shared.conn.clone();
+    if let Some(id) = &e.id {
+        let mut m = TaskMessage::new(e.task.clone().unwrap_or_default(), "");
+        m.id = id.clone();
+        let exc = PyException::new("kombu.exceptions", "DecodeError", e.reason.clone());
+        let result = meta(
+            &m,
+            TaskState::Failure,
+            &exc.to_json(),
+            Some(&exc.traceback(&m.task)),
+            &shared.hostname,
+        );
+        let f = Finish {
+            tag: String::new(),
+            task_id: id.clone(),
+            result: Some(result),
+            push: None,
+        };
+        if let Err(err) = broker::finish(&mut c, &[f], shared.jobs().result_expires).await {
+            tracing::error!(error = %err, "cannot store the failure of an undecodable message");
+        }
+        shared
+            .events
+            .task("task-rejected", json!({"uuid": id, "requeue": false}));
+    }
+    if let Err(err) = broker::dead_letter(&mut c, tag, raw).await {
+        tracing::error!(error = %err, "cannot move an undecodable message; it stays in unacked");
+    }
+}

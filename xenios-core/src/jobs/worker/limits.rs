@@ -1,0 +1,77 @@
+//! Task rate limits set at run time (the `rate_limit` control command).
+
+use std::time::Duration;
+
+/// A task rate limit (Celery's `rate_limit` strings: `10/s`, `100/m`, `1000/h`, `5`).
+pub(crate) struct RateLimit {
+    /// The string it was set from, for `inspect`.
+    pub(crate) spec: String,
+    pub(super) limiter: governor::DefaultDirectRateLimiter,
+}
+
+impl std::fmt::Debug for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+impl RateLimit {
+    /// Parses a Celery rate (as kombu's `rate()`): `None` for `0` (no limit).
+    pub(crate) fn parse(spec: &str) -> std::result::Result<Option<Self>, String> {
+        let s = spec.trim();
+        let (ops, per) = match s.split_once('/') {
+            Some((ops, unit)) => {
+                let per = match unit.trim().chars().next() {
+                    Some('s') => 1.0,
+                    Some('m') => 60.0,
+                    Some('h') => 3600.0,
+                    _ => return Err(format!("unknown rate unit in {s:?} (use s, m or h)")),
+                };
+                (ops.trim(), per)
+            }
+            None => (s, 1.0),
+        };
+        let ops: f64 = ops
+            .parse()
+            .map_err(|_| format!("{s:?} is not a rate such as 10/s, 100/m or 1000/h"))?;
+        if !ops.is_finite() || ops < 0.0 {
+            return Err(format!("{s:?} is not a positive rate"));
+        }
+        if ops == 0.0 {
+            return Ok(None);
+        }
+        let period = Duration::from_secs_f64(per / ops);
+        let quota = governor::Quota::with_period(period)
+            .ok_or_else(|| format!("{s:?} is too fast a rate"))?;
+        Ok(Some(Self {
+            spec: s.to_owned(),
+            limiter: governor::RateLimiter::direct(quota),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+
+    #[test]
+    fn rate_limits_parse_like_kombus_rate() {
+        for (spec, enabled) in [
+            ("10/s", true),
+            ("100/m", true),
+            ("1000/h", true),
+            ("5", true),
+            ("0.5/sec", true),
+            ("0", false),
+            ("0/m", false),
+        ] {
+            let parsed = RateLimit::parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_eq!(parsed.is_some(), enabled, "{spec}");
+        }
+        for bad in ["fast", "10/d", "-1/s", "NaN", "", "1e300/s"] {
+            assert!(RateLimit::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

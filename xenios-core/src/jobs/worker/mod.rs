@@ -1,0 +1,47 @@
+//! The worker runtime: takes messages from Celery queues, runs registered Rust handlers.
+//!
+//! - **Delivery**: messages are taken atomically into `unacked` ([`crate::jobs::broker::take`]) and acked
+//!   after the handler finished (acks_late), in the same Lua step that stores the result.
+//!   A worker that dies leaves its messages in `unacked`; any worker (ours or Celery's)
+//!   restores them after the visibility timeout (reject_on_worker_lost: no FAILURE stored).
+//!   While it lives, a worker refreshes what it holds every heartbeat.
+//! - **Waking**: a pub/sub connection of its own listens to keyspace notifications of the
+//!   queue lists (enabled with `CONFIG SET` when allowed; otherwise the worker polls every
+//!   50 ms) and to the pidbox channel; the pool serves everything else.
+//! - **Limits**: soft limit -> [`TaskContext::soft_time_limit`] resolves and the handler may
+//!   clean up (returning [`TaskError::SoftTimeLimitExceeded`] stores Celery's
+//!   `SoftTimeLimitExceeded`); hard limit -> the handler's future is dropped and
+//!   `TimeLimitExceeded` stored. Defaults `JOB_SOFT_TIME_LIMIT_SECS`/`JOB_HARD_TIME_LIMIT_SECS`.
+//! - **Retries**: a handler returns [`TaskError::Retry`]; a new message with `retries + 1` and
+//!   an ETA (exponential backoff unless given) replaces the old one atomically.
+//! - **Warm shutdown**: stop taking, let running handlers finish, put reserved and ETA
+//!   messages back at the front of their queues. Nothing is lost.
+//! - **Bad input**: unknown task names get a stored `NotRegistered` failure; undecodable
+//!   messages go to [`crate::jobs::broker::DEAD_LETTER_KEY`] with a stored failure when their id is known.
+//!
+//! ## Layout
+//! - `handler`: the handler API ([`TaskError`], [`TaskContext`], [`TaskRegistry`]).
+//! - `options`: [`WorkerOptions`] and [`WorkerSummary`].
+//! - `run`: [`Worker`], its lifecycle and warm shutdown.
+//! - `state`: the state shared by the worker's tasks and the pidbox.
+//! - `fetch`: taking messages and dispatching them (now or at their ETA).
+//! - `execute`: running one handler under its limits and concluding the job.
+//! - `finish`: storing results and acking, in batches.
+//! - `background`: the listener (keyspace notifications, pidbox) and the heartbeat.
+//! - `limits`: task rate limits (pidbox `rate_limit`).
+
+mod background;
+mod execute;
+mod fetch;
+mod finish;
+mod handler;
+mod limits;
+mod options;
+mod run;
+mod state;
+
+pub use handler::{TaskContext, TaskError, TaskRegistry};
+pub(crate) use limits::RateLimit;
+pub use options::{WorkerOptions, WorkerSummary};
+pub use run::{AUDIT_FLUSH_TIMEOUT, Worker};
+pub(crate) use state::{Held, Shared};
