@@ -165,11 +165,28 @@ async fn llm_complete(
     match completion {
         Ok(c) => serde_json::to_value(&c)
             .map_err(|e| TaskError::exception("builtins", "RuntimeError", e.to_string())),
-        Err(e) if e.is_retryable() => Err(TaskError::Retry {
+        // Run the whole call again only when no model answered at all: a timeout or a
+        // broken stream may have been generated (and billed) already.
+        Err(e) if e.is_retryable() && !a_model_answered(&e) => Err(TaskError::Retry {
             reason: e.to_string(),
             countdown: e.retry_after(),
             max_retries: None,
         }),
         Err(e) => Err(TaskError::exception("xenios", "LlmError", e.to_string())),
+    }
+}
+
+/// Whether some model may have produced (and billed) an answer: it timed out or its stream
+/// broke, rather than refusing the connection or answering with an error status.
+fn a_model_answered(e: &crate::Error) -> bool {
+    use crate::llm::provider::ProviderErrorKind;
+    match e {
+        crate::Error::Llm(l) => l.failures.iter().any(|f| {
+            matches!(
+                f.error.kind,
+                ProviderErrorKind::Timeout | ProviderErrorKind::MidStream
+            )
+        }),
+        _ => false,
     }
 }

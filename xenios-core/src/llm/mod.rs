@@ -235,8 +235,17 @@ impl<'a> Retrier<'a> {
     }
 
     /// How long to wait before trying the same model again, or None to move on.
+    ///
+    /// A timeout or a broken stream moves on at once: the model may have been generating
+    /// (and billing) all along, and asking it again would likely pay for the same slow
+    /// answer twice.
     fn delay(&mut self, err: &ProviderError) -> Option<Duration> {
-        if !err.is_retryable() {
+        if !err.is_retryable()
+            || matches!(
+                err.kind,
+                ProviderErrorKind::Timeout | ProviderErrorKind::MidStream
+            )
+        {
             return None;
         }
         let mut delay = self.backoff.next()?;
@@ -433,7 +442,8 @@ impl Llm {
         self.inner.metrics.calls.fetch_add(1, Ordering::Relaxed);
         let mut guard = self.guard(ctx, &req, &plan, false);
         let config = &self.inner.config;
-        let attempt_timeout = config.ttft_timeout.min(config.total_timeout);
+        // A whole answer is awaited here, not a first token: LLM_TIMEOUT_MS bounds it.
+        let attempt_timeout = config.total_timeout;
         let provider = &self.inner.provider;
         let routed = self
             .along_route(ctx, &req, &plan, |preq| async move {
@@ -809,6 +819,20 @@ mod tests {
 
     fn status(s: u16) -> ProviderError {
         ProviderError::new(ProviderErrorKind::Status(s), "x")
+    }
+
+    #[test]
+    fn timeouts_and_broken_streams_move_to_the_next_model_at_once() {
+        let config = config(3, 1, 10, 60_000);
+        let mut r = Retrier::new(&config);
+        for kind in [ProviderErrorKind::Timeout, ProviderErrorKind::MidStream] {
+            assert_eq!(r.delay(&ProviderError::new(kind, "x")), None, "{kind:?}");
+        }
+        assert!(r.delay(&status(503)).is_some());
+        assert!(
+            r.delay(&ProviderError::new(ProviderErrorKind::Connect, "x"))
+                .is_some()
+        );
     }
 
     #[test]
