@@ -288,14 +288,19 @@ impl TaskMessage {
                 Some(Value::String(s)) => parse_time(s)
                     .map(Some)
                     .ok_or_else(|| fail(format!("headers.{k} `{s}` is not an ISO 8601 time"))),
-                Some(Value::Number(n)) => Ok(n
-                    .as_f64()
-                    .and_then(|secs| DateTime::from_timestamp_millis((secs * 1000.0) as i64))),
+                Some(Value::Number(n)) => {
+                    Ok(n.as_f64().filter(|secs| secs.is_finite()).and_then(|secs| {
+                        let far = (Utc::now() + chrono::Duration::days(366)).timestamp() as f64;
+                        DateTime::from_timestamp_millis((secs.clamp(0.0, far) * 1000.0) as i64)
+                    }))
+                }
                 Some(_) => Err(fail(format!("headers.{k} is not a time"))),
             }
         };
-        let eta = time("eta")?;
-        let expires = time("expires")?;
+        // Times further away than a year are hostile or broken: cut to a year from now.
+        let latest = Utc::now() + chrono::Duration::days(365);
+        let eta = time("eta")?.map(|t| t.min(latest));
+        let expires = time("expires")?.map(|t| t.min(latest));
         let (hard, soft) = match headers.get("timelimit") {
             Some(Value::Array(tl)) => (
                 tl.first().and_then(Value::as_f64),
@@ -395,13 +400,27 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|n| n.and_utc())
 }
 
-/// Python's `repr` of positional arguments: a tuple.
+/// Longest `argsrepr`/`kwargsrepr` (Celery's `argsrepr_maxsize`/`kwargsrepr_maxsize`).
+pub const REPR_MAX_CHARS: usize = 1024;
+
+/// Cuts a repr to [`REPR_MAX_CHARS`] characters, ending in `...` when cut, as Celery's
+/// `saferepr` does.
+fn cut_repr(s: String) -> String {
+    if s.chars().count() <= REPR_MAX_CHARS {
+        return s;
+    }
+    let mut out: String = s.chars().take(REPR_MAX_CHARS - 3).collect();
+    out.push_str("...");
+    out
+}
+
+/// Python's `repr` of positional arguments: a tuple, cut at [`REPR_MAX_CHARS`].
 pub fn args_repr(args: &[Value]) -> String {
     let items: Vec<String> = args.iter().map(py_repr).collect();
-    match items.len() {
+    cut_repr(match items.len() {
         1 => format!("({},)", items[0]),
         _ => format!("({})", items.join(", ")),
-    }
+    })
 }
 
 /// Python's `repr` of a JSON value (what Celery shows in `argsrepr` and in events).
@@ -413,12 +432,17 @@ pub fn py_repr(v: &Value) -> String {
         Value::Number(n) => n.to_string(),
         Value::String(s) => py_str(s),
         Value::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
-        Value::Object(o) => kwargs_repr(o),
+        Value::Object(o) => dict_repr(o),
     }
 }
 
-/// Python's `repr` of a dict (Celery's `kwargsrepr`), without copying it into a `Value`.
+/// Python's `repr` of a dict (Celery's `kwargsrepr`), cut at [`REPR_MAX_CHARS`].
 pub fn kwargs_repr(kwargs: &Map<String, Value>) -> String {
+    cut_repr(dict_repr(kwargs))
+}
+
+/// Python's `repr` of a dict, without copying it into a `Value`.
+fn dict_repr(kwargs: &Map<String, Value>) -> String {
     format!(
         "{{{}}}",
         kwargs
@@ -685,6 +709,31 @@ mod tests {
                 "properties.{k}"
             );
         }
+    }
+
+    #[test]
+    fn reprs_are_cut_at_1024_characters_as_celery_does() {
+        let long = vec![json!("x".repeat(5000))];
+        let r = args_repr(&long);
+        assert_eq!(r.chars().count(), REPR_MAX_CHARS);
+        assert!(r.ends_with("..."));
+        let mut k = Map::new();
+        k.insert("k".into(), json!("é".repeat(3000)));
+        assert_eq!(kwargs_repr(&k).chars().count(), REPR_MAX_CHARS);
+        assert_eq!(args_repr(&[json!(1)]), "(1,)");
+    }
+
+    #[test]
+    fn far_etas_and_expiries_are_cut_to_a_year() {
+        let mut m = TaskMessage::new("t", "q");
+        m.eta = Some(Utc::now());
+        let mut v: Value = serde_json::from_str(&m.encode()).unwrap();
+        v["headers"]["eta"] = json!("9999-12-31T00:00:00+00:00");
+        v["headers"]["expires"] = json!(1e300);
+        let d = TaskMessage::decode(v.to_string().as_bytes()).unwrap();
+        let year = Utc::now() + chrono::Duration::days(366);
+        assert!(d.eta.unwrap() < year);
+        assert!(d.expires.unwrap() < year);
     }
 
     #[test]

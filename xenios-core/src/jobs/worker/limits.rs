@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+/// The longest interval between two runs a rate limit may ask for.
+const MAX_PERIOD: Duration = Duration::from_secs(24 * 3600);
+
 /// A task rate limit (Celery's `rate_limit` strings: `10/s`, `100/m`, `1000/h`, `5`).
 pub(crate) struct RateLimit {
     /// The string it was set from, for `inspect`.
@@ -42,7 +45,9 @@ impl RateLimit {
         if ops == 0.0 {
             return Ok(None);
         }
-        let period = Duration::from_secs_f64(per / ops);
+        // A tiny rate (`1e-300/s`) is clamped to the slowest we keep, one per day.
+        let period =
+            Duration::try_from_secs_f64(per / ops).map_or(MAX_PERIOD, |p| p.min(MAX_PERIOD));
         let quota = governor::Quota::with_period(period)
             .ok_or_else(|| format!("{s:?} is too fast a rate"))?;
         Ok(Some(Self {
@@ -66,6 +71,8 @@ mod tests {
             ("0.5/sec", true),
             ("0", false),
             ("0/m", false),
+            ("1e-300/s", true),
+            ("0.00001/h", true),
         ] {
             let parsed = RateLimit::parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
             assert_eq!(parsed.is_some(), enabled, "{spec}");
