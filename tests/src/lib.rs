@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, Config};
 
+pub mod faults;
 pub mod jobs_support;
 
 pub const API_KEY: &str = "test-api-key-0123456789";

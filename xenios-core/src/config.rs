@@ -219,6 +219,28 @@ pub struct JobsConfig {
     /// `JOB_TASK_EVENTS`: workers send task events for Flower from the start, like
     /// `celery worker -E` (default true).
     pub task_events: bool,
+    /// `JOB_MAX_TIME_LIMIT_SECS`: longest time limit a message or a `time_limit` control
+    /// command may ask for; longer ones are cut to it (default 86400).
+    pub max_time_limit: Duration,
+    /// `JOB_MAX_MESSAGE_BYTES`: largest message a worker runs; larger ones are
+    /// dead-lettered with a FAILURE result (default 262144, 256 KiB).
+    pub max_message_bytes: usize,
+    /// `JOB_MAX_ETA_HELD`: ETA/countdown messages a worker holds in memory beyond its
+    /// prefetch; past that they take prefetch slots and the rest wait in Redis (default 1000).
+    pub max_eta_held: usize,
+    /// `WORKER_SHUTDOWN_TIMEOUT_SECS`: how long a warm shutdown waits for running jobs
+    /// before it gives their messages back to their queues and exits (default 100, below
+    /// the compose files' 120 s `stop_grace_period`).
+    pub worker_shutdown_timeout: Duration,
+    /// `WORKER_HEALTH_FILE`: the file a running worker rewrites every 2 s while Redis answers
+    /// it; `xenios-worker --check` reads it (default `/tmp/xenios-worker.health`).
+    pub worker_health_file: std::path::PathBuf,
+    /// `WORKER_HEALTH_MAX_AGE_SECS`: `xenios-worker --check` fails when the health file is
+    /// older than this (default 30).
+    pub worker_health_max_age: Duration,
+    /// `WORKER_REDIS_GIVE_UP_SECS`: a worker without Redis for this long exits non-zero, for
+    /// its supervisor to restart it (default: never gives up).
+    pub worker_redis_give_up: Option<Duration>,
 }
 
 /// The whole configuration of the backend.
@@ -662,6 +684,27 @@ fn read_jobs_config(r: &mut Reader<'_>) -> JobsConfig {
         hard_time_limit: secs(hard),
         max_retries: r.parse("JOB_MAX_RETRIES", 3u32),
         task_events: r.bool("JOB_TASK_EVENTS", true),
+        max_time_limit: Duration::from_secs(
+            r.parse("JOB_MAX_TIME_LIMIT_SECS", 86_400u64)
+                .clamp(1, 365 * 24 * 3600),
+        ),
+        max_message_bytes: r.parse("JOB_MAX_MESSAGE_BYTES", 256 * 1024usize).max(1024),
+        max_eta_held: r.parse("JOB_MAX_ETA_HELD", 1000usize),
+        worker_shutdown_timeout: Duration::from_secs(
+            r.parse("WORKER_SHUTDOWN_TIMEOUT_SECS", 100u64)
+                .min(24 * 3600),
+        ),
+        worker_health_file: r
+            .get("WORKER_HEALTH_FILE")
+            .unwrap_or_else(|| "/tmp/xenios-worker.health".to_owned())
+            .into(),
+        worker_health_max_age: Duration::from_secs(
+            r.parse("WORKER_HEALTH_MAX_AGE_SECS", 30u64).max(1),
+        ),
+        worker_redis_give_up: r
+            .get("WORKER_REDIS_GIVE_UP_SECS")
+            .is_some()
+            .then(|| Duration::from_secs(r.parse("WORKER_REDIS_GIVE_UP_SECS", 0u64).max(1))),
     }
 }
 

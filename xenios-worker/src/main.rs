@@ -27,6 +27,14 @@ struct Args {
     /// Messages taken ahead per concurrency slot.
     #[arg(long = "prefetch-multiplier", default_value_t = 4)]
     prefetch_multiplier: usize,
+    /// Consume queues none of the worker's tasks routes to (`JOB_ROUTES`); by default the
+    /// worker refuses to start on them, since it would fail every job it took there.
+    #[arg(long = "allow-unhandled-queues")]
+    allow_unhandled_queues: bool,
+    /// Exit 0 when a worker running on this host is healthy (its heartbeat file
+    /// `WORKER_HEALTH_FILE` is fresh), non-zero otherwise; for Docker healthchecks.
+    #[arg(long = "check")]
+    check: bool,
 }
 
 #[tokio::main]
@@ -39,6 +47,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check {
+        return match xenios_core::jobs::worker::health::check(&config.jobs) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xenios-worker: unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     xenios_core::telemetry::init(&config);
     let backend = match xenios_core::AiBackend::builder(config).build().await {
         Ok(b) => b,
@@ -56,11 +73,13 @@ async fn main() -> ExitCode {
         prefetch_multiplier: args.prefetch_multiplier,
     };
     match Worker::new(backend, registry, options)
+        .allow_unhandled_queues(args.allow_unhandled_queues)
         .run(xenios_core::shutdown::signal())
         .await
     {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
+            eprintln!("xenios-worker: {e}");
             tracing::error!(error = %e, "worker failed");
             ExitCode::FAILURE
         }

@@ -285,6 +285,125 @@ pub async fn finish<C: ConnectionLike + Send>(
     }
 }
 
+/// How one item of [`finish_each`] went.
+pub type ItemOutcome = std::result::Result<(), String>;
+
+/// Finishes deliveries in one round trip like [`finish`], but item by item: one item that
+/// Redis refuses (a `WRONGTYPE` key, `OOM` at `maxmemory`) fails alone, with its error,
+/// and the others are done. Items Redis never ran (`NOSCRIPT` after a restart) are run
+/// again once the scripts are loaded; items that ran are never run twice.
+/// `Err` means the connection failed: which items ran is unknown.
+pub async fn finish_each<C: ConnectionLike + Send>(
+    conn: &mut C,
+    items: &[Finish],
+    result_ttl: Duration,
+) -> Result<Vec<ItemOutcome>> {
+    let mut outcomes: Vec<ItemOutcome> = vec![Ok(()); items.len()];
+    let mut todo: Vec<usize> = (0..items.len()).collect();
+    for round in 0..2 {
+        if todo.is_empty() {
+            break;
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for &i in &todo {
+            pipe.invoke_script(&finish_invocation(&items[i], result_ttl));
+        }
+        let replies: Vec<RValue> = pipe.query_async(conn).await.map_err(redis_error)?;
+        let mut noscript = Vec::new();
+        for (&i, reply) in todo.iter().zip(replies) {
+            outcomes[i] = match reply {
+                RValue::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
+                    noscript.push(i);
+                    Err(e.to_string())
+                }
+                RValue::ServerError(e) => Err(e.to_string()),
+                _ => Ok(()),
+            };
+        }
+        if !noscript.is_empty() && round == 0 {
+            load_scripts(conn).await?;
+        }
+        todo = noscript;
+    }
+    Ok(outcomes)
+}
+
+fn finish_invocation(f: &Finish, result_ttl: Duration) -> redis::ScriptInvocation<'static> {
+    let (push_key, push_raw) = f
+        .push
+        .as_ref()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .unwrap_or(("", ""));
+    let mut inv = FINISH.prepare_invoke();
+    inv.key(UNACKED_INDEX_KEY)
+        .key(UNACKED_KEY)
+        .key(crate::jobs::result::result_key(&f.task_id))
+        .key(if push_key.is_empty() {
+            UNACKED_KEY
+        } else {
+            push_key
+        })
+        .arg(&f.tag)
+        .arg(f.result.as_deref().unwrap_or(""))
+        .arg(result_ttl.as_secs().max(1))
+        .arg(push_raw);
+    inv
+}
+
+/// Which of `tags` are still unacked (taken and not yet acked).
+pub async fn still_unacked<C: ConnectionLike + Send>(
+    conn: &mut C,
+    tags: &[&str],
+) -> Result<Vec<bool>> {
+    if tags.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for t in tags {
+        pipe.cmd("HEXISTS").arg(UNACKED_KEY).arg(*t);
+    }
+    pipe.query_async(conn).await.map_err(redis_error)
+}
+
+/// Moves an unacked message to the dead-letter list by its tag (when it is still unacked).
+pub async fn dead_letter_tag<C: ConnectionLike + Send>(conn: &mut C, tag: &str) -> Result<bool> {
+    let entry: Option<String> = redis::cmd("HGET")
+        .arg(UNACKED_KEY)
+        .arg(tag)
+        .query_async(conn)
+        .await
+        .map_err(redis_error)?;
+    match entry {
+        Some(entry) => {
+            let raw = match serde_json::from_str::<Value>(&entry) {
+                Ok(Value::Array(a)) if !a.is_empty() => a[0].to_string(),
+                _ => entry,
+            };
+            dead_letter(conn, tag, &raw).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// The queue (routing key) recorded with an unacked message, if any.
+pub async fn unacked_routing_key<C: ConnectionLike + Send>(
+    conn: &mut C,
+    tag: &str,
+) -> Result<Option<String>> {
+    let entry: Option<String> = redis::cmd("HGET")
+        .arg(UNACKED_KEY)
+        .arg(tag)
+        .query_async(conn)
+        .await
+        .map_err(redis_error)?;
+    Ok(entry
+        .and_then(|e| serde_json::from_str::<Value>(&e).ok())
+        .and_then(|v| v.get(2).and_then(Value::as_str).map(str::to_owned))
+        .filter(|q| !q.is_empty()))
+}
+
 /// Loads the scripts (after a Redis restart flushed them), so pipelines can EVALSHA.
 pub async fn load_scripts<C: ConnectionLike + Send>(conn: &mut C) -> Result<()> {
     let mut pipe = redis::pipe();
@@ -306,7 +425,30 @@ pub async fn publish<C: ConnectionLike + Send>(
     for (key, raw) in messages {
         pipe.cmd("LPUSH").arg(key).arg(raw).ignore();
     }
-    pipe.query_async::<()>(conn).await.map_err(redis_error)
+    match pipe.query_async::<()>(conn).await {
+        Ok(()) => Ok(()),
+        // The pushes certainly never reached Redis (a connection that was already gone, say
+        // after a Redis restart): once more, on the fresh connection a reconnecting `conn`
+        // has opened meanwhile. Any other failure may have pushed them: not repeated.
+        Err(e) if never_sent(&e) => {
+            tracing::info!(error = %e, "enqueue never reached Redis; retrying once on a fresh connection");
+            pipe.query_async::<()>(conn).await.map_err(redis_error)
+        }
+        Err(e) => Err(redis_error(e)),
+    }
+}
+
+/// Whether a command certainly never reached Redis: the connection was refused, or was
+/// found closed before anything was written on it.
+pub fn never_sent(e: &redis::RedisError) -> bool {
+    let io_kind = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    e.is_connection_refusal()
+        || matches!(
+            io_kind,
+            Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::NotConnected)
+        )
 }
 
 /// Refreshes the `unacked_index` score of messages this worker still holds, so they are not

@@ -19,9 +19,6 @@ use crate::jobs::broker::{self, PRIORITY_SEP};
 use crate::jobs::protocol::{envelope, envelope_body, iso};
 use crate::jobs::worker::{Held, RateLimit, Shared};
 
-/// Longest time limit a control command may set (a year, as [`crate::jobs::MAX_DELAY`]).
-const MAX_LIMIT_SECS: f64 = 365.0 * 24.0 * 3600.0;
-
 /// Builds a broadcast request envelope (`reply_to`: `(exchange, routing_key)`).
 pub fn request(method: &str, arguments: Value, reply_to: Option<(&str, &str)>) -> String {
     let body = json!({
@@ -128,6 +125,7 @@ fn stats(shared: &Shared) -> Value {
             "alternates": [], "credential_provider": null,
         },
         "prefetch_count": shared.prefetch,
+        "unregistered": shared.unregistered(),
         "rusage": {"maxrss": max_rss_kib()},
     })
 }
@@ -247,14 +245,16 @@ fn reply(shared: &Shared, method: &str, args: &Value) -> Value {
         }
         "time_limit" => {
             let task = args.get("task_name").and_then(Value::as_str).unwrap_or("");
+            // Clamped to `JOB_MAX_TIME_LIMIT_SECS`, as a message's own limits are.
+            let max = shared.backend.config().jobs.max_time_limit;
             let secs = |k: &str| -> Result<Option<Duration>, String> {
                 match args.get(k) {
                     None | Some(Value::Null) => Ok(None),
                     Some(v) => v
                         .as_f64()
                         .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-                        .filter(|s| s.is_finite() && *s > 0.0 && *s < MAX_LIMIT_SECS)
-                        .map(|s| Some(Duration::from_secs_f64(s)))
+                        .filter(|s| s.is_finite() && *s > 0.0)
+                        .map(|s| Some(Duration::try_from_secs_f64(s).map_or(max, |d| d.min(max))))
                         .ok_or_else(|| format!("{k} must be a positive number of seconds")),
                 }
             };

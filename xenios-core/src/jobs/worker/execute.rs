@@ -9,6 +9,7 @@ use chrono::Utc;
 use futures::FutureExt;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use crate::db::models::JobStatus;
 use crate::jobs::broker;
@@ -26,7 +27,22 @@ pub(super) enum Outcome {
     Terminated,
 }
 
+/// Runs one message inside a span naming its task id, task name and correlation ID, so
+/// every log line of the job (the handler's included) carries them.
 pub(super) async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: Slot) {
+    let m = &held.message;
+    let span = tracing::info_span!(
+        "job",
+        task_id = %m.id,
+        task = %m.task,
+        correlation_id = m.correlation_id.as_deref().unwrap_or(""),
+    );
+    execute_inner(shared, tag, held, slot)
+        .instrument(span)
+        .await;
+}
+
+async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot) {
     let m = held.message.clone();
     // A rate-limited task waits here, still reserved, without taking an execution slot.
     if let Some(rate) = shared.rate_limit(&m.task) {
@@ -65,7 +81,7 @@ pub(super) async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: 
     if revoked_meanwhile {
         lock(&shared.running).remove(&m.id);
         tracing::info!(task_id = %m.id, task = %m.task, "discarding a task revoked while reserved");
-        shared.revoked(&m, &tag, Revocation::Revoked);
+        shared.revoked(&m, &tag, Revocation::Revoked).await;
         drop(permit);
         drop(slot);
         shared.hand_changed.notify_waiters();
@@ -113,6 +129,13 @@ pub(super) async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: 
             }
             () = &mut hard_sleep => break Outcome::HardLimit(hard.as_secs_f64()),
             () = &mut terminated => break Outcome::Terminated,
+            () = shared.abandoned() => {
+                // The shutdown deadline passed and the message was given back: the
+                // handler is dropped and nothing is concluded (another worker runs it).
+                lock(&shared.running).remove(&m.id);
+                tracing::warn!(task_id = %m.id, task = %m.task, "abandoned at the shutdown deadline; the message is back on its queue");
+                return;
+            }
         }
     };
     lock(&shared.running).remove(&m.id);
@@ -121,7 +144,9 @@ pub(super) async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: 
     shared.counters.processed.fetch_add(1, Ordering::Relaxed);
     match outcome {
         Outcome::Done(Ok(value)) => {
-            shared.conclude(&m, &tag, TaskState::Success, &value, None, None);
+            shared
+                .conclude(&m, &tag, TaskState::Success, &value, None, None)
+                .await;
             shared.counters.succeeded.fetch_add(1, Ordering::Relaxed);
             if shared.events.task_events() {
                 shared.events.task(
@@ -153,11 +178,12 @@ pub(super) async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: 
                         kwargs_repr(&m.kwargs)
                     ),
                 );
-                shared.fail(&m, &tag, &exc, Some(runtime));
+                shared.fail(&m, &tag, &exc, Some(runtime)).await;
             } else {
-                let delay = countdown.unwrap_or_else(|| {
-                    Duration::from_secs(2u64.saturating_pow(m.retries).min(600))
-                });
+                // A handler's countdown is capped like a producer's (a year).
+                let delay = countdown
+                    .unwrap_or_else(|| Duration::from_secs(2u64.saturating_pow(m.retries).min(600)))
+                    .min(crate::jobs::MAX_DELAY);
                 let eta = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 let next = m.next_attempt(Some(eta));
                 let exc = PyException::new(
@@ -166,14 +192,16 @@ pub(super) async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: 
                     format!("Retry in {}s: {reason}", delay.as_secs_f64()),
                 );
                 let tb = exc.traceback(&m.task);
-                shared.conclude(
-                    &m,
-                    &tag,
-                    TaskState::Retry,
-                    &exc.to_json(),
-                    Some(&tb),
-                    Some(broker::outgoing(&next)),
-                );
+                shared
+                    .conclude(
+                        &m,
+                        &tag,
+                        TaskState::Retry,
+                        &exc.to_json(),
+                        Some(&tb),
+                        Some(broker::outgoing(&next)),
+                    )
+                    .await;
                 shared.counters.retried.fetch_add(1, Ordering::Relaxed);
                 shared.events.task(
                     "task-retried",
@@ -192,7 +220,7 @@ pub(super) async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: 
                 "SoftTimeLimitExceeded",
                 format!("{}", soft.as_secs_f64()),
             );
-            shared.fail(&m, &tag, &exc, Some(runtime));
+            shared.fail(&m, &tag, &exc, Some(runtime)).await;
         }
         Outcome::Done(Err(TaskError::Failed {
             module,
@@ -200,12 +228,14 @@ pub(super) async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: 
             message,
         })) => {
             tracing::info!(task_id = %m.id, task = %m.task, error = %message, "task failed");
-            shared.fail(
-                &m,
-                &tag,
-                &PyException::new(&module, &kind, message),
-                Some(runtime),
-            );
+            shared
+                .fail(
+                    &m,
+                    &tag,
+                    &PyException::new(&module, &kind, message),
+                    Some(runtime),
+                )
+                .await;
         }
         Outcome::Panicked(msg) => {
             tracing::error!(task_id = %m.id, task = %m.task, panic = %msg, "task handler panicked");
@@ -214,11 +244,11 @@ pub(super) async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: 
                 "RuntimeError",
                 format!("task handler panicked: {msg}"),
             );
-            shared.fail(&m, &tag, &exc, Some(runtime));
+            shared.fail(&m, &tag, &exc, Some(runtime)).await;
         }
         Outcome::Terminated => {
             tracing::warn!(task_id = %m.id, task = %m.task, "terminated by revoke; handler stopped");
-            shared.revoked(&m, &tag, Revocation::Terminated);
+            shared.revoked(&m, &tag, Revocation::Terminated).await;
         }
         Outcome::HardLimit(secs) => {
             tracing::error!(task_id = %m.id, task = %m.task, limit_secs = secs, "hard time limit exceeded; handler stopped");
@@ -227,7 +257,7 @@ pub(super) async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: 
                 "TimeLimitExceeded",
                 format!("{secs}"),
             );
-            shared.fail(&m, &tag, &exc, Some(runtime));
+            shared.fail(&m, &tag, &exc, Some(runtime)).await;
         }
     }
     shared.hand().active.remove(&tag);

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use backon::Retryable;
 use chrono::Utc;
 use serde_json::json;
 
 use crate::error::Result;
 use crate::jobs::REVOKED_PREFIX;
 use crate::jobs::broker::{self, Finish, Taken};
-use crate::jobs::protocol::TaskMessage;
+use crate::jobs::protocol::{DecodeError, TaskMessage};
 use crate::jobs::result::{PyException, TaskState, meta};
 
 use super::execute::execute;
@@ -22,7 +23,6 @@ pub(super) async fn fetch_loop(
     poll: Duration,
     until_idle: bool,
 ) -> Result<()> {
-    let mut backoff = Duration::from_millis(50);
     loop {
         if shared.is_stopping() {
             return Ok(());
@@ -45,28 +45,39 @@ pub(super) async fn fetch_loop(
             p.forget();
             slots += extra;
         }
-        let mut c = shared.conn.clone();
         let wake = shared.wake.notified();
         // Idle is judged before the take: anything a pending finish pushes (a retry) is
         // on the queue by the time the take runs.
         let idle_before = until_idle
             && shared.hand().len() == 0
             && shared.pending_finishes.load(Ordering::Acquire) == 0;
-        let taken = broker::take(&mut c, &shared.keys, slots).await;
+        // Redis down or restarting: take again with backoff (at most 1 s apart, so that
+        // draining resumes soon after it is back) until it answers or the worker stops.
+        let take = || async {
+            let mut c = shared.link.conn();
+            shared
+                .link
+                .track(broker::take(&mut c, &shared.keys, slots).await)
+        };
+        let taken = take
+            .retry(
+                backon::ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(1))
+                    .with_jitter()
+                    .without_max_times(),
+            )
+            .sleep(tokio::time::sleep)
+            .when(|_| !shared.is_stopping())
+            .notify(|e, after| {
+                tracing::warn!(error = %e, retry_in_ms = after.as_millis() as u64, "cannot take messages; retrying");
+            })
+            .await;
         let taken = match taken {
-            Ok(t) => {
-                backoff = Duration::from_millis(50);
-                t
-            }
-            Err(e) => {
+            Ok(t) => t,
+            Err(_) => {
                 shared.prefetch_sem.add_permits(slots);
-                tracing::warn!(error = %e, "cannot take messages; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {},
-                    () = shared.stopped() => return Ok(()),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
+                return Ok(());
             }
         };
         let unused = slots - taken.len().min(slots);
@@ -107,7 +118,27 @@ pub(super) async fn dispatch(shared: &Arc<Shared>, taken: Vec<Taken>) {
                 );
             }
             Taken::Message { tag, raw } => match TaskMessage::decode(raw.as_bytes()) {
-                Ok(m) => messages.push((tag, m)),
+                Ok(m) if raw.len() > shared.jobs().max_message_bytes => {
+                    shared.prefetch_sem.add_permits(1);
+                    let e = DecodeError {
+                        reason: format!(
+                            "the message is {} bytes; the limit is {} (JOB_MAX_MESSAGE_BYTES)",
+                            raw.len(),
+                            shared.jobs().max_message_bytes
+                        ),
+                        id: Some(m.id),
+                        task: Some(m.task),
+                        delivery_tag: Some(tag.clone()),
+                    };
+                    reject_undecodable(shared, &tag, &raw, &e).await;
+                }
+                Ok(mut m) => {
+                    if m.queue.is_empty() {
+                        // Without a routing key a retry would be pushed to the empty key.
+                        m.queue = source_queue(shared, &tag).await;
+                    }
+                    messages.push((tag, m, raw));
+                }
                 Err(e) => {
                     shared.prefetch_sem.add_permits(1);
                     reject_undecodable(shared, &tag, &raw, &e).await;
@@ -121,34 +152,44 @@ pub(super) async fn dispatch(shared: &Arc<Shared>, taken: Vec<Taken>) {
     // Revocations recorded in Redis (by producers, or while this worker was not running).
     let revoked: Vec<bool> = {
         let mut pipe = redis::pipe();
-        for (_, m) in &messages {
+        for (_, m, _) in &messages {
             pipe.cmd("EXISTS").arg(format!("{REVOKED_PREFIX}{}", m.id));
         }
-        let mut c = shared.conn.clone();
+        let mut c = shared.link.conn();
         pipe.query_async(&mut c)
             .await
             .unwrap_or_else(|_| vec![false; messages.len()])
     };
     let now = Utc::now();
-    for ((tag, m), in_redis) in messages.into_iter().zip(revoked) {
+    for ((tag, m, raw), in_redis) in messages.into_iter().zip(revoked) {
         let slot = Slot(Some(shared.prefetch_sem.clone()));
         let fields = Shared::task_fields(&m);
         shared.events.task("task-received", fields);
         if in_redis || lock(&shared.revoked).contains(&m.id) {
             tracing::info!(task_id = %m.id, task = %m.task, "discarding revoked task");
-            shared.revoked(&m, &tag, Revocation::Revoked);
+            shared.revoked(&m, &tag, Revocation::Revoked).await;
             continue;
         }
         if m.expires.is_some_and(|e| e <= now) {
             tracing::info!(task_id = %m.id, task = %m.task, "discarding expired task");
-            shared.revoked(&m, &tag, Revocation::Expired);
+            shared.revoked(&m, &tag, Revocation::Expired).await;
             continue;
         }
         if shared.registry.get(&m.task).is_none() {
             tracing::error!(
                 task_id = %m.id, task = %m.task, queue = %m.queue,
-                "received unregistered task; storing NotRegistered failure and dropping the message"
+                list = broker::DEAD_LETTER_KEY,
+                "received unregistered task; storing NotRegistered failure and dead-lettering the message"
             );
+            shared.counters.unregistered.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .dead_lettered
+                .fetch_add(1, Ordering::Relaxed);
+            let mut c = shared.link.conn();
+            if let Err(e) = broker::dead_letter(&mut c, &tag, &raw).await {
+                tracing::error!(error = %e, "cannot dead-letter an unregistered task; acking it");
+            }
             shared
                 .events
                 .task("task-rejected", json!({"uuid": m.id, "requeue": false}));
@@ -157,7 +198,7 @@ pub(super) async fn dispatch(shared: &Arc<Shared>, taken: Vec<Taken>) {
                 "NotRegistered",
                 format!("'{}'", m.task),
             );
-            shared.fail(&m, &tag, &exc, None);
+            shared.fail(&m, &tag, &exc, None).await;
             continue;
         }
         let held = Held {
@@ -166,8 +207,19 @@ pub(super) async fn dispatch(shared: &Arc<Shared>, taken: Vec<Taken>) {
         };
         match held.message.eta.filter(|eta| *eta > now) {
             Some(eta) => {
-                drop(slot); // ETA jobs do not count against prefetch.
-                shared.hand().scheduled.insert(tag.clone(), held);
+                // ETA jobs do not count against prefetch, up to `JOB_MAX_ETA_HELD` of them:
+                // past that they keep their slot, and the rest wait in Redis.
+                let slot = {
+                    let mut hand = shared.hand();
+                    let held_slot = if hand.scheduled.len() < shared.jobs().max_eta_held {
+                        drop(slot);
+                        Slot(None)
+                    } else {
+                        slot
+                    };
+                    hand.scheduled.insert(tag.clone(), held);
+                    held_slot
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let wait = (eta - Utc::now()).to_std().unwrap_or_default();
@@ -188,7 +240,7 @@ pub(super) async fn dispatch(shared: &Arc<Shared>, taken: Vec<Taken>) {
                             None => return,
                         }
                     };
-                    execute(shared, tag, held, Slot(None)).await;
+                    execute(shared, tag, held, slot).await;
                 });
             }
             None => {
@@ -213,7 +265,7 @@ pub(super) async fn reject_undecodable(
         task_id = ?e.id, task = ?e.task, reason = %e.reason, list = broker::DEAD_LETTER_KEY,
         "rejected an undecodable task message; moved to the dead-letter list"
     );
-    let mut c = shared.conn.clone();
+    let mut c = shared.link.conn();
     if let Some(id) = &e.id {
         let mut m = TaskMessage::new(e.task.clone().unwrap_or_default(), "");
         m.id = id.clone();
@@ -240,5 +292,22 @@ pub(super) async fn reject_undecodable(
     }
     if let Err(err) = broker::dead_letter(&mut c, tag, raw).await {
         tracing::error!(error = %err, "cannot move an undecodable message; it stays in unacked");
+    }
+}
+
+/// The queue a message without a routing key was taken from: the one queue consumed, or the
+/// routing key `take` recorded with it in `unacked`, or the default queue.
+async fn source_queue(shared: &Shared, tag: &str) -> String {
+    if let [only] = shared.queues.as_slice() {
+        return only.clone();
+    }
+    let mut c = shared.link.conn();
+    match broker::unacked_routing_key(&mut c, tag).await {
+        Ok(Some(q)) => q,
+        _ => shared
+            .queues
+            .first()
+            .cloned()
+            .unwrap_or_else(|| shared.jobs().default_queue.clone()),
     }
 }

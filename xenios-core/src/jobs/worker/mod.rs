@@ -7,17 +7,22 @@
 //!   While it lives, a worker refreshes what it holds every heartbeat.
 //! - **Waking**: a pub/sub connection of its own listens to keyspace notifications of the
 //!   queue lists (enabled with `CONFIG SET` when allowed; otherwise the worker polls every
-//!   50 ms) and to the pidbox channel; the pool serves everything else.
+//!   50 ms) and to the pidbox channel; one reconnecting connection serves the rest.
+//! - **Faults**: every Redis step recovers with backoff when Redis comes back; the health
+//!   file ([`health`]) says whether Redis answers; one result Redis refuses never blocks
+//!   the others (it is dead-lettered after a few tries).
 //! - **Limits**: soft limit -> [`TaskContext::soft_time_limit`] resolves and the handler may
 //!   clean up (returning [`TaskError::SoftTimeLimitExceeded`] stores Celery's
 //!   `SoftTimeLimitExceeded`); hard limit -> the handler's future is dropped and
 //!   `TimeLimitExceeded` stored. Defaults `JOB_SOFT_TIME_LIMIT_SECS`/`JOB_HARD_TIME_LIMIT_SECS`.
 //! - **Retries**: a handler returns [`TaskError::Retry`]; a new message with `retries + 1` and
 //!   an ETA (exponential backoff unless given) replaces the old one atomically.
-//! - **Warm shutdown**: stop taking, let running handlers finish, put reserved and ETA
-//!   messages back at the front of their queues. Nothing is lost.
-//! - **Bad input**: unknown task names get a stored `NotRegistered` failure; undecodable
-//!   messages go to [`crate::jobs::broker::DEAD_LETTER_KEY`] with a stored failure when their id is known.
+//! - **Warm shutdown**: stop taking, let running handlers finish until
+//!   `WORKER_SHUTDOWN_TIMEOUT_SECS`, then put them, with the reserved and ETA messages, back
+//!   at the front of their queues. Nothing is lost.
+//! - **Bad input**: unknown task names, oversized messages (`JOB_MAX_MESSAGE_BYTES`) and
+//!   undecodable messages go to [`crate::jobs::broker::DEAD_LETTER_KEY`] with a stored
+//!   failure when their id is known; absurd time limits, ETAs and rates are clamped.
 //!
 //! ## Layout
 //! - `handler`: the handler API ([`TaskError`], [`TaskContext`], [`TaskRegistry`]).
@@ -26,8 +31,10 @@
 //! - `state`: the state shared by the worker's tasks and the pidbox.
 //! - `fetch`: taking messages and dispatching them (now or at their ETA).
 //! - `execute`: running one handler under its limits and concluding the job.
-//! - `finish`: storing results and acking, in batches.
+//! - `finish`: storing results and acking, in batches, item by item.
 //! - `background`: the listener (keyspace notifications, pidbox) and the heartbeat.
+//! - `link`: the worker's reconnecting Redis connection and when Redis last answered.
+//! - [`health`]: the health file and `xenios-worker --check`.
 //! - `limits`: task rate limits (pidbox `rate_limit`).
 
 mod background;
@@ -35,7 +42,9 @@ mod execute;
 mod fetch;
 mod finish;
 mod handler;
+pub mod health;
 mod limits;
+mod link;
 mod options;
 mod run;
 mod state;

@@ -10,15 +10,20 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::AiBackend;
 use crate::error::{Error, Result};
-use crate::jobs::broker::{self, redis_error};
+use crate::jobs::broker;
 use crate::jobs::events::{Clock, EventSender, worker_fields};
 
 use super::background::{enable_notifications, heartbeat_loop, listen};
 use super::fetch::fetch_loop;
-use super::finish::finisher_loop;
+use super::finish::{FINISH_QUEUE, finisher_loop};
 use super::handler::TaskRegistry;
+use super::health::{self, health_loop};
+use super::link::RedisLink;
 use super::options::{WorkerOptions, WorkerSummary};
 use super::state::{Counters, Hand, Revoked, Shared};
+
+/// How long a stopping worker waits for Redis to take back the messages it holds.
+const GIVE_BACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a stopping worker waits for its job rows to reach Postgres.
 pub const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,6 +34,7 @@ pub struct Worker {
     backend: AiBackend,
     registry: TaskRegistry,
     options: WorkerOptions,
+    allow_unhandled_queues: bool,
 }
 
 impl Worker {
@@ -38,7 +44,32 @@ impl Worker {
             backend,
             registry,
             options,
+            allow_unhandled_queues: false,
         }
+    }
+
+    /// Lets the worker consume queues none of its tasks routes to (`JOB_ROUTES`); by
+    /// default [`Worker::run`] refuses them, naming them, since every job taken there would
+    /// fail as not registered. For a queue shared with workers of other task sets.
+    pub fn allow_unhandled_queues(mut self, allow: bool) -> Self {
+        self.allow_unhandled_queues = allow;
+        self
+    }
+
+    /// The queues of `queues` that none of this worker's tasks routes to.
+    pub fn unhandled_queues(&self, queues: &[String]) -> Vec<String> {
+        let router = crate::jobs::Router::new(&self.backend.config().jobs);
+        let routed: std::collections::HashSet<String> = self
+            .registry
+            .names()
+            .iter()
+            .map(|name| router.route(name).to_owned())
+            .collect();
+        queues
+            .iter()
+            .filter(|q| !routed.contains(q.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// The node name this worker will use.
@@ -78,22 +109,25 @@ impl Worker {
                 "queues must be names of [A-Za-z0-9_.:-]".to_owned(),
             ));
         }
+        if !self.allow_unhandled_queues {
+            let unhandled = self.unhandled_queues(&queues);
+            if !unhandled.is_empty() {
+                return Err(Error::Validation(format!(
+                    "no task of this worker routes to queue {} (JOB_ROUTES); it would take \
+                     their jobs only to fail them. Consume a queue its tasks route to, or \
+                     pass --allow-unhandled-queues",
+                    unhandled.join(", ")
+                )));
+            }
+        }
         let hostname = self.hostname();
         let concurrency = self.options.concurrency.max(1);
         let prefetch = concurrency * self.options.prefetch_multiplier.max(1);
         let state = self.backend.jobs_state();
         let client = state.client()?.clone();
         let db = state.db;
-        // The worker's own connection (pipelined, shared by its tasks), with a response
-        // timeout that tolerates a loaded machine better than the pool's default 500 ms.
-        let conn = client
-            .get_multiplexed_async_connection_with_config(
-                &redis::AsyncConnectionConfig::new()
-                    .set_response_timeout(Some(crate::jobs::REDIS_REPLY_TIMEOUT))
-                    .set_connection_timeout(Some(Duration::from_secs(5))),
-            )
-            .await
-            .map_err(redis_error)?;
+        // The worker's own connection (pipelined, shared by its tasks), reconnecting.
+        let link = RedisLink::connect(client.clone()).await?;
         let clock = Arc::new(Clock::default());
         let events = EventSender::start(
             self.backend.redis().clone(),
@@ -102,7 +136,7 @@ impl Worker {
             clock.clone(),
             self.backend.config().jobs.task_events,
         );
-        let (ftx, frx) = mpsc::unbounded_channel();
+        let (ftx, frx) = mpsc::channel(FINISH_QUEUE);
         let shared = Arc::new(Shared {
             keys: broker::consume_keys(&queues),
             backend: self.backend.clone(),
@@ -111,7 +145,7 @@ impl Worker {
             queues: queues.clone(),
             concurrency,
             prefetch,
-            conn,
+            link,
             events,
             clock,
             hand: Mutex::new(Hand::default()),
@@ -129,23 +163,35 @@ impl Worker {
             stopping: AtomicBool::new(false),
             stop_notify: Notify::new(),
             hand_changed: Notify::new(),
+            abandoned: AtomicBool::new(false),
+            abandon_notify: Notify::new(),
+            gave_up: AtomicBool::new(false),
             started: Instant::now(),
             db,
         });
         {
-            let mut c = shared.conn.clone();
-            broker::load_scripts(&mut c).await?;
-            broker::declare_queues(&mut c, &queues).await?;
-            let restored =
-                broker::restore_visible(&mut c, shared.jobs().visibility_timeout).await?;
-            if restored > 0 {
-                tracing::warn!(restored, "restored messages of lost workers");
+            // None of these is needed to start: a Redis that refuses writes (`maxmemory`)
+            // must not keep a worker from draining what is queued. Scripts load again on
+            // NOSCRIPT, bindings are declared again at the next start, and restores run with
+            // every heartbeat.
+            let mut c = shared.link.conn();
+            if let Err(e) = broker::load_scripts(&mut c).await {
+                tracing::warn!(error = %e, "cannot load the scripts now; they load on first use");
+            }
+            if let Err(e) = broker::declare_queues(&mut c, &queues).await {
+                tracing::warn!(error = %e, "cannot declare the queues' bindings now");
+            }
+            match broker::restore_visible(&mut c, shared.jobs().visibility_timeout).await {
+                Ok(0) => {}
+                Ok(restored) => tracing::warn!(restored, "restored messages of lost workers"),
+                Err(e) => tracing::warn!(error = %e, "cannot restore lost messages now"),
             }
         }
         let finisher = tokio::spawn(finisher_loop(shared.clone(), frx));
-        let notifications = enable_notifications(&shared.conn).await;
+        let notifications = enable_notifications(&mut shared.link.conn()).await;
         let listener = tokio::spawn(listen(shared.clone(), client));
         let heartbeat = tokio::spawn(heartbeat_loop(shared.clone()));
+        let health = tokio::spawn(health_loop(shared.clone()));
         shared
             .events
             .send_now("worker-online", worker_fields(0, 0))
@@ -171,8 +217,26 @@ impl Worker {
                 fetch.await
             }
         };
-        // Warm shutdown.
-        let give_back: Vec<String> = {
+        if shared.gave_up.load(Ordering::Acquire) {
+            // Redis has been gone too long: nothing can be given back or stored. What this
+            // worker holds stays in `unacked`, restored after the visibility timeout.
+            shared.abandon();
+            for t in [&listener, &heartbeat, &finisher, &health] {
+                t.abort();
+            }
+            health::remove(shared.jobs());
+            return Err(Error::Unavailable {
+                component: "redis",
+                message: format!(
+                    "no answer from Redis for {} s (WORKER_REDIS_GIVE_UP_SECS)",
+                    shared.link.since_ok().as_secs()
+                ),
+            });
+        }
+        // Warm shutdown: running jobs get until the deadline, then their messages go back
+        // to their queues with the reserved and scheduled ones, at once.
+        let deadline = tokio::time::Instant::now() + shared.jobs().worker_shutdown_timeout;
+        let mut give_back: Vec<String> = {
             let mut hand = shared.hand();
             hand.closing = true;
             hand.reserved
@@ -182,38 +246,71 @@ impl Worker {
                 .collect()
         };
         shared.stop();
-        loop {
-            let changed = shared.hand_changed.notified();
-            if shared.hand().active.is_empty() {
-                break;
+        let drained = tokio::time::timeout_at(deadline, async {
+            loop {
+                let changed = shared.hand_changed.notified();
+                if shared.hand().active.is_empty() {
+                    break;
+                }
+                changed.await;
             }
-            changed.await;
+        })
+        .await
+        .is_ok();
+        if !drained {
+            let active: Vec<String> = shared.hand().active.keys().cloned().collect();
+            tracing::warn!(
+                n = active.len(),
+                timeout_secs = shared.jobs().worker_shutdown_timeout.as_secs(),
+                "shutdown deadline passed; giving running jobs back to their queues"
+            );
+            shared.abandon();
+            give_back.extend(active);
         }
         {
-            let mut c = shared.conn.clone();
-            match broker::give_back(&mut c, &give_back).await {
-                Ok(n) => {
+            let mut c = shared.link.conn();
+            let given =
+                tokio::time::timeout(GIVE_BACK_TIMEOUT, broker::give_back(&mut c, &give_back));
+            match given.await {
+                Ok(Ok(n)) => {
                     shared
                         .counters
                         .given_back
                         .fetch_add(n as u64, Ordering::Relaxed);
                     if n > 0 {
-                        tracing::info!(n, "put reserved and scheduled jobs back on their queues");
+                        tracing::info!(n, "put held jobs back on their queues");
                     }
                 }
-                Err(e) => tracing::error!(
+                Ok(Err(e)) => tracing::error!(
                     error = %e,
                     "could not put jobs back; they stay in unacked and will be restored"
                 ),
+                Err(_) => tracing::error!(
+                    "Redis did not answer in time; held jobs stay in unacked and will be restored"
+                ),
             }
         }
-        loop {
-            let idle = shared.finisher_idle.notified();
-            if shared.pending_finishes.load(Ordering::Acquire) == 0 {
-                break;
+        // Results of finished jobs: until the deadline (or a few seconds past it, when the
+        // deadline already passed); their messages stay unacked if they cannot be stored.
+        let finish_by = deadline.max(tokio::time::Instant::now() + GIVE_BACK_TIMEOUT);
+        let finished = tokio::time::timeout_at(finish_by, async {
+            loop {
+                let idle = shared.finisher_idle.notified();
+                if shared.pending_finishes.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                idle.await;
             }
-            idle.await;
+        })
+        .await;
+        if finished.is_err() {
+            tracing::error!(
+                pending = shared.pending_finishes.load(Ordering::Acquire),
+                "results not stored by the deadline; their messages stay unacked and will be restored"
+            );
         }
+        health.abort();
+        health::remove(shared.jobs());
         listener.abort();
         heartbeat.abort();
         finisher.abort();

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
@@ -21,6 +20,7 @@ use crate::jobs::result::{PyException, TaskState, meta};
 
 use super::handler::TaskRegistry;
 use super::limits::RateLimit;
+use super::link::RedisLink;
 
 #[derive(Debug, Default)]
 pub(super) struct Counters {
@@ -31,6 +31,7 @@ pub(super) struct Counters {
     pub(super) revoked: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
     pub(super) given_back: AtomicU64,
+    pub(super) unregistered: AtomicU64,
 }
 
 /// A message this worker holds.
@@ -121,7 +122,7 @@ pub(crate) struct Shared {
     pub(super) keys: Vec<(String, String)>,
     pub(crate) concurrency: usize,
     pub(crate) prefetch: usize,
-    pub(super) conn: MultiplexedConnection,
+    pub(crate) link: RedisLink,
     pub(crate) events: EventSender,
     pub(crate) clock: Arc<Clock>,
     pub(crate) hand: Mutex<Hand>,
@@ -135,13 +136,19 @@ pub(crate) struct Shared {
     pub(super) counters: Counters,
     pub(super) exec: Arc<Semaphore>,
     pub(super) prefetch_sem: Arc<Semaphore>,
-    pub(super) finisher: mpsc::UnboundedSender<Finish>,
+    pub(super) finisher: mpsc::Sender<Finish>,
     pub(super) finisher_idle: Notify,
     pub(super) pending_finishes: AtomicU64,
     pub(super) wake: Notify,
     pub(super) stopping: AtomicBool,
     pub(super) stop_notify: Notify,
     pub(super) hand_changed: Notify,
+    /// Set when the shutdown deadline passed: running handlers are dropped unconcluded
+    /// (their messages were given back).
+    pub(super) abandoned: AtomicBool,
+    pub(super) abandon_notify: Notify,
+    /// Set when Redis stayed unreachable longer than `WORKER_REDIS_GIVE_UP_SECS`.
+    pub(super) gave_up: AtomicBool,
     pub(crate) started: Instant,
     pub(crate) db: i64,
 }
@@ -219,9 +226,13 @@ impl Shared {
     /// Soft and hard limits of a message: its own, else the task's (control command),
     /// else the worker's defaults.
     pub(super) fn time_limits(&self, m: &TaskMessage) -> (Duration, Duration) {
+        // A message's own limits are hostile input: NaN, negative and zero mean "unset",
+        // anything above `JOB_MAX_TIME_LIMIT_SECS` is cut to it (1e9 would disable the hard
+        // limit; 1e20 does not even fit a Duration).
+        let max = self.jobs().max_time_limit;
         let own = |s: Option<f64>| {
             s.filter(|s| s.is_finite() && *s > 0.0)
-                .map(Duration::from_secs_f64)
+                .map(|s| Duration::try_from_secs_f64(s).map_or(max, |d| d.min(max)))
         };
         let (task_soft, task_hard) = lock(&self.overrides)
             .get(&m.task)
@@ -276,13 +287,36 @@ impl Shared {
         self.wake.notify_waiters();
     }
 
+    /// Drops running handlers without concluding them (the shutdown deadline passed).
+    pub(super) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        self.abandon_notify.notify_waiters();
+    }
+
+    pub(super) async fn abandoned(&self) {
+        loop {
+            let notified = self.abandon_notify.notified();
+            if self.abandoned.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Unregistered tasks met so far (pidbox `stats`).
+    pub(crate) fn unregistered(&self) -> u64 {
+        self.counters.unregistered.load(Ordering::Relaxed)
+    }
+
     pub(super) fn jobs(&self) -> &crate::config::JobsConfig {
         &self.backend.config().jobs
     }
 
-    pub(super) fn submit(&self, f: Finish) {
+    /// Hands a finished delivery to the finisher; waits while its queue is full
+    /// (backpressure on execution).
+    pub(super) async fn submit(&self, f: Finish) {
         self.pending_finishes.fetch_add(1, Ordering::AcqRel);
-        if self.finisher.send(f).is_err() {
+        if self.finisher.send(f).await.is_err() {
             self.pending_finishes.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -297,7 +331,7 @@ impl Shared {
     }
 
     /// Stores a terminal or retry result and acks, in one step.
-    pub(super) fn conclude(
+    pub(super) async fn conclude(
         &self,
         m: &TaskMessage,
         tag: &str,
@@ -313,12 +347,20 @@ impl Shared {
             task_id: m.id.clone(),
             result: stored,
             push,
-        });
+        })
+        .await;
     }
 
-    pub(super) fn fail(&self, m: &TaskMessage, tag: &str, exc: &PyException, runtime: Option<f64>) {
+    pub(super) async fn fail(
+        &self,
+        m: &TaskMessage,
+        tag: &str,
+        exc: &PyException,
+        runtime: Option<f64>,
+    ) {
         let tb = exc.traceback(&m.task);
-        self.conclude(m, tag, TaskState::Failure, &exc.to_json(), Some(&tb), None);
+        self.conclude(m, tag, TaskState::Failure, &exc.to_json(), Some(&tb), None)
+            .await;
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
         self.events.task(
             "task-failed",
@@ -331,9 +373,10 @@ impl Shared {
         self.backend.audit().job(c);
     }
 
-    pub(super) fn revoked(&self, m: &TaskMessage, tag: &str, why: Revocation) {
+    pub(super) async fn revoked(&self, m: &TaskMessage, tag: &str, why: Revocation) {
         let exc = PyException::new("celery.exceptions", "TaskRevokedError", why.reason());
-        self.conclude(m, tag, TaskState::Revoked, &exc.to_json(), None, None);
+        self.conclude(m, tag, TaskState::Revoked, &exc.to_json(), None, None)
+            .await;
         self.counters.revoked.fetch_add(1, Ordering::Relaxed);
         let terminated = why == Revocation::Terminated;
         self.events.task(
