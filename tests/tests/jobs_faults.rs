@@ -577,3 +577,51 @@ async fn faults_worker_check_is_healthy_while_running_and_not_after_redis_is_gon
     })
     .await;
 }
+
+#[tokio::test]
+async fn faults_every_log_line_of_a_job_names_its_task_and_correlation_id() {
+    let redis = TestRedis::new().await;
+    let db = TestDb::new().await;
+    let backend = backend_on(&db, &redis, &[]).await;
+    let health = HealthFile::new();
+    let mut vars = test_vars(&db, &redis.url);
+    vars.insert("WORKER_HEALTH_FILE".into(), health.path());
+    let child = std::process::Command::new(xenios_tests::jobs_support::worker_bin())
+        .args(["-Q", "default", "-c", "1"])
+        .envs(&vars)
+        .env("LOG_FORMAT", "json")
+        .env("LOG_LEVEL", "info")
+        .current_dir(std::env::temp_dir())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let req = EnqueueRequest::new("xenios.fail")
+        .kwargs(json!({"message": "boom"}))
+        .unwrap();
+    let id = backend.enqueue(&ctx(), req).await.unwrap().0;
+    let statuses = wait_results(
+        &redis.url,
+        std::slice::from_ref(&id),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(statuses, ["FAILURE"]);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "task failed")
+        .unwrap_or_else(|| panic!("no 'task failed' line in: {logs}"));
+    let span = &line["span"];
+    assert_eq!(span["name"], "job", "{line}");
+    assert_eq!(span["task_id"], id.as_str(), "{line}");
+    assert_eq!(span["task"], "xenios.fail", "{line}");
+    assert_eq!(span["correlation_id"], "faults-test", "{line}");
+}
