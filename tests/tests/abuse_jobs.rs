@@ -2,6 +2,8 @@
 //! `xenios-worker` binary: reserved queue names, poisoned broker keys, other users' jobs,
 //! uncatalogued tasks, oversized arguments and payloads where none may be stored.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
