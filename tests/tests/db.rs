@@ -38,6 +38,9 @@ async fn tables_in(db: &TestDb, schema: &str) -> Vec<String> {
         .collect()
 }
 
+/// Migrations under `migrations/` (the owner column of job rows made it three).
+const MIGRATIONS: usize = 3;
+
 fn pgvector_available(rows: &[tokio_postgres::Row]) -> bool {
     !rows.is_empty()
 }
@@ -47,7 +50,7 @@ async fn migrating_twice_is_a_no_op_and_public_is_untouched() {
     let (db, redis) = (TestDb::new().await, TestRedis::new().await);
     let b = backend(&db, &redis, &[]).await;
     let first = b.migrate().await.unwrap();
-    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(first.len(), MIGRATIONS, "{first:?}");
     assert!(b.migrate().await.unwrap().is_empty());
     assert!(b.pending_migrations().await.unwrap().is_empty());
 
@@ -88,7 +91,7 @@ async fn concurrent_migrators_take_turns() {
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     // Exactly one of them applied the migrations; neither failed.
-    assert_eq!(ra.len() + rb.len(), 2, "{ra:?} {rb:?}");
+    assert_eq!(ra.len() + rb.len(), MIGRATIONS, "{ra:?} {rb:?}");
     assert!(ra.is_empty() || rb.is_empty());
     let applied: i64 = db
         .client()
@@ -100,7 +103,7 @@ async fn concurrent_migrators_take_turns() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied, 2);
+    assert_eq!(applied, MIGRATIONS as i64);
 }
 
 #[tokio::test]
@@ -108,15 +111,16 @@ async fn the_last_migration_rolls_back_and_reapplies() {
     let (db, redis) = (TestDb::new().await, TestRedis::new().await);
     let b = backend(&db, &redis, &[]).await;
     b.migrate().await.unwrap();
-    assert_eq!(b.revert_last_migration().await.unwrap(), ["20261125000002"]);
+    assert_eq!(b.revert_last_migration().await.unwrap(), ["20261202000001"]);
     assert_eq!(b.pending_migrations().await.unwrap().len(), 1);
+    assert_eq!(b.revert_last_migration().await.unwrap(), ["20261125000002"]);
     assert_eq!(b.revert_last_migration().await.unwrap(), ["20261125000001"]);
     assert!(
         !tables_in(&db, "ai_backend")
             .await
             .contains(&"inference_logs".to_owned())
     );
-    assert_eq!(b.migrate().await.unwrap().len(), 2);
+    assert_eq!(b.migrate().await.unwrap().len(), MIGRATIONS);
     assert!(
         tables_in(&db, "ai_backend")
             .await

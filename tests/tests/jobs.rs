@@ -141,7 +141,13 @@ async fn jobs_worker_runs_echo_and_stores_celerys_result_shape_and_job_rows() {
         )
         .await
         .unwrap();
-    drain(&backend, tasks::builtin_registry(), &["default"], 2).await;
+    drain(
+        &backend,
+        tasks::builtin_registry(&backend.config().jobs),
+        &["default"],
+        2,
+    )
+    .await;
     let mut conn = redis.conn().await;
     let raw: String = redis::cmd("GET")
         .arg(format!("celery-task-meta-{id}"))
@@ -295,7 +301,13 @@ async fn jobs_retries_are_counted_in_the_message_until_success_or_max() {
         )
         .await
         .unwrap();
-    drain(&backend, tasks::builtin_registry(), &["default"], 2).await;
+    drain(
+        &backend,
+        tasks::builtin_registry(&backend.config().jobs),
+        &["default"],
+        2,
+    )
+    .await;
     let r = backend.job_result(ok.as_str()).await.unwrap();
     assert_eq!(
         (r.state, r.result.clone(), r.retries),
@@ -432,7 +444,13 @@ async fn jobs_malformed_messages_and_unknown_tasks_are_rejected_without_stopping
         .enqueue(&c, EnqueueRequest::new("xenios.echo").args((1,)).unwrap())
         .await
         .unwrap();
-    drain(&backend, tasks::builtin_registry(), &["default"], 2).await;
+    drain(
+        &backend,
+        tasks::builtin_registry(&backend.config().jobs),
+        &["default"],
+        2,
+    )
+    .await;
     assert_eq!(
         backend.job_result(good.as_str()).await.unwrap().state,
         TaskState::Success
@@ -468,7 +486,7 @@ async fn jobs_revoked_jobs_are_skipped_and_wait_result_sees_results_arrive() {
     let worker = tokio::spawn(
         Worker::new(
             backend.clone(),
-            tasks::builtin_registry(),
+            tasks::builtin_registry(&backend.config().jobs),
             opts(&["default"], 2),
         )
         .run(async {
@@ -507,7 +525,15 @@ async fn jobs_revoked_jobs_are_skipped_and_wait_result_sees_results_arrive() {
 
 #[tokio::test]
 async fn jobs_http_enqueue_and_get_with_422_on_bad_input() {
-    let app = TestApp::spawn().await;
+    // Callers no longer pick queues or uncatalogued tasks: the Python task is declared by
+    // JOB_EXTRA_TASKS and its queue comes from there.
+    let app = TestApp::spawn_with(|v| {
+        v.insert(
+            "JOB_EXTRA_TASKS".into(),
+            "python.only.task/extraction/service/1024".into(),
+        );
+    })
+    .await;
     let post = |body: Value| {
         app.client
             .post(app.url("/api/v1/jobs"))
@@ -524,21 +550,22 @@ async fn jobs_http_enqueue_and_get_with_422_on_bad_input() {
     let id = body["id"].as_str().unwrap().to_owned();
     assert_eq!(body["queue"], "default");
     assert_eq!(body["correlation_id"], "req-http-jobs");
-    let r = post(
-        json!({"task": "python.only.task", "queue": "extraction", "priority": 3, "countdown": 5}),
-    )
-    .await
-    .unwrap();
+    let r = post(json!({"task": "python.only.task", "priority": 3, "countdown": 5}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["queue"], "extraction");
     for bad in [
-        json!({"task": "x", "args": {"not": "a list"}}),
-        json!({"task": "x", "kwargs": [1]}),
+        json!({"task": "xenios.echo", "args": {"not": "a list"}}),
+        json!({"task": "xenios.echo", "kwargs": [1]}),
         json!({"task": ""}),
         json!({"task": "x y"}),
-        json!({"task": "x", "priority": 12}),
-        json!({"task": "x", "countdown": -1}),
-        json!({"task": "x", "queue": "no spaces allowed"}),
-        json!({"task": "x", "args": ["z".repeat(600 * 1024)]}),
+        json!({"task": "xenios.echo", "priority": 12}),
+        json!({"task": "xenios.echo", "countdown": -1}),
+        json!({"task": "xenios.echo", "queue": "no spaces allowed"}),
+        json!({"task": "python.only.task", "queue": "extraction"}),
+        json!({"task": "xenios.echo", "args": ["z".repeat(600 * 1024)]}),
     ] {
         let r = post(bad.clone()).await.unwrap();
         assert_eq!(r.status(), 422, "{bad}");
@@ -549,7 +576,13 @@ async fn jobs_http_enqueue_and_get_with_422_on_bad_input() {
     assert_eq!(r.status(), 200);
     let job: Value = r.json().await.unwrap();
     assert_eq!(job["state"], "PENDING");
-    drain(&app.backend, tasks::builtin_registry(), &["default"], 1).await;
+    drain(
+        &app.backend,
+        tasks::builtin_registry(&app.backend.config().jobs),
+        &["default"],
+        1,
+    )
+    .await;
     let job: Value = app
         .get(&format!("/api/v1/jobs/{id}"))
         .await
@@ -680,7 +713,7 @@ async fn jobs_worker_drains_and_stops_promptly_while_postgres_hangs() {
         Duration::from_secs(60),
         Worker::new(
             backend.clone(),
-            tasks::builtin_registry(),
+            tasks::builtin_registry(&backend.config().jobs),
             opts(&["default"], 8),
         )
         .run_until_idle(),
@@ -745,7 +778,7 @@ async fn jobs_worker_killed_with_sigkill_mid_job_loses_nothing() {
     let rescuer = tokio::spawn(
         Worker::new(
             backend.clone(),
-            tasks::builtin_registry(),
+            tasks::builtin_registry(&backend.config().jobs),
             opts(&["default"], 2),
         )
         .run(async {
@@ -823,7 +856,13 @@ async fn jobs_sigterm_is_a_warm_shutdown_that_finishes_or_gives_back_every_job()
         n
     };
     assert_eq!(done + count(&mut conn, "default").await, 3);
-    drain(&backend, tasks::builtin_registry(), &["default"], 1).await;
+    drain(
+        &backend,
+        tasks::builtin_registry(&backend.config().jobs),
+        &["default"],
+        1,
+    )
+    .await;
     for id in &quick {
         assert_eq!(
             backend.job_result(id.as_str()).await.unwrap().state,
@@ -842,7 +881,7 @@ async fn jobs_cli_enqueue_waits_for_the_result_and_job_prints_it() {
     let worker = tokio::spawn(
         Worker::new(
             backend.clone(),
-            tasks::builtin_registry(),
+            tasks::builtin_registry(&backend.config().jobs),
             opts(&["default"], 1),
         )
         .run(async {

@@ -40,7 +40,7 @@ fn spawn_worker(
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let worker = Worker::new(
         backend.clone(),
-        tasks::builtin_registry(),
+        tasks::builtin_registry(&backend.config().jobs),
         WorkerOptions {
             queues: vec!["default".into()],
             concurrency: 2,
@@ -274,7 +274,7 @@ async fn jobs_interop_celery_remote_control_terminates_limits_and_shuts_down_our
     let backend = backend_on(&db, &redis, &[]).await;
     let worker = Worker::new(
         backend.clone(),
-        tasks::builtin_registry(),
+        tasks::builtin_registry(&backend.config().jobs),
         WorkerOptions {
             queues: vec!["default".into()],
             concurrency: 4,

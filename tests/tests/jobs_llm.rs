@@ -20,7 +20,12 @@ async fn drain_llm_queue(backend: &AiBackend) {
     };
     tokio::time::timeout(
         Duration::from_secs(30),
-        Worker::new(backend.clone(), tasks::builtin_registry(), opts).run_until_idle(),
+        Worker::new(
+            backend.clone(),
+            tasks::builtin_registry(&backend.config().jobs),
+            opts,
+        )
+        .run_until_idle(),
     )
     .await
     .expect("worker did not go idle in time")

@@ -241,6 +241,13 @@ pub struct JobsConfig {
     /// `WORKER_REDIS_GIVE_UP_SECS`: a worker without Redis for this long exits non-zero, for
     /// its supervisor to restart it (default: never gives up).
     pub worker_redis_give_up: Option<Duration>,
+    /// `JOB_DIAGNOSTIC_TASKS`: register (and catalogue) `xenios.sleep` and `xenios.fail`
+    /// (default true in development only).
+    pub diagnostic_tasks: bool,
+    /// `JOB_EXTRA_TASKS`: tasks of Python workers HTTP callers may enqueue, as
+    /// comma-separated `name/queue/users|service/max_bytes` (see
+    /// [`crate::jobs::catalog::parse_extra_tasks`]).
+    pub extra_tasks: Vec<crate::jobs::catalog::TaskDecl>,
 }
 
 /// The whole configuration of the backend.
@@ -574,7 +581,7 @@ impl Config {
         };
 
         let llm = crate::llm::LlmConfig::from_lookup(lookup, &mut r.problems);
-        let jobs = read_jobs_config(&mut r);
+        let jobs = read_jobs_config(&mut r, dev);
         let config = Config {
             llm,
             jobs,
@@ -619,21 +626,12 @@ pub const DEFAULT_JOB_ROUTES: &str = "xenios.llm.=llm,llm.=llm,xenios.extraction
 extraction.=extraction,xenios.transcription.=transcription,transcription.=transcription,\
 xenios.analytics.=analytics,analytics.=analytics";
 
-fn valid_queue_name(q: &str) -> bool {
-    !q.is_empty()
-        && q.len() <= 128
-        && q.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-fn read_jobs_config(r: &mut Reader<'_>) -> JobsConfig {
+fn read_jobs_config(r: &mut Reader<'_>, dev: bool) -> JobsConfig {
     let default_queue = r
         .get("JOB_DEFAULT_QUEUE")
         .unwrap_or_else(|| "default".to_owned());
-    if !valid_queue_name(&default_queue) {
-        r.problems.push(format!(
-            "JOB_DEFAULT_QUEUE: `{default_queue}` is not a queue name ([A-Za-z0-9._:-])"
-        ));
+    if let Err(e) = crate::jobs::check_queue_name(&default_queue) {
+        r.problems.push(format!("JOB_DEFAULT_QUEUE: {e}"));
     }
     let raw_routes = r
         .get("JOB_ROUTES")
@@ -645,16 +643,29 @@ fn read_jobs_config(r: &mut Reader<'_>) -> JobsConfig {
         .filter(|p| !p.is_empty())
     {
         match pair.split_once('=') {
-            Some((prefix, queue))
-                if !prefix.trim().is_empty() && valid_queue_name(queue.trim()) =>
-            {
-                routes.push((prefix.trim().to_owned(), queue.trim().to_owned()));
+            Some((prefix, queue)) if !prefix.trim().is_empty() => {
+                match crate::jobs::check_queue_name(queue.trim()) {
+                    Ok(()) => routes.push((prefix.trim().to_owned(), queue.trim().to_owned())),
+                    Err(e) => r.problems.push(format!("JOB_ROUTES: `{pair}`: {e}")),
+                }
             }
             _ => r.problems.push(format!(
                 "JOB_ROUTES: `{pair}` is not `task-name-prefix=queue`"
             )),
         }
     }
+    let diagnostic_tasks = r.bool("JOB_DIAGNOSTIC_TASKS", dev);
+    let extra_tasks = match r.get("JOB_EXTRA_TASKS") {
+        None => Vec::new(),
+        Some(raw) => {
+            // Every built-in name, whatever JOB_DIAGNOSTIC_TASKS says: a Python task may
+            // not take the name of a Rust one.
+            let names = crate::jobs::tasks::BUILTIN_NAMES;
+            let (decls, problems) = crate::jobs::catalog::parse_extra_tasks(&raw, &names);
+            r.problems.extend(problems);
+            decls
+        }
+    };
     let soft = r.parse("JOB_SOFT_TIME_LIMIT_SECS", 300.0f64);
     let hard = r.parse("JOB_HARD_TIME_LIMIT_SECS", 600.0f64);
     for (name, v) in [
@@ -705,6 +716,8 @@ fn read_jobs_config(r: &mut Reader<'_>) -> JobsConfig {
             .get("WORKER_REDIS_GIVE_UP_SECS")
             .is_some()
             .then(|| Duration::from_secs(r.parse("WORKER_REDIS_GIVE_UP_SECS", 0u64).max(1))),
+        diagnostic_tasks,
+        extra_tasks,
     }
 }
 

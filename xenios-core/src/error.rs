@@ -49,6 +49,10 @@ pub enum Error {
     /// The named thing was not found.
     #[error("{0} not found")]
     NotFound(String),
+    /// A job request names a task this caller may not enqueue (not in the task catalog, or
+    /// not callable by this caller: both look the same to the caller).
+    #[error("unknown task `{0}`: not a task this caller may enqueue")]
+    UnknownTask(String),
     /// The caller exceeded its rate limit.
     #[error("rate limit exceeded, retry in {} s", retry_after.as_secs().max(1))]
     RateLimited {
@@ -77,7 +81,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Internal(_) => ErrorKind::Internal,
             Error::Auth(e) => e.kind(),
-            Error::Validation(_) => ErrorKind::Validation,
+            Error::Validation(_) | Error::UnknownTask(_) => ErrorKind::Validation,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::RateLimited { .. } => ErrorKind::RateLimited,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
@@ -92,6 +96,7 @@ impl Error {
             Error::Config(_) => "config_error",
             Error::Auth(e) => e.code(),
             Error::Validation(_) => "validation_error",
+            Error::UnknownTask(_) => "unknown_task",
             Error::NotFound(_) => "not_found",
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable { .. } => "service_unavailable",

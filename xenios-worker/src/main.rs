@@ -65,7 +65,7 @@ async fn main() -> ExitCode {
         }
     };
     // The one place handlers are installed: add new tasks in `tasks::register_builtin`.
-    let registry = tasks::builtin_registry();
+    let registry = tasks::builtin_registry(&backend.config().jobs);
     let options = WorkerOptions {
         queues: args.queues,
         concurrency: args.concurrency,

@@ -329,15 +329,15 @@ fn merge_jobs(changes: Vec<JobStateChange>) -> Vec<MergedJob> {
 const UPSERT_JOBS: &str = r#"
 INSERT INTO ai_backend.job_queue_metadata AS j
     (task_id, task_name, queue, status, args_digest, attempts, enqueued_at, started_at,
-     finished_at, worker, error, correlation_id, user_id, updated_at)
+     finished_at, worker, error, correlation_id, user_id, updated_at, owner)
 SELECT t.task_id, t.task_name, t.queue, t.status, t.args_digest, t.attempts,
        t.at, t.started_at, t.finished_at, t.worker, t.error, t.correlation_id,
-       t.user_id::uuid, t.at
+       t.user_id::uuid, t.at, t.owner
   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
               $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[],
-              $11::text[], $12::text[], $13::text[])
+              $11::text[], $12::text[], $13::text[], $14::text[])
     AS t(task_id, task_name, queue, status, args_digest, attempts, at, started_at,
-         finished_at, worker, error, correlation_id, user_id)
+         finished_at, worker, error, correlation_id, user_id, owner)
 ON CONFLICT (task_id) DO UPDATE SET
     status = CASE
         WHEN j.status IN ('success', 'failure', 'revoked') THEN j.status
@@ -355,6 +355,7 @@ ON CONFLICT (task_id) DO UPDATE SET
     error = COALESCE(EXCLUDED.error, j.error),
     correlation_id = COALESCE(j.correlation_id, EXCLUDED.correlation_id),
     user_id = COALESCE(j.user_id, EXCLUDED.user_id),
+    owner = COALESCE(j.owner, EXCLUDED.owner),
     updated_at = GREATEST(j.updated_at, EXCLUDED.updated_at)
 "#;
 
@@ -374,6 +375,7 @@ struct JobColumns {
     error: Vec<Option<String>>,
     correlation_id: Vec<Option<String>>,
     user_id: Vec<Option<String>>,
+    owner: Vec<Option<String>>,
 }
 
 async fn write_jobs(pool: &PgPool, changes: &[MergedJob]) -> Result<(), String> {
@@ -395,9 +397,13 @@ async fn write_jobs(pool: &PgPool, changes: &[MergedJob]) -> Result<(), String> 
         cols.finished_at
             .push(c.status.is_terminal().then_some(c.at));
         cols.worker.push(c.worker.clone());
-        cols.error.push(c.error.clone());
+        cols.error.push(match (&c.error, &c.redact) {
+            (Some(e), Some(q)) if !q.is_empty() => Some(e.replace(q.as_str(), "")),
+            (e, _) => e.clone(),
+        });
         cols.correlation_id.push(c.correlation_id.clone());
         cols.user_id.push(c.user_id.map(|u| u.to_string()));
+        cols.owner.push(c.owner.clone());
     }
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
     diesel::sql_query(UPSERT_JOBS)
@@ -414,6 +420,7 @@ async fn write_jobs(pool: &PgPool, changes: &[MergedJob]) -> Result<(), String> 
         .bind::<Array<Nullable<Text>>, _>(cols.error)
         .bind::<Array<Nullable<Text>>, _>(cols.correlation_id)
         .bind::<Array<Nullable<Text>>, _>(cols.user_id)
+        .bind::<Array<Nullable<Text>>, _>(cols.owner)
         .execute(&mut conn)
         .await
         .map(|_| ())

@@ -80,8 +80,13 @@ pub struct JobStateChange {
     pub correlation_id: Option<String>,
     /// User on whose behalf the job runs.
     pub user_id: Option<Uuid>,
+    /// Owner: `user:<id>` or `service` (see [`crate::jobs::Owner`]).
+    pub owner: Option<String>,
     /// When the change happened.
     pub at: DateTime<Utc>,
+    /// Text to cut out of `error` before it is written: the failure's quote of the job's
+    /// arguments (job rows never hold arguments).
+    pub(crate) redact: Option<String>,
 }
 
 impl JobStateChange {
@@ -103,7 +108,9 @@ impl JobStateChange {
             error: None,
             correlation_id: None,
             user_id: None,
+            owner: None,
             at: Utc::now(),
+            redact: None,
         }
     }
 
@@ -118,11 +125,13 @@ impl JobStateChange {
         self.args_digest = self.args_digest.take().or(later.args_digest);
         self.correlation_id = self.correlation_id.take().or(later.correlation_id);
         self.user_id = self.user_id.or(later.user_id);
+        self.owner = self.owner.take().or(later.owner);
         if later.worker.is_some() {
             self.worker = later.worker;
         }
         if later.error.is_some() {
             self.error = later.error;
+            self.redact = later.redact;
         }
         self.at = self.at.max(later.at);
     }
@@ -160,6 +169,8 @@ pub struct JobRecord {
     pub user_id: Option<Uuid>,
     /// Time of the latest change.
     pub updated_at: DateTime<Utc>,
+    /// Owner: `user:<id>` or `service` (none for rows older than the column).
+    pub owner: Option<String>,
 }
 
 /// Outcome of an LLM call.

@@ -18,6 +18,7 @@ diesel::table! {
         correlation_id -> Nullable<Text>,
         user_id -> Nullable<Uuid>,
         updated_at -> Timestamptz,
+        owner -> Nullable<Text>,
     }
 }
 

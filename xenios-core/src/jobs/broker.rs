@@ -14,6 +14,13 @@
 //! worker cannot decode go, in the same script or the same transaction, to the dead-letter
 //! list [`DEAD_LETTER_KEY`] instead of vanishing. Live workers refresh the `unacked_index`
 //! score of what they hold, so a long job or a far ETA is not restored while its worker lives.
+//!
+//! Every script checks the types of the keys it writes before it changes anything (`unacked`
+//! a hash, `unacked_index` a sorted set, queues and the dead-letter list lists; each may also
+//! be missing). A key of another type (planted by hand, or by an old producer that used a
+//! reserved name as a queue) makes the script return an error and leave every message where
+//! it was: a message is never popped unless it can be recorded. The worker logs the error
+//! and retries with a backoff; once the key is fixed, the messages run.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -84,15 +91,36 @@ pub enum Taken {
     },
 }
 
+/// The Lua helper every script starts with: `want(key, type)` returns an error reply when
+/// `key` exists with another type (`nil` when it is fine).
+const TYPE_CHECK: &str = r#"
+local function want(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= kind and t ~= 'none' then
+    return redis.error_reply('XENIOS_WRONGTYPE key `' .. key .. '` is a ' .. t .. ', not a ' .. kind .. '; nothing was changed')
+  end
+  return nil
+end
+"#;
+
 /// Pops up to ARGV[1] messages from KEYS[4..] and records them as unacked, atomically.
+/// Returns `{pairs, skipped}`: `tag, raw` pairs ('' tag: dead-lettered) and the queue
+/// lists skipped because they are not lists.
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local out = {}
+    Script::new(&format!(
+        r#"{TYPE_CHECK}
+local e = want(KEYS[1], 'zset') or want(KEYS[2], 'hash') or want(KEYS[3], 'list')
+if e then return e end
+local out = {{}}
+local skipped = {{}}
 local max = tonumber(ARGV[1])
 local n = 0
 for i = 4, #KEYS do
-  while n < max do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'list' and t ~= 'none' then
+    skipped[#skipped + 1] = KEYS[i] .. ' is a ' .. t
+  end
+  while n < max and (t == 'list') do
     local raw = redis.call('RPOP', KEYS[i])
     if not raw then break end
     n = n + 1
@@ -119,9 +147,9 @@ for i = 4, #KEYS do
   end
   if n >= max then break end
 end
-return out
-"#,
-    )
+return {{out, skipped}}
+"#
+    ))
 });
 
 /// Finishes a delivery: optionally stores a result (never over a SUCCESS) and publishes it,
@@ -129,8 +157,11 @@ return out
 /// KEYS: unacked_index, unacked, result key, push key.
 /// ARGV: tag, result JSON ('' = none), result TTL, push payload ('' = none).
 static FINISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{TYPE_CHECK}
+local e = want(KEYS[1], 'zset') or want(KEYS[2], 'hash') or want(KEYS[3], 'string')
+if not e and ARGV[4] ~= '' then e = want(KEYS[4], 'list') end
+if e then return e end
 local stored = 0
 if ARGV[2] ~= '' then
   local cur = redis.call('GET', KEYS[3])
@@ -151,16 +182,18 @@ if ARGV[1] ~= '' then
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
 return stored
-"#,
-    )
+"#
+    ))
 });
 
 /// Moves one unacked message back to a queue, if it is still unacked and (when ARGV[3] is
 /// set) its score is at most ARGV[3]. KEYS: unacked_index, unacked, target list.
 /// ARGV: tag, payload, max score ('' = any), 'R' to RPUSH (consumed next) or 'L' to LPUSH.
 static MOVE_BACK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{TYPE_CHECK}
+local e = want(KEYS[1], 'zset') or want(KEYS[2], 'hash') or want(KEYS[3], 'list')
+if e then return e end
 if ARGV[3] ~= '' then
   local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
   if s and tonumber(s) > tonumber(ARGV[3]) then return 0 end
@@ -176,8 +209,24 @@ else
   redis.call('RPUSH', KEYS[3], ARGV[2])
 end
 return 1
-"#,
-    )
+"#
+    ))
+});
+
+/// Moves an unacked message to the dead-letter list. KEYS: unacked_index, unacked,
+/// dead-letter list. ARGV: tag, raw message.
+static DEAD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r#"{TYPE_CHECK}
+local e = want(KEYS[1], 'zset') or want(KEYS[2], 'hash') or want(KEYS[3], 'list')
+if e then return e end
+redis.call('LPUSH', KEYS[3], ARGV[2])
+redis.call('LTRIM', KEYS[3], 0, 9999)
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"#
+    ))
 });
 
 /// Releases a lock only if we hold it.
@@ -213,7 +262,14 @@ pub async fn take<C: ConnectionLike + Send>(
     for (key, queue) in keys {
         inv.key(key).arg(queue);
     }
-    let out: Vec<String> = inv.invoke_async(conn).await.map_err(redis_error)?;
+    let (out, skipped): (Vec<String>, Vec<String>) =
+        inv.invoke_async(conn).await.map_err(redis_error)?;
+    for what in skipped {
+        tracing::error!(
+            key = %what,
+            "a queue's key is not a list; its messages cannot be taken until it is fixed"
+        );
+    }
     let mut taken = Vec::with_capacity(out.len() / 2);
     let mut it = out.into_iter();
     while let (Some(tag), Some(raw)) = (it.next(), it.next()) {
@@ -407,8 +463,33 @@ pub async fn unacked_routing_key<C: ConnectionLike + Send>(
 /// Loads the scripts (after a Redis restart flushed them), so pipelines can EVALSHA.
 pub async fn load_scripts<C: ConnectionLike + Send>(conn: &mut C) -> Result<()> {
     let mut pipe = redis::pipe();
-    for s in [&*TAKE, &*FINISH, &*MOVE_BACK, &*UNLOCK] {
+    for s in [&*TAKE, &*FINISH, &*MOVE_BACK, &*DEAD, &*UNLOCK] {
         pipe.load_script(s).ignore();
+    }
+    pipe.query_async::<()>(conn).await.map_err(redis_error)
+}
+
+/// Writes job owners (`key, owner, ttl seconds`), then pushes encoded messages onto their
+/// queues, in one round trip.
+pub async fn publish_owned<C: ConnectionLike + Send>(
+    conn: &mut C,
+    owners: &[(String, String, u64)],
+    messages: &[(String, String)],
+) -> Result<()> {
+    if messages.is_empty() && owners.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (key, owner, ttl) in owners {
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(owner)
+            .arg("EX")
+            .arg((*ttl).max(1))
+            .ignore();
+    }
+    for (key, raw) in messages {
+        pipe.cmd("LPUSH").arg(key).arg(raw).ignore();
     }
     pipe.query_async::<()>(conn).await.map_err(redis_error)
 }
@@ -499,11 +580,16 @@ pub async fn lookup<C: ConnectionLike + Send>(
 }
 
 /// Declares queues as kombu does (a direct exchange named like the queue, bound with the
-/// queue name), so Python producers that publish to that exchange reach them.
+/// queue name), so Python producers that publish to that exchange reach them. A reserved
+/// name ([`crate::jobs::check_queue_name`]) is refused, naming it: a worker consuming
+/// `unacked` would destroy the bookkeeping of every other queue.
 pub async fn declare_queues<C: ConnectionLike + Send>(
     conn: &mut C,
     queues: &[String],
 ) -> Result<()> {
+    for q in queues {
+        crate::jobs::check_queue_name(q).map_err(Error::Validation)?;
+    }
     let mut pipe = redis::pipe();
     for q in queues {
         pipe.cmd("SADD")
@@ -557,7 +643,12 @@ pub async fn requeue<C: ConnectionLike + Send>(
                 .into_iter()
                 .next()
                 .unwrap_or(rk);
-            (queue_key(&queue, priority), msg.to_string())
+            if crate::jobs::check_queue_name(&queue).is_ok() {
+                (queue_key(&queue, priority), msg.to_string())
+            } else {
+                // Its routing key names a reserved key: never push there.
+                (DEAD_LETTER_KEY.to_owned(), msg.to_string())
+            }
         }
         None => (DEAD_LETTER_KEY.to_owned(), entry.to_owned()),
     };
@@ -600,6 +691,23 @@ pub async fn restore_visible<C: ConnectionLike + Send>(
     conn: &mut C,
     visibility_timeout: Duration,
 ) -> Result<usize> {
+    let (index_type, unacked_type): (String, String) = redis::pipe()
+        .cmd("TYPE")
+        .arg(UNACKED_INDEX_KEY)
+        .cmd("TYPE")
+        .arg(UNACKED_KEY)
+        .query_async(conn)
+        .await
+        .map_err(redis_error)?;
+    if !matches!(index_type.as_str(), "zset" | "none")
+        || !matches!(unacked_type.as_str(), "hash" | "none")
+    {
+        tracing::error!(
+            unacked_index = %index_type, unacked = %unacked_type,
+            "cannot restore lost messages: `unacked_index` must be a zset and `unacked` a hash"
+        );
+        return Ok(0);
+    }
     let token = uuid::Uuid::new_v4().to_string();
     let locked: Option<String> = redis::cmd("SET")
         .arg(UNACKED_MUTEX_KEY)
@@ -669,26 +777,16 @@ pub async fn dead_letter<C: ConnectionLike + Send>(
     tag: &str,
     raw: &str,
 ) -> Result<()> {
-    let mut pipe = redis::pipe();
-    pipe.atomic()
-        .cmd("LPUSH")
-        .arg(DEAD_LETTER_KEY)
+    let _: i64 = DEAD
+        .key(UNACKED_INDEX_KEY)
+        .key(UNACKED_KEY)
+        .key(DEAD_LETTER_KEY)
+        .arg(tag)
         .arg(raw)
-        .ignore()
-        .cmd("LTRIM")
-        .arg(DEAD_LETTER_KEY)
-        .arg(0)
-        .arg(9999)
-        .ignore()
-        .cmd("ZREM")
-        .arg(UNACKED_INDEX_KEY)
-        .arg(tag)
-        .ignore()
-        .cmd("HDEL")
-        .arg(UNACKED_KEY)
-        .arg(tag)
-        .ignore();
-    pipe.query_async::<()>(conn).await.map_err(redis_error)
+        .invoke_async(conn)
+        .await
+        .map_err(redis_error)?;
+    Ok(())
 }
 
 /// Encodes a message and names its list, for [`publish`].

@@ -11,12 +11,22 @@
 //! - [`worker`]: the runtime: task registry, concurrency, acks_late, retries, time limits,
 //!   warm shutdown. The `xenios-worker` binary is a shell over it.
 //! - [`tasks`]: the handlers shipped with the worker (`xenios.echo`, `xenios.noop`...).
+//! - [`catalog`]: which tasks HTTP callers may enqueue, on which queue, by whom, how large.
+//!
+//! ## Names and owners
+//! A queue is a Redis key, so a queue name may never be a key the broker, Celery or this
+//! backend uses for something else ([`reserved_queue`]): every queue, from a request,
+//! `JOB_ROUTES`, `JOB_DEFAULT_QUEUE`, `JOB_EXTRA_TASKS` or `xenios-worker -Q`, passes
+//! [`check_queue_name`]. Every job records its [`Owner`] in its message
+//! ([`protocol::OWNER_HEADER`]), its job row and a small Redis key next to its result
+//! ([`owner_key`]), which the HTTP API checks before showing or revoking a job.
 //!
 //! The [`crate::AiBackend`] facade enqueues ([`crate::AiBackend::enqueue`]), reads
 //! ([`crate::AiBackend::job_result`]), waits for ([`crate::AiBackend::wait_result`]) and
 //! revokes ([`crate::AiBackend::revoke`]) jobs.
 
 pub mod broker;
+pub mod catalog;
 pub mod events;
 pub mod pidbox;
 pub mod protocol;
@@ -55,6 +65,116 @@ pub const MAX_TASK_NAME_LEN: usize = 200;
 pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Key prefix of revocations that workers started later still honour.
 pub const REVOKED_PREFIX: &str = "xenios.revoked.";
+/// Key prefix of job owners (`xenios.owner.<task id>`), see [`owner_key`].
+pub const OWNER_PREFIX: &str = "xenios.owner.";
+/// The key namespaces of this backend (revocations, owners, the dead-letter list, and any
+/// key added later: budgets, rate limits...): no queue may live in them.
+pub const OWN_KEY_PREFIXES: [&str; 2] = ["xenios.", "xenios:"];
+
+/// Why `name` cannot be a queue, if it is a key the broker, Celery or this backend uses for
+/// something else: kombu's `unacked`, `unacked_index`, `unacked_mutex` and `_kombu.*`
+/// bindings, Celery's `celery-task-meta-*`/`celery-taskset-meta-*` results, `celeryev*`
+/// events and `*.pidbox` control queues, and this backend's own `xenios.*`/`xenios:*`
+/// keys (the dead-letter list, revocations, owners...). A queue there would turn the key
+/// into a list and break whatever reads it.
+pub fn reserved_queue(name: &str) -> Option<&'static str> {
+    if [
+        broker::UNACKED_KEY,
+        broker::UNACKED_INDEX_KEY,
+        broker::UNACKED_MUTEX_KEY,
+    ]
+    .contains(&name)
+    {
+        return Some("kombu's bookkeeping of unacknowledged messages");
+    }
+    if name.starts_with(broker::BINDING_PREFIX) || name.starts_with("_kombu.") {
+        return Some("kombu's exchange bindings");
+    }
+    if name.starts_with("celery-task-meta-") || name.starts_with("celery-taskset-meta-") {
+        return Some("Celery's result keys");
+    }
+    if name.starts_with("celeryev") {
+        return Some("Celery's event exchange");
+    }
+    if name.ends_with(".pidbox") {
+        return Some("Celery's remote-control queues");
+    }
+    if OWN_KEY_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return Some("this backend's own keys (dead letters, revocations, owners...)");
+    }
+    None
+}
+
+/// Checks a queue name: 1-128 characters of `[A-Za-z0-9_.:-]` and not [`reserved_queue`].
+/// The error names the queue and why.
+pub fn check_queue_name(name: &str) -> std::result::Result<(), String> {
+    if !valid_queue_name(name) {
+        return Err(format!(
+            "queue `{}` is not 1-128 characters of [A-Za-z0-9_.:-]",
+            name.chars().take(140).collect::<String>()
+        ));
+    }
+    match reserved_queue(name) {
+        Some(why) => Err(format!(
+            "queue `{name}` is a reserved name ({why}) and cannot be used"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Who a job belongs to: the user who enqueued it, or the service (API-key calls without a
+/// user token, the CLI, Python producers). Written as `user:<id>` or `service`, so that no
+/// user id can pass for the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// The service (and the backend itself).
+    Service,
+    /// A signed-in user, by id.
+    User(String),
+}
+
+impl Owner {
+    /// The owner of jobs enqueued by `ctx`.
+    pub fn of(ctx: &RequestContext) -> Self {
+        match ctx.user_id() {
+            Some(u) => Self::User(u.to_owned()),
+            None => Self::Service,
+        }
+    }
+
+    /// Parses [`Owner::to_string`]'s form.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.strip_prefix("user:") {
+            Some(u) if !u.is_empty() => Some(Self::User(u.to_owned())),
+            Some(_) => None,
+            None => (raw == "service").then_some(Self::Service),
+        }
+    }
+
+    /// Whether `ctx` may see and revoke this owner's jobs: the service sees all, a user
+    /// only their own.
+    pub fn visible_to(&self, ctx: &RequestContext) -> bool {
+        match ctx.user_id() {
+            None => true,
+            Some(u) => matches!(self, Self::User(o) if o == u),
+        }
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Service => f.write_str("service"),
+            Self::User(u) => write!(f, "user:{u}"),
+        }
+    }
+}
+
+/// The Redis key of a job's owner, written with the message and kept past its result, so
+/// that an ownership check never waits on the job row.
+pub fn owner_key(task_id: &str) -> String {
+    format!("{OWNER_PREFIX}{task_id}")
+}
 
 /// A Celery task id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -246,6 +366,7 @@ impl Router {
 /// Jobs state held by the backend.
 pub(crate) struct JobsState {
     pub(crate) router: Router,
+    pub(crate) catalog: catalog::Catalog,
     pub(crate) client: std::result::Result<redis::Client, String>,
     /// The producer's connection: one multiplexed connection that reconnects by itself
     /// (redis-rs' `ConnectionManager`). Concurrent enqueues share it and are pipelined
@@ -260,6 +381,7 @@ impl fmt::Debug for JobsState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobsState")
             .field("router", &self.router)
+            .field("catalog", &self.catalog.names())
             .field("db", &self.db)
             .field("events", &self.events)
             .finish_non_exhaustive()
@@ -294,8 +416,17 @@ impl JobsState {
             (Err(e), _) => Err(e.clone()),
             (Ok(_), Err(_)) => Err("no Tokio runtime".to_owned()),
         };
+        let router = Router::new(&config.jobs);
+        let catalog = catalog::Catalog::new(
+            tasks::builtin_registry(&config.jobs)
+                .declarations()
+                .into_iter()
+                .chain(config.jobs.extra_tasks.iter().cloned()),
+            &router,
+        );
         Self {
-            router: Router::new(&config.jobs),
+            router,
+            catalog,
             client,
             producer,
             db,
@@ -335,6 +466,25 @@ pub(crate) async fn pooled(
     Ok(conn)
 }
 
+/// Bytes of the JSON encoding of `args` and `kwargs`, counted without building the string.
+fn payload_size(args: &[Value], kwargs: &Map<String, Value>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // Writing JSON values into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut n, args);
+    let _ = serde_json::to_writer(&mut n, kwargs);
+    n.0
+}
+
 /// A digest of arguments for job rows (never the arguments themselves).
 pub(crate) fn args_digest(args: &[Value], kwargs: &Map<String, Value>) -> String {
     use sha2::{Digest, Sha256};
@@ -346,10 +496,16 @@ pub(crate) fn args_digest(args: &[Value], kwargs: &Map<String, Value>) -> String
     format!("{:x}", h.finalize())
 }
 
-/// The job row change of a message.
+/// The job row change of a message. A failure's error text may quote the arguments (Celery's
+/// `MaxRetriesExceededError` names them): the change carries that quote so the audit writer
+/// cuts it out, and job rows never hold arguments.
 pub(crate) fn job_change(m: &TaskMessage, status: JobStatus) -> JobStateChange {
     let mut c = JobStateChange::new(&m.id, &m.task, &m.queue, status);
     c.args_digest = Some(args_digest(&m.args, &m.kwargs));
+    if status == JobStatus::Failure {
+        c.redact = Some(result::args_quote(m));
+    }
+    c.owner = m.owner.clone();
     c.correlation_id = m.correlation_id.clone();
     c.user_id = m
         .user_id
@@ -368,24 +524,15 @@ impl crate::AiBackend {
             )));
         }
         let queue = match req.queue {
-            Some(q) if valid_queue_name(&q) => q,
-            Some(_) => {
-                return Err(Error::Validation(
-                    "queue must be 1-128 characters of [A-Za-z0-9_.:-]".to_owned(),
-                ));
-            }
+            Some(q) => q,
             None => self.jobs_state().router.route(&req.task).to_owned(),
         };
+        check_queue_name(&queue).map_err(Error::Validation)?;
         let priority = req.priority.unwrap_or(0);
         if priority > 9 {
             return Err(Error::Validation("priority must be 0-9".to_owned()));
         }
-        let size = serde_json::to_string(&req.args)
-            .map(|s| s.len())
-            .unwrap_or(0)
-            + serde_json::to_string(&req.kwargs)
-                .map(|s| s.len())
-                .unwrap_or(0);
+        let size = payload_size(&req.args, &req.kwargs);
         if size > MAX_PAYLOAD_BYTES {
             return Err(Error::Validation(format!(
                 "args and kwargs are {size} bytes encoded; the limit is {MAX_PAYLOAD_BYTES}"
@@ -437,7 +584,46 @@ impl crate::AiBackend {
         }
         m.correlation_id = Some(ctx.correlation_id.as_str().to_owned());
         m.user_id = ctx.user_id().map(str::to_owned);
+        m.owner = Some(Owner::of(ctx).to_string());
         Ok(m)
+    }
+
+    /// The task catalog: what HTTP callers may enqueue (see [`catalog`]).
+    pub fn job_catalog(&self) -> &catalog::Catalog {
+        &self.jobs_state().catalog
+    }
+
+    /// Builds the message of a request from an outside caller: only a catalogued task this
+    /// caller may enqueue ([`Error::UnknownTask`] otherwise), on the catalog's queue (a
+    /// request naming a queue is refused), with arguments within the task's size limit.
+    pub fn caller_job_message(
+        &self,
+        ctx: &RequestContext,
+        mut req: EnqueueRequest,
+    ) -> Result<TaskMessage> {
+        if !valid_task_name(&req.task) {
+            return Err(Error::Validation(format!(
+                "task must be 1-{MAX_TASK_NAME_LEN} characters of [A-Za-z0-9_.:-]"
+            )));
+        }
+        let entry = self
+            .jobs_state()
+            .catalog
+            .authorize(&ctx.principal, &req.task)?;
+        if req.queue.is_some() {
+            return Err(Error::Validation(
+                "queue cannot be chosen: each task's queue is set by the task catalog".to_owned(),
+            ));
+        }
+        let size = payload_size(&req.args, &req.kwargs);
+        if size > entry.max_arg_bytes {
+            return Err(Error::Validation(format!(
+                "args and kwargs are {size} bytes encoded; `{}` accepts at most {}",
+                entry.name, entry.max_arg_bytes
+            )));
+        }
+        req.queue = Some(entry.queue.clone());
+        self.job_message(ctx, req)
     }
 
     /// Enqueues a job as a Celery protocol-v2 message and returns its task id.
@@ -463,11 +649,31 @@ impl crate::AiBackend {
     }
 
     /// Publishes ready-made messages (with `task-sent` events and pending job rows).
+    /// A message's owner (when set) is written to [`owner_key`] first, in the same round
+    /// trip, living as long as its result can (the delay to its ETA plus twice
+    /// `JOB_RESULT_EXPIRES_SECS`).
     pub async fn publish_messages(&self, messages: &[TaskMessage]) -> Result<()> {
+        for m in messages {
+            check_queue_name(&m.queue).map_err(Error::Validation)?;
+        }
         let mut conn = self.jobs_state().producer()?;
+        let keep = self.config().jobs.result_expires.as_secs().max(1) * 2;
+        let now = Utc::now();
         for chunk in messages.chunks(1000) {
+            let owners: Vec<(String, String, u64)> = chunk
+                .iter()
+                .filter_map(|m| {
+                    let wait = m
+                        .eta
+                        .map(|eta| (eta - now).num_seconds().max(0).unsigned_abs())
+                        .unwrap_or(0);
+                    m.owner
+                        .clone()
+                        .map(|o| (owner_key(&m.id), o, keep.saturating_add(wait)))
+                })
+                .collect();
             let out: Vec<(String, String)> = chunk.iter().map(broker::outgoing).collect();
-            broker::publish(&mut conn, &out).await?;
+            broker::publish_owned(&mut conn, &owners, &out).await?;
         }
         let events = &self.jobs_state().events;
         for m in messages {
@@ -485,6 +691,68 @@ impl crate::AiBackend {
             );
         }
         Ok(())
+    }
+
+    /// The owner recorded for a job at enqueue, if any (jobs of Python producers have none).
+    pub async fn job_owner(&self, task_id: &str) -> Result<Option<Owner>> {
+        let mut conn = self.jobs_state().producer()?;
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(owner_key(task_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(raw.as_deref().and_then(Owner::parse))
+    }
+
+    /// A job's result as `ctx` may see it: the service sees every job (PENDING for unknown
+    /// ids, as in Celery); a user only their own, and any other id, unknown or someone
+    /// else's or of unknown owner, is the same [`Error::NotFound`]. Owner and result are
+    /// read in one round trip.
+    pub async fn job_result_for(&self, ctx: &RequestContext, task_id: &str) -> Result<JobResult> {
+        if !valid_task_id(task_id) {
+            return Err(Error::Validation(TASK_ID_RULE.to_owned()));
+        }
+        let mut conn = self.jobs_state().producer()?;
+        let (owner, raw): (Option<String>, Option<String>) = redis::pipe()
+            .cmd("GET")
+            .arg(owner_key(task_id))
+            .cmd("GET")
+            .arg(result::result_key(task_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        let visible = match owner.as_deref().and_then(Owner::parse) {
+            Some(o) => o.visible_to(ctx),
+            None => ctx.user_id().is_none(),
+        };
+        if !visible {
+            return Err(Error::NotFound("job".to_owned()));
+        }
+        Ok(raw
+            .and_then(|r| JobResult::parse(task_id, &r))
+            .unwrap_or_else(|| JobResult::pending(task_id)))
+    }
+
+    /// [`crate::AiBackend::revoke`] on behalf of `ctx`: a user may revoke only their own
+    /// jobs, any other id is [`Error::NotFound`] (and nothing is revoked).
+    pub async fn revoke_for(
+        &self,
+        ctx: &RequestContext,
+        task_id: &str,
+        terminate: bool,
+    ) -> Result<()> {
+        if !valid_task_id(task_id) {
+            return Err(Error::Validation(TASK_ID_RULE.to_owned()));
+        }
+        if ctx.user_id().is_some()
+            && !self
+                .job_owner(task_id)
+                .await?
+                .is_some_and(|o| o.visible_to(ctx))
+        {
+            return Err(Error::NotFound("job".to_owned()));
+        }
+        self.revoke(task_id, terminate).await
     }
 
     /// The stored result of a job (PENDING when nothing is stored yet, as in Celery).

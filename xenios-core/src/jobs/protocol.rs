@@ -9,8 +9,9 @@
 //! An envelope is JSON: `body` (base64 of `[args, kwargs, embed]`), `content-encoding`,
 //! `content-type`, `headers` (task id, name, retries, eta, expires, `timelimit` as
 //! `[hard, soft]`...) and `properties` (`delivery_tag`, `delivery_info`, `priority`...).
-//! Headers this crate adds, which Celery passes through untouched: `xenios_correlation_id`
-//! and `xenios_user_id`.
+//! Headers this crate adds, which Celery passes through untouched: `xenios_correlation_id`,
+//! `xenios_user_id` and `xenios_owner` (a Python task reads them as
+//! `self.request.xenios_owner`, Celery copying custom headers onto the request).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -21,6 +22,9 @@ use serde_json::{Map, Value, json};
 pub const CORRELATION_HEADER: &str = "xenios_correlation_id";
 /// Header carrying the user on whose behalf a task runs.
 pub const USER_HEADER: &str = "xenios_user_id";
+/// Header carrying the job's owner: `user:<user id>` or `service` (see
+/// [`crate::jobs::Owner`]).
+pub const OWNER_HEADER: &str = "xenios_owner";
 
 /// One task message, decoded (or about to be encoded).
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +67,8 @@ pub struct TaskMessage {
     pub correlation_id: Option<String>,
     /// User ID carried in [`USER_HEADER`].
     pub user_id: Option<String>,
+    /// Owner carried in [`OWNER_HEADER`] (`user:<id>` or `service`).
+    pub owner: Option<String>,
     /// Whether the producer asked Celery not to store a result.
     pub ignore_result: bool,
     /// Transport delivery tag (a UUID), the key of the `unacked` bookkeeping.
@@ -114,6 +120,7 @@ impl TaskMessage {
             origin: origin(),
             correlation_id: None,
             user_id: None,
+            owner: None,
             ignore_result: false,
             delivery_tag: uuid::Uuid::new_v4().to_string(),
             reply_to: None,
@@ -171,6 +178,7 @@ impl TaskMessage {
                 stamps: Map::new(),
                 correlation_id: self.correlation_id.as_deref(),
                 user_id: self.user_id.as_deref(),
+                owner: self.owner.as_deref(),
                 redelivered: self.redelivered.then_some(true),
             },
             properties: Properties {
@@ -356,6 +364,7 @@ impl TaskMessage {
             origin: hstr("origin").unwrap_or_default(),
             correlation_id: hstr(CORRELATION_HEADER),
             user_id: hstr(USER_HEADER),
+            owner: hstr(OWNER_HEADER),
             ignore_result: headers
                 .get("ignore_result")
                 .and_then(Value::as_bool)
@@ -551,6 +560,7 @@ const KNOWN_HEADERS: &[&str] = &[
     "redelivered",
     CORRELATION_HEADER,
     USER_HEADER,
+    OWNER_HEADER,
 ];
 
 /// The headers [`TaskMessage`] does not model (kept for retries): decoding keeps them, and
@@ -606,6 +616,8 @@ struct Headers<'a> {
     correlation_id: Option<&'a str>,
     #[serde(rename = "xenios_user_id", skip_serializing_if = "Option::is_none")]
     user_id: Option<&'a str>,
+    #[serde(rename = "xenios_owner", skip_serializing_if = "Option::is_none")]
+    owner: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     redelivered: Option<bool>,
 }

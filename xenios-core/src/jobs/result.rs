@@ -3,12 +3,18 @@
 //! channel, not by polling). A stored SUCCESS is never overwritten (see
 //! [`crate::jobs::broker`]'s finish script). Failures use Celery's exception shape
 //! `{"exc_type", "exc_message": [...], "exc_module"}` so Python re-raises them.
+//!
+//! A stored result holds the job's output, never its input: of Celery's `result_extended`
+//! fields it keeps `name`, `worker`, `retries` and `queue` but not `args`/`kwargs`, and a
+//! failure text quoting the arguments (Celery's `MaxRetriesExceededError` does) has the
+//! quote cut out. Anyone holding a task id can read its result, and the arguments may be a
+//! user's document or prompt.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::jobs::protocol::{TaskMessage, iso};
+use crate::jobs::protocol::{TaskMessage, args_repr, iso, kwargs_repr};
 
 /// The result key of a task.
 pub fn result_key(task_id: &str) -> String {
@@ -175,7 +181,18 @@ impl PyException {
     }
 }
 
-/// Builds the stored JSON of a result (Celery's meta with `result_extended` fields).
+/// How a failure text quotes a job's arguments (` args:[...] kwargs:{...}`, as in Celery's
+/// `MaxRetriesExceededError`): the text [`meta`] and the job rows cut out.
+pub fn args_quote(message: &TaskMessage) -> String {
+    format!(
+        " args:{} kwargs:{}",
+        args_repr(&message.args),
+        kwargs_repr(&message.kwargs)
+    )
+}
+
+/// Builds the stored JSON of a result (Celery's meta with the `result_extended` fields
+/// that are not the job's input; see the module doc).
 pub fn meta(
     message: &TaskMessage,
     state: TaskState,
@@ -183,6 +200,23 @@ pub fn meta(
     traceback: Option<&str>,
     worker: &str,
 ) -> String {
+    let quote =
+        (state == TaskState::Failure || state == TaskState::Retry).then(|| args_quote(message));
+    let cut = |text: &str| match &quote {
+        Some(q) if text.contains(q.as_str()) => text.replace(q.as_str(), ""),
+        _ => text.to_owned(),
+    };
+    let mut result = result.clone();
+    if quote.is_some()
+        && let Some(Value::Array(texts)) = result.get_mut("exc_message")
+    {
+        for t in texts.iter_mut() {
+            if let Value::String(s) = t {
+                *s = cut(s);
+            }
+        }
+    }
+    let traceback = traceback.map(cut);
     let mut m = json!({
         "status": state.as_str(),
         "result": result,
@@ -190,8 +224,6 @@ pub fn meta(
         "children": [],
         "date_done": iso(Utc::now()),
         "name": message.task,
-        "args": message.args,
-        "kwargs": message.kwargs,
         "worker": worker,
         "retries": message.retries,
         "queue": message.queue,
@@ -226,6 +258,10 @@ mod tests {
         ] {
             assert!(v.get(k).is_some(), "{k}");
         }
+        assert!(
+            v.get("args").is_none() && v.get("kwargs").is_none(),
+            "{raw}"
+        );
         let r = JobResult::parse(&m.id, &raw).unwrap();
         assert_eq!(r.state, TaskState::Success);
         assert_eq!(r.result, json!([1]));
@@ -236,5 +272,18 @@ mod tests {
             json!({"exc_type": "TimeLimitExceeded", "exc_message": ["600"], "exc_module": "billiard.exceptions"})
         );
         assert_eq!(e.repr(), "TimeLimitExceeded('600')");
+    }
+
+    #[test]
+    fn failure_texts_lose_the_quoted_arguments() {
+        let mut m = TaskMessage::new("t.x", "default");
+        m.args = vec![json!("secret-arg")];
+        m.kwargs.insert("k".into(), json!("secret-kwarg"));
+        let text = format!("Can't retry t.x[{}]{}: upstream down", m.id, args_quote(&m));
+        let e = PyException::new("celery.exceptions", "MaxRetriesExceededError", text);
+        let tb = e.traceback(&m.task);
+        let raw = meta(&m, TaskState::Failure, &e.to_json(), Some(&tb), "w@h");
+        assert!(!raw.contains("secret"), "{raw}");
+        assert!(raw.contains("upstream down"), "{raw}");
     }
 }

@@ -13,31 +13,62 @@
 //!   into the upstream call and its `inference_logs` row. Invalid input fails the job
 //!   (`ValueError`); upstream failures that may pass (rate limits, outages) ask for a retry.
 //!
-//! [`register_builtin`] is the one list the worker binary installs.
+//! [`register_builtin`] is the one list the worker binary installs, and each handler's
+//! declaration there is also what the API's task catalog knows of it
+//! ([`crate::jobs::catalog`]):
+//!
+//! | task | callers | args + kwargs | why |
+//! |---|---|---|---|
+//! | `xenios.echo` | users | 64 KiB | harmless, lets clients check the queue end to end |
+//! | `xenios.noop` | users | 4 KiB | costs nothing but a slot |
+//! | `xenios.llm.complete` (`llm` by route) | users | 256 KiB | runs as the user, so the LLM layer's limits for users apply |
+//! | `xenios.sleep`, `xenios.fail` | service | 4 KiB | diagnostics: only with `JOB_DIAGNOSTIC_TASKS=true` (development default); a sleep holds a worker slot for up to an hour |
 
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use crate::auth::{Principal, UserContext};
+use crate::config::JobsConfig;
 use crate::context::{CorrelationId, RequestContext};
+use crate::jobs::catalog::TaskDecl;
 use crate::jobs::worker::{TaskContext, TaskError, TaskRegistry};
 use crate::llm::{CompletionRequest, Message, Role, Task};
 
-/// Registers every shipped handler.
-pub fn register_builtin(registry: &mut TaskRegistry) -> &mut TaskRegistry {
+/// Names of every shipped handler, diagnostic ones included.
+pub const BUILTIN_NAMES: [&str; 5] = [
+    "xenios.echo",
+    "xenios.fail",
+    "xenios.llm.complete",
+    "xenios.noop",
+    "xenios.sleep",
+];
+
+/// Registers every shipped handler with its declaration; the diagnostic ones
+/// (`xenios.sleep`, `xenios.fail`) only with `JOB_DIAGNOSTIC_TASKS=true`.
+pub fn register_builtin<'a>(
+    registry: &'a mut TaskRegistry,
+    jobs: &JobsConfig,
+) -> &'a mut TaskRegistry {
     registry
-        .register("xenios.echo", echo)
-        .register("xenios.noop", noop)
-        .register("xenios.sleep", sleep)
-        .register("xenios.fail", fail)
-        .register("xenios.llm.complete", llm_complete)
+        .register(TaskDecl::users("xenios.echo", 64 * 1024), echo)
+        .register(TaskDecl::users("xenios.noop", 4 * 1024), noop)
+        .register(
+            TaskDecl::users("xenios.llm.complete", 256 * 1024),
+            llm_complete,
+        );
+    if jobs.diagnostic_tasks {
+        registry
+            .register(TaskDecl::service("xenios.sleep", 4 * 1024), sleep)
+            .register(TaskDecl::service("xenios.fail", 4 * 1024), fail);
+    }
+    registry
 }
 
 /// A registry with the shipped handlers.
-pub fn builtin_registry() -> TaskRegistry {
+pub fn builtin_registry(jobs: &JobsConfig) -> TaskRegistry {
     let mut r = TaskRegistry::new();
-    register_builtin(&mut r);
+    register_builtin(&mut r, jobs);
     r
 }
 
@@ -188,5 +219,31 @@ fn a_model_answered(e: &crate::Error) -> bool {
             )
         }),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs(diagnostic: bool) -> JobsConfig {
+        let mut vars = std::collections::HashMap::new();
+        vars.insert("ENVIRONMENT".to_owned(), "development".to_owned());
+        vars.insert("JOB_DIAGNOSTIC_TASKS".to_owned(), diagnostic.to_string());
+        let mut jobs = crate::Config::from_map(&vars).map(|c| c.jobs).unwrap();
+        jobs.diagnostic_tasks = diagnostic;
+        jobs
+    }
+
+    #[test]
+    fn builtin_names_list_every_handler_and_diagnostics_are_optional() {
+        assert_eq!(builtin_registry(&jobs(true)).names(), BUILTIN_NAMES);
+        let names = builtin_registry(&jobs(false)).names();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n == "xenios.sleep" || n == "xenios.fail")
+        );
+        assert!(names.iter().any(|n| n == "xenios.echo"));
     }
 }

@@ -1,4 +1,8 @@
 //! `/api/v1/jobs`: enqueue Celery-compatible jobs and read their state.
+//!
+//! Only tasks of the task catalog (`xenios_core::jobs::catalog`) callable by the caller are
+//! accepted, on the catalog's queue. A user sees and revokes only their own jobs: any
+//! other id, unknown or someone else's, is the same 404. The service sees all.
 
 use std::time::Duration;
 
@@ -24,13 +28,15 @@ pub struct JobsApi {
 /// A job to enqueue.
 #[derive(Debug, Object)]
 pub struct EnqueueBody {
-    /// Task name, e.g. `xenios.echo`; any name is accepted (a Python worker may run it).
+    /// Task name, e.g. `xenios.echo`: a task of the catalog this caller may enqueue (built-in
+    /// tasks and `JOB_EXTRA_TASKS`), else 422 `unknown_task`.
     pub task: String,
     /// Positional arguments (a JSON array).
     pub args: Option<Value>,
     /// Keyword arguments (a JSON object).
     pub kwargs: Option<Value>,
-    /// Queue; by default routed by task-name prefix.
+    /// Not accepted: each task's queue is set by the catalog, and a request naming one is
+    /// refused (422).
     pub queue: Option<String>,
     /// Seconds to wait before the job may run.
     pub countdown: Option<f64>,
@@ -153,7 +159,10 @@ impl JobsApi {
         }
         job.queue = body.queue;
         job.priority = body.priority;
-        let message = self.backend.job_message(&ctx, job).map_err(ApiError)?;
+        let message = self
+            .backend
+            .caller_job_message(&ctx, job)
+            .map_err(ApiError)?;
         self.backend
             .publish_messages(std::slice::from_ref(&message))
             .await
@@ -167,15 +176,14 @@ impl JobsApi {
         })))
     }
 
-    /// A job's state and result (PENDING while unknown, as in Celery).
+    /// A job's state and result. A user gets 404 for any job that is not theirs (unknown
+    /// ids included); the service sees every job, PENDING while unknown as in Celery.
     #[oai(path = "/jobs/:id", method = "get")]
-    async fn get(&self, id: Path<String>) -> poem::Result<Json<JobBody>> {
-        if !xenios_core::jobs::valid_task_id(&id.0) {
-            return Err(validation_err(xenios_core::jobs::TASK_ID_RULE));
-        }
+    async fn get(&self, req: &Request, id: Path<String>) -> poem::Result<Json<JobBody>> {
+        let ctx = request_context(req);
         Ok(Json(
             self.backend
-                .job_result(&id.0)
+                .job_result_for(&ctx, &id.0)
                 .await
                 .map_err(ApiError)?
                 .into(),
@@ -183,16 +191,19 @@ impl JobsApi {
     }
 
     /// Revokes a job (Celery's `revoke`): workers skip it; with `terminate=true` a job that
-    /// is already running is stopped too. The worker that meets it stores REVOKED.
+    /// is already running is stopped too. The worker that meets it stores REVOKED. A user
+    /// may revoke only their own jobs (404 otherwise, as for an unknown id).
     #[oai(path = "/jobs/:id", method = "delete")]
     async fn revoke(
         &self,
+        req: &Request,
         id: Path<String>,
         terminate: Query<Option<bool>>,
     ) -> poem::Result<RevokeResponse> {
+        let ctx = request_context(req);
         let terminate = terminate.0.unwrap_or(false);
         self.backend
-            .revoke(&id.0, terminate)
+            .revoke_for(&ctx, &id.0, terminate)
             .await
             .map_err(ApiError)?;
         Ok(RevokeResponse::Accepted(Json(RevokedBody {

@@ -126,11 +126,13 @@ impl TaskContext {
     }
 }
 
-/// Task handlers by name. The `xenios-worker` binary fills one with
+/// Task handlers by name, each with its declaration (queue, callers, argument size; see
+/// [`crate::jobs::catalog`]). The `xenios-worker` binary fills one with
 /// [`crate::jobs::tasks::register_builtin`]; embedders and tests add their own.
 #[derive(Clone, Default)]
 pub struct TaskRegistry {
     pub(super) handlers: HashMap<String, Handler>,
+    declarations: HashMap<String, crate::jobs::catalog::TaskDecl>,
 }
 
 impl std::fmt::Debug for TaskRegistry {
@@ -147,15 +149,31 @@ impl TaskRegistry {
         Self::default()
     }
 
-    /// Registers `handler` under `name` (replacing any previous one).
-    pub fn register<F, Fut>(&mut self, name: impl Into<String>, handler: F) -> &mut Self
+    /// Registers `handler` under its declaration's name (replacing any previous one). A bare
+    /// name declares an internal task, which HTTP callers cannot enqueue; declare it with
+    /// [`crate::jobs::catalog::TaskDecl::users`] or `::service` to say who may.
+    pub fn register<F, Fut>(
+        &mut self,
+        declaration: impl Into<crate::jobs::catalog::TaskDecl>,
+        handler: F,
+    ) -> &mut Self
     where
         F: Fn(TaskContext, Vec<Value>, Map<String, Value>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
     {
+        let declaration = declaration.into();
         let h: Handler = Arc::new(move |ctx, args, kwargs| Box::pin(handler(ctx, args, kwargs)));
-        self.handlers.insert(name.into(), h);
+        self.handlers.insert(declaration.name.clone(), h);
+        self.declarations
+            .insert(declaration.name.clone(), declaration);
         self
+    }
+
+    /// The declarations of the registered handlers, sorted by name.
+    pub fn declarations(&self) -> Vec<crate::jobs::catalog::TaskDecl> {
+        let mut v: Vec<_> = self.declarations.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Registered names, sorted.
