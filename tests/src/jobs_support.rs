@@ -75,10 +75,15 @@ fn build_bin(package: &str, bin: &str) -> PathBuf {
     let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
     let newest_source = match std::fs::read_to_string(profile_dir.join(format!("{bin}.d"))) {
         Ok(dep_info) => newest_dependency(&dep_info),
-        Err(_) => ["xenios-core", "xenios-server", "xenios-worker", "xenios-cli"]
-            .iter()
-            .filter_map(|c| newest_mtime(&workspace_root().join(c)))
-            .max(),
+        Err(_) => [
+            "xenios-core",
+            "xenios-server",
+            "xenios-worker",
+            "xenios-cli",
+        ]
+        .iter()
+        .filter_map(|c| newest_mtime(&workspace_root().join(c)))
+        .max(),
     };
     let stale = match (built, newest_source) {
         (Some(b), Some(s)) => s > b,
