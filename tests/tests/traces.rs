@@ -312,6 +312,7 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
     assert_eq!(http.parent_span_id, caller_span);
     let attempt = find("llm.attempt", &|s| s.trace_id == caller_trace);
     assert_eq!(attempt.attr("model"), Some("anthropic/claude-opus-4.5"));
+    assert_eq!(attempt.attr("correlation_id"), Some("req-trace-llm"));
     assert!(upstream_tp.contains(&attempt.span_id), "{upstream_tp}");
 
     // 2: the enqueue span is in the enqueuing request's trace and named in the header.

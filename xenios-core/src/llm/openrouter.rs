@@ -107,9 +107,15 @@ impl OpenRouterProvider {
                 include_usage: true,
             }),
         };
-        // One span per upstream attempt; its W3C trace context travels upstream.
-        let span =
-            tracing::info_span!("llm.attempt", model = %req.model, stream, otel.kind = "client");
+        // One span per upstream attempt; its W3C trace context travels upstream. It repeats
+        // the correlation ID so that log lines inside it still carry it.
+        let span = tracing::info_span!(
+            "llm.attempt",
+            model = %req.model,
+            stream,
+            correlation_id = %req.correlation_id,
+            otel.kind = "client"
+        );
         let mut request = self
             .http
             .post(url.clone())
