@@ -233,7 +233,7 @@ async fn faults_a_poisoned_item_never_blocks_the_rest_of_its_finish_batch() {
     let db = TestDb::new().await;
     let backend = backend_on(&db, &redis, &[]).await;
     let retried = Arc::new(AtomicUsize::new(0));
-    let mut registry = tasks::builtin_registry();
+    let mut registry = tasks::builtin_registry(&backend.config().jobs);
     let r = retried.clone();
     registry.register("test.retry_once", move |ctx, _, _| {
         let r = r.clone();
@@ -325,7 +325,7 @@ async fn faults_redis_at_maxmemory_refuses_enqueues_with_503_and_wedges_nothing(
     assert_eq!(b["error"]["code"], "queue_unavailable", "{b}");
     tokio::time::timeout(
         Duration::from_secs(30),
-        Worker::new(app.backend.clone(), tasks::builtin_registry(), opts(2)).run_until_idle(),
+        Worker::new(app.backend.clone(), tasks::builtin_registry(&app.backend.config().jobs), opts(2)).run_until_idle(),
     )
     .await
     .expect("a full Redis wedged the worker")
@@ -345,7 +345,7 @@ async fn faults_redis_at_maxmemory_refuses_enqueues_with_503_and_wedges_nothing(
     // Whatever could not be stored meanwhile is still unacked and is restored now.
     tokio::time::timeout(
         Duration::from_secs(30),
-        Worker::new(app.backend.clone(), tasks::builtin_registry(), opts(2)).run_until_idle(),
+        Worker::new(app.backend.clone(), tasks::builtin_registry(&app.backend.config().jobs), opts(2)).run_until_idle(),
     )
     .await
     .expect("worker did not go idle")
@@ -375,7 +375,7 @@ async fn faults_absurd_time_limits_and_control_commands_are_clamped_never_a_pani
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
     let backend = backend_on(&db, &redis, &[("JOB_MAX_TIME_LIMIT_SECS", "1")]).await;
-    let mut registry = tasks::builtin_registry();
+    let mut registry = tasks::builtin_registry(&backend.config().jobs);
     registry.register("test.quick", |_, _, _| async { Ok(json!("ok")) });
     let mut c = redis.conn().await;
     let message = |task: &str, timelimit: Value| {

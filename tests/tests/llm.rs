@@ -330,8 +330,8 @@ async fn complete_answers_from_the_primary_sends_the_correlation_id_and_logs_a_r
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["content"], "Hello world!");
-    assert_eq!(body["model_used"], "anthropic/claude-sonnet-4");
-    assert_eq!(body["model_requested"], "anthropic/claude-sonnet-4");
+    assert_eq!(body["model_used"], "anthropic/claude-opus-4.5");
+    assert_eq!(body["model_requested"], "anthropic/claude-opus-4.5");
     assert_eq!(body["fallback_used"], false);
     assert_eq!(body["usage"]["total_tokens"], 10);
     assert_eq!(body["cost_usd"], 0.00042);
@@ -344,14 +344,14 @@ async fn complete_answers_from_the_primary_sends_the_correlation_id_and_logs_a_r
     assert_eq!(auth.as_deref(), Some("Bearer sk-or-test-key"));
     // Sent as written (0.7), not widened from f32 (0.699999988...).
     assert_eq!(sent["temperature"], json!(0.7));
-    assert_eq!(sent["max_tokens"], 2048);
+    assert_eq!(sent["max_tokens"], 1500);
 
     let rows = logs(&s.app, "req-llm-complete-1").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let row = &rows[0];
     assert_eq!(row.task_type, "chat");
     assert_eq!(row.status, "success");
-    assert_eq!(row.model_used.as_deref(), Some("anthropic/claude-sonnet-4"));
+    assert_eq!(row.model_used.as_deref(), Some("anthropic/claude-opus-4.5"));
     assert!(!row.fallback_used);
     assert!(!row.streaming);
     assert_eq!(row.total_tokens, Some(10));
@@ -510,55 +510,88 @@ async fn connect_errors_fall_back_and_are_listed() {
     assert!(!msg.contains("sk-or-test-key"));
 }
 
+/// The product spec's routing table, literally: task, primary, fallback, temperature,
+/// max_tokens.
+const SPEC_TABLE: [(&str, &str, &str, f64, u64); 5] = [
+    (
+        "session_summary",
+        "anthropic/claude-opus-4.5",
+        "anthropic/claude-sonnet-4",
+        0.3,
+        4000,
+    ),
+    (
+        "insight_generation",
+        "anthropic/claude-opus-4.5",
+        "anthropic/claude-sonnet-4",
+        0.5,
+        2000,
+    ),
+    (
+        "chat",
+        "anthropic/claude-opus-4.5",
+        "anthropic/claude-sonnet-4",
+        0.7,
+        1500,
+    ),
+    (
+        "intent_classification",
+        "anthropic/claude-sonnet-4",
+        "openai/gpt-4o-mini",
+        0.0,
+        100,
+    ),
+    (
+        "entity_extraction",
+        "anthropic/claude-sonnet-4",
+        "openai/gpt-4o-mini",
+        0.0,
+        500,
+    ),
+];
+
 #[tokio::test]
-async fn routing_table_covers_all_five_tasks_with_their_fallbacks() {
+async fn routing_table_is_the_spec_table_on_the_wire_for_primary_and_fallback() {
     let s = setup(&[]).await;
-    let expect = [
-        (
-            "session_summary",
-            "anthropic/claude-opus-4.5",
-            "anthropic/claude-sonnet-4",
-        ),
-        (
-            "insight_generation",
-            "anthropic/claude-opus-4.5",
-            "anthropic/claude-sonnet-4",
-        ),
-        ("chat", "anthropic/claude-sonnet-4", "openai/gpt-4o-mini"),
-        (
-            "intent_classification",
-            "anthropic/claude-sonnet-4",
-            "openai/gpt-4o-mini",
-        ),
-        (
-            "entity_extraction",
-            "anthropic/claude-sonnet-4",
-            "openai/gpt-4o-mini",
-        ),
-    ];
-    let routes = s.app.backend.llm().config().routes.clone();
-    for (task, primary, fallback) in expect {
-        let route = routes.route(task.parse().unwrap());
+    for (task, primary, fallback, temperature, max_tokens) in SPEC_TABLE {
+        // The primary answers: the upstream receives exactly the spec's values.
         s.state.down.lock().unwrap().clear();
         let resp = post(&s.app, "/api/v1/llm/complete", ask(task, None)).await;
         assert_eq!(resp.status(), 200, "{task}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["model_used"], primary, "{task}");
         let last = s.state.requests.lock().unwrap().last().unwrap().0.clone();
-        assert_eq!(last["max_tokens"], route.max_tokens, "{task}");
-        // Sent as the route writes it (0.3), not widened from f32.
-        let written: f64 = route.temperature.to_string().parse().unwrap();
-        assert_eq!(last["temperature"], json!(written), "{task}");
+        assert_eq!(last["model"], primary, "{task}");
+        assert_eq!(last["max_tokens"], json!(max_tokens), "{task}");
+        // Sent as the spec writes it (0.3), not widened from f32.
+        assert_eq!(last["temperature"], json!(temperature), "{task}");
 
+        // The primary is down: the fallback receives the same temperature and max_tokens.
         s.state.down.lock().unwrap().insert(primary.to_owned());
         let resp = post(&s.app, "/api/v1/llm/complete", ask(task, None)).await;
         let rid = request_id(&resp);
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["model_used"], fallback, "{task}");
         assert_eq!(body["fallback_used"], true, "{task}");
+        let last = s.state.requests.lock().unwrap().last().unwrap().0.clone();
+        assert_eq!(last["model"], fallback, "{task}");
+        assert_eq!(last["max_tokens"], json!(max_tokens), "{task}");
+        assert_eq!(last["temperature"], json!(temperature), "{task}");
         let rows = logs(&s.app, &rid).await;
         assert_eq!(rows[0].task_type, task);
     }
+
+    // chat streamed: the same route on the wire, with `stream: true`.
+    s.state.down.lock().unwrap().clear();
+    let resp = post(&s.app, "/api/v1/llm/stream", ask("chat", None)).await;
+    assert_eq!(resp.status(), 200);
+    let mut sse = SseReader::new(resp);
+    while sse.next().await.is_some() {}
+    let last = s.state.requests.lock().unwrap().last().unwrap().0.clone();
+    assert_eq!(last["model"], "anthropic/claude-opus-4.5");
+    assert_eq!(last["stream"], true);
+    assert_eq!(last["max_tokens"], 1500);
+    assert_eq!(last["temperature"], json!(0.7));
 }
 
 #[tokio::test]
@@ -636,7 +669,7 @@ async fn stream_forwards_deltas_in_order_then_done_and_ignores_comments() {
         }
     };
     assert_eq!(deltas, OK_TOKENS);
-    assert_eq!(done["model_used"], "anthropic/claude-sonnet-4");
+    assert_eq!(done["model_used"], "anthropic/claude-opus-4.5");
     assert_eq!(done["fallback_used"], false);
     assert_eq!(done["usage"]["total_tokens"], 10);
     assert_eq!(done["usage"]["cost_usd"], 0.00042);
@@ -864,7 +897,7 @@ async fn openai_compatible_endpoint_complete_and_stream() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["choices"][0]["message"]["content"], "Hello world!");
-    assert_eq!(body["model"], "anthropic/claude-sonnet-4");
+    assert_eq!(body["model"], "anthropic/claude-opus-4.5");
     assert_eq!(body["usage"]["total_tokens"], 10);
 
     // A model id is used as is, streamed.
@@ -997,6 +1030,104 @@ async fn run_cli(vars: &HashMap<String, String>, args: &[&str]) -> (Option<i32>,
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `xenios-cli` to the end with `input` on its stdin: (exit code, stdout, stderr).
+async fn run_cli_stdin(
+    vars: &HashMap<String, String>,
+    args: &[&str],
+    input: &[u8],
+) -> (Option<i32>, String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let mut cmd = std::process::Command::new(xenios_tests::jobs_support::cli_bin());
+    cmd.args(args)
+        .envs(vars)
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let input = input.to_vec();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // The CLI may refuse before reading everything (a broken pipe is then fine).
+        let _ = stdin.write_all(&input);
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_reads_the_prompt_from_stdin_when_it_is_dash_or_absent() {
+    let s = setup(&[]).await;
+    let vars = cli_vars(&s);
+
+    // `complete -`: the whole of stdin is the prompt, less one trailing newline.
+    let (code, out, err) = run_cli_stdin(
+        &vars,
+        &["complete", "--model", "d/ok", "-"],
+        b"First line\nsecond line\n",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "Hello world!\n");
+    let seen = s.state.requests.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.0["model"], "d/ok");
+    assert_eq!(seen.0["messages"][0]["content"], "First line\nsecond line");
+
+    // `stream` without a prompt argument reads stdin too.
+    let (code, out, err) = run_cli_stdin(
+        &vars,
+        &["stream", "--system", "Be brief.", "--model", "e/ok"],
+        b"Piped prompt\r\n",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "Hello world!\n");
+    let seen = s.state.requests.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.0["model"], "e/ok");
+    assert_eq!(seen.0["stream"], true);
+    assert_eq!(seen.0["messages"][0]["content"], "Be brief.");
+    assert_eq!(seen.0["messages"][1]["content"], "Piped prompt");
+    let rows = logs(&s.app, &upstream_request_id(&s, "e/ok")).await;
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].streaming && rows[0].status == "success");
+
+    // A literal argument is still used as is, stdin ignored.
+    let (code, _, err) = run_cli_stdin(
+        &vars,
+        &["complete", "--model", "f/ok", "Arg prompt"],
+        b"ignored",
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let seen = s.state.requests.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.0["messages"][0]["content"], "Arg prompt");
+
+    // Hostile stdin: empty, blank, not UTF-8, larger than 1 MiB: exit 2, nothing sent.
+    let sent_before = s.state.requests.lock().unwrap().len();
+    let huge = vec![b'a'; 1024 * 1024 + 1];
+    for (input, says) in [
+        (&b""[..], "empty"),
+        (&b"  \n\t\n"[..], "empty"),
+        (&b"\xff\xfe bad"[..], "not UTF-8"),
+        (&huge[..], "larger than"),
+    ] {
+        let (code, out, err) = run_cli_stdin(&vars, &["complete", "-"], input).await;
+        assert_eq!(code, Some(2), "{says}: {err}");
+        assert!(out.is_empty(), "{says}: {out}");
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    assert_eq!(s.state.requests.lock().unwrap().len(), sent_before);
 }
 
 /// The X-Request-ID the fake upstream saw with the last request for `model`.

@@ -86,8 +86,47 @@ struct LlmArgs {
     /// Optional system prompt.
     #[arg(long)]
     system: Option<String>,
-    /// The user prompt.
-    prompt: String,
+    /// The user prompt; `-` or nothing reads it from stdin (one trailing newline dropped).
+    prompt: Option<String>,
+}
+
+/// Most bytes of a prompt read from stdin.
+const MAX_STDIN_PROMPT_BYTES: u64 = 1024 * 1024;
+
+/// The prompt: the argument, or stdin when it is `-` or absent.
+fn prompt_text(arg: Option<String>) -> Result<String, String> {
+    use std::io::{IsTerminal, Read};
+
+    if let Some(p) = arg.filter(|p| p != "-") {
+        return Ok(p);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err("no prompt: pass it as an argument, or pipe it on stdin".to_owned());
+    }
+    let mut bytes = Vec::new();
+    stdin
+        .lock()
+        .take(MAX_STDIN_PROMPT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the prompt from stdin: {e}"))?;
+    if bytes.len() as u64 > MAX_STDIN_PROMPT_BYTES {
+        return Err(format!(
+            "the prompt on stdin is larger than {MAX_STDIN_PROMPT_BYTES} bytes"
+        ));
+    }
+    let mut text =
+        String::from_utf8(bytes).map_err(|_| "the prompt on stdin is not UTF-8".to_owned())?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.trim().is_empty() {
+        return Err("the prompt on stdin is empty".to_owned());
+    }
+    Ok(text)
 }
 
 #[tokio::main]
@@ -205,11 +244,18 @@ async fn llm(backend: &xenios_core::AiBackend, args: LlmArgs, stream: bool) -> E
             return ExitCode::from(2);
         }
     };
+    let prompt = match prompt_text(args.prompt) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("xenios-cli: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut messages = Vec::new();
     if let Some(system) = args.system {
         messages.push(Message::system(system));
     }
-    messages.push(Message::user(args.prompt));
+    messages.push(Message::user(prompt));
     let mut req = CompletionRequest::new(task, messages);
     req.models = args
         .model

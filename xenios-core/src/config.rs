@@ -274,8 +274,12 @@ pub struct Config {
     pub log_level: String,
     /// `LOG_FORMAT`: json or pretty (default: pretty in development, json otherwise).
     pub log_format: LogFormat,
-    /// `SENTRY_DSN` (optional).
+    /// `SENTRY_DSN` (optional): where error reports go (see [`crate::telemetry::reporting`]).
     pub sentry_dsn: Option<SecretString>,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (optional): base URL of an OTLP/HTTP collector, e.g.
+    /// `http://otel-collector:4318`; spans go to `<it>/v1/traces` (see
+    /// [`crate::telemetry::trace`]).
+    pub otel_endpoint: Option<String>,
     /// LLM routes, timeouts and retries (`LLM_*`, see [`crate::llm::routing`]).
     pub llm: crate::llm::LlmConfig,
     /// Job queue settings.
@@ -582,6 +586,24 @@ impl Config {
 
         let llm = crate::llm::LlmConfig::from_lookup(lookup, &mut r.problems);
         let jobs = read_jobs_config(&mut r, dev);
+        let sentry_dsn = r.secret("SENTRY_DSN");
+        if let Some(dsn) = &sentry_dsn
+            && let Err(e) = dsn.expose_secret().parse::<sentry::types::Dsn>()
+        {
+            // Never echo the DSN: its key is a credential.
+            r.problems
+                .push(format!("SENTRY_DSN: not a valid Sentry DSN ({e})"));
+        }
+        let otel_endpoint = r.get("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if let Some(endpoint) = &otel_endpoint {
+            match url::Url::parse(endpoint) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => r.problems.push(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT: not an http(s) URL such as http://collector:4318"
+                        .to_owned(),
+                ),
+            }
+        }
         let config = Config {
             llm,
             jobs,
@@ -595,7 +617,8 @@ impl Config {
             deepgram_api_key: r.secret("DEEPGRAM_API_KEY"),
             log_level,
             log_format,
-            sentry_dsn: r.secret("SENTRY_DSN"),
+            sentry_dsn,
+            otel_endpoint,
         };
         if r.problems.is_empty() {
             Ok(config)

@@ -11,7 +11,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    xenios_core::telemetry::init(&config);
+    // Held to the end of main: dropping it flushes error reports and spans.
+    let _telemetry = xenios_core::telemetry::init(&config);
     match xenios_server::serve(config, xenios_core::shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -34,6 +34,8 @@ pub async fn correlation<E: Endpoint>(next: E, mut req: Request) -> poem::Result
         %path,
         user_id = tracing::field::Empty
     );
+    // Joins the caller's trace (W3C `traceparent`) when traces are exported.
+    xenios_core::telemetry::set_parent(&span, req.header("traceparent"));
     let started = Instant::now();
     let result = next.call(req).instrument(span.clone()).await;
     let mut resp = match result {

@@ -56,7 +56,8 @@ async fn main() -> ExitCode {
             }
         };
     }
-    xenios_core::telemetry::init(&config);
+    // Held to the end of main: dropping it flushes error reports and spans.
+    let _telemetry = xenios_core::telemetry::init(&config);
     let backend = match xenios_core::AiBackend::builder(config).build().await {
         Ok(b) => b,
         Err(e) => {

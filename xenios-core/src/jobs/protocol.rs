@@ -100,10 +100,14 @@ impl TaskMessage {
     /// A new message for `task` with a fresh id and delivery tag, on `queue`.
     pub fn new(task: impl Into<String>, queue: impl Into<String>) -> Self {
         let id = uuid::Uuid::new_v4().to_string();
+        let task: String = task.into();
+        // W3C `traceparent` of an `enqueue` span when traces are exported (none otherwise):
+        // the header opentelemetry-instrumentation-celery reads too.
+        let extra_headers = crate::telemetry::enqueue_headers(&task);
         Self {
             root_id: Some(id.clone()),
             id,
-            task: task.into(),
+            task,
             args: Vec::new(),
             kwargs: Map::new(),
             embed: default_embed(),
@@ -125,7 +129,7 @@ impl TaskMessage {
             delivery_tag: uuid::Uuid::new_v4().to_string(),
             reply_to: None,
             redelivered: false,
-            extra_headers: Map::new(),
+            extra_headers,
         }
     }
 

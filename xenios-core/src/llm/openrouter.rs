@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::provider::{
     ChunkStream, Provider, ProviderChunk, ProviderError, ProviderErrorKind, ProviderRequest,
@@ -106,14 +107,28 @@ impl OpenRouterProvider {
                 include_usage: true,
             }),
         };
-        let resp = self
+        // One span per upstream attempt; its W3C trace context travels upstream. It repeats
+        // the correlation ID so that log lines inside it still carry it.
+        let span = tracing::info_span!(
+            "llm.attempt",
+            model = %req.model,
+            stream,
+            correlation_id = %req.correlation_id,
+            otel.kind = "client"
+        );
+        let mut request = self
             .http
             .post(url.clone())
             .header(reqwest::header::AUTHORIZATION, authorization.clone())
             .header("X-Request-ID", &req.correlation_id)
-            .header("X-Title", "Xenios AI Backend")
+            .header("X-Title", "Xenios AI Backend");
+        if let Some(traceparent) = crate::telemetry::traceparent_of(&span) {
+            request = request.header(crate::telemetry::trace::TRACEPARENT, traceparent);
+        }
+        let resp = request
             .json(&body)
             .send()
+            .instrument(span)
             .await
             .map_err(transport_error)?;
         let status = resp.status();

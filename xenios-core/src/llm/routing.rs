@@ -1,7 +1,16 @@
 //! The routing table (task -> models, temperature, max_tokens) and the LLM settings.
 //!
-//! Defaults follow the product spec: Opus with Sonnet as fallback for the reasoning tasks,
-//! Sonnet with GPT-4o mini as fallback for the simple ones. Operators override them without
+//! Defaults follow the product spec exactly:
+//!
+//! | task | primary | fallback | temperature | max_tokens |
+//! |---|---|---|---|---|
+//! | session_summary | anthropic/claude-opus-4.5 | anthropic/claude-sonnet-4 | 0.3 | 4000 |
+//! | insight_generation | anthropic/claude-opus-4.5 | anthropic/claude-sonnet-4 | 0.5 | 2000 |
+//! | chat | anthropic/claude-opus-4.5 | anthropic/claude-sonnet-4 | 0.7 | 1500 |
+//! | intent_classification | anthropic/claude-sonnet-4 | openai/gpt-4o-mini | 0.0 | 100 |
+//! | entity_extraction | anthropic/claude-sonnet-4 | openai/gpt-4o-mini | 0.0 | 500 |
+//!
+//! Operators override them without
 //! rebuilding, in this order (later wins):
 //! 1. `LLM_ROUTES_FILE`: a JSON file `{"chat": {"models": [..], "temperature": 0.7,
 //!    "max_tokens": 2000}, ...}`; every field optional, unknown tasks or fields refused.
@@ -119,11 +128,11 @@ impl Default for RoutingTable {
             .into_iter()
             .map(|t| {
                 let route = match t {
-                    Task::SessionSummary => Route::new(&[OPUS, SONNET], 0.3, 2048),
-                    Task::InsightGeneration => Route::new(&[OPUS, SONNET], 0.5, 4096),
-                    Task::Chat => Route::new(&[SONNET, GPT_4O_MINI], 0.7, 2048),
-                    Task::IntentClassification => Route::new(&[SONNET, GPT_4O_MINI], 0.0, 64),
-                    Task::EntityExtraction => Route::new(&[SONNET, GPT_4O_MINI], 0.0, 1024),
+                    Task::SessionSummary => Route::new(&[OPUS, SONNET], 0.3, 4000),
+                    Task::InsightGeneration => Route::new(&[OPUS, SONNET], 0.5, 2000),
+                    Task::Chat => Route::new(&[OPUS, SONNET], 0.7, 1500),
+                    Task::IntentClassification => Route::new(&[SONNET, GPT_4O_MINI], 0.0, 100),
+                    Task::EntityExtraction => Route::new(&[SONNET, GPT_4O_MINI], 0.0, 500),
                 };
                 (t, route)
             })
@@ -346,18 +355,52 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_spec() {
+    fn defaults_are_the_spec_table_literally() {
         let (c, problems) = read(&[]);
         assert!(problems.is_empty(), "{problems:?}");
-        for t in [Task::SessionSummary, Task::InsightGeneration] {
-            assert_eq!(c.routes.route(t).models, [OPUS, SONNET]);
-        }
-        for t in [
-            Task::Chat,
-            Task::IntentClassification,
-            Task::EntityExtraction,
-        ] {
-            assert_eq!(c.routes.route(t).models, [SONNET, GPT_4O_MINI]);
+        let spec = [
+            (
+                "session_summary",
+                "anthropic/claude-opus-4.5",
+                "anthropic/claude-sonnet-4",
+                0.3,
+                4000,
+            ),
+            (
+                "insight_generation",
+                "anthropic/claude-opus-4.5",
+                "anthropic/claude-sonnet-4",
+                0.5,
+                2000,
+            ),
+            (
+                "chat",
+                "anthropic/claude-opus-4.5",
+                "anthropic/claude-sonnet-4",
+                0.7,
+                1500,
+            ),
+            (
+                "intent_classification",
+                "anthropic/claude-sonnet-4",
+                "openai/gpt-4o-mini",
+                0.0,
+                100,
+            ),
+            (
+                "entity_extraction",
+                "anthropic/claude-sonnet-4",
+                "openai/gpt-4o-mini",
+                0.0,
+                500,
+            ),
+        ];
+        assert_eq!(c.routes.iter().count(), spec.len());
+        for (task, primary, fallback, temperature, max_tokens) in spec {
+            let route = c.routes.route(task.parse().unwrap());
+            assert_eq!(route.models, [primary, fallback], "{task}");
+            assert_eq!(route.temperature, temperature, "{task}");
+            assert_eq!(route.max_tokens, max_tokens, "{task}");
         }
     }
 

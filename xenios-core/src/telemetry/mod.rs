@@ -1,0 +1,146 @@
+//! Logs, error reports and traces.
+//!
+//! # Layout
+//! - this file: the global `tracing` subscriber. JSON lines in staging and production (or
+//!   with `LOG_FORMAT=json`), human-readable output in development. Transports open a span
+//!   carrying `correlation_id` for each request; the JSON formatter writes the current span's
+//!   fields on every line, so every log line of a request carries its ID.
+//! - [`reporting`]: Sentry (`SENTRY_DSN`): 5xx responses, panics, failed jobs and LLM calls on
+//!   which every model failed become events tagged with correlation ID, task, environment and
+//!   release, scrubbed of secrets, prompts and outputs.
+//! - [`trace`]: OpenTelemetry (`OTEL_EXPORTER_OTLP_ENDPOINT`): spans of HTTP requests, LLM
+//!   attempts, enqueues and jobs exported over OTLP/HTTP; W3C `traceparent` carried into
+//!   Celery message headers and upstream LLM calls.
+//! - `fields`: a small layer remembering a few span fields (correlation ID, task) so that
+//!   error reports can be tagged with them.
+//!
+//! Without `SENTRY_DSN` and `OTEL_EXPORTER_OTLP_ENDPOINT` neither a Sentry client nor an
+//! exporter is installed: nothing is sent and the cost is that of logging alone.
+
+mod fields;
+pub mod reporting;
+pub mod trace;
+
+use std::time::Duration;
+
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::config::{Config, LogFormat};
+
+pub use reporting::report_job_failure;
+pub use trace::{enqueue_headers, job_span, set_parent, traceparent, traceparent_of};
+
+/// What [`init`] installed. Keep it alive for the life of the process: dropping it flushes
+/// queued error reports and spans (bounded), then stops sending them.
+#[must_use = "dropping the guard stops error reporting and trace export"]
+pub struct Telemetry {
+    sentry: Option<sentry::ClientInitGuard>,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("sentry", &self.sentry.is_some())
+            .field("traces", &self.tracer.is_some())
+            .finish()
+    }
+}
+
+impl Telemetry {
+    /// Whether error reports are sent (`SENTRY_DSN` set).
+    pub fn reports_errors(&self) -> bool {
+        self.sentry.is_some()
+    }
+
+    /// Whether spans are exported (`OTEL_EXPORTER_OTLP_ENDPOINT` set).
+    pub fn exports_traces(&self) -> bool {
+        self.tracer.is_some()
+    }
+
+    /// Sends what is queued (error reports and finished spans), waiting at most `timeout`
+    /// for error reports. False when something could not be sent in time.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let mut ok = true;
+        if let Some(tracer) = &self.tracer {
+            ok &= tracer.force_flush().is_ok();
+        }
+        if self.sentry.is_some()
+            && let Some(client) = sentry::Hub::current().client()
+        {
+            ok &= client.flush(Some(timeout));
+        }
+        ok
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(tracer) = self.tracer.take() {
+            let _ = tracer.shutdown();
+            trace::set_exporting(false);
+        }
+        // The Sentry guard flushes (bounded by its shutdown timeout) when it drops.
+    }
+}
+
+/// Installs the global subscriber, and Sentry and the OTLP exporter when configured. Safe to
+/// call more than once (later calls leave the first subscriber in place), so tests and
+/// embedders that already installed one are left alone.
+pub fn init(config: &Config) -> Telemetry {
+    let sentry = reporting::init(config);
+    let tracer = trace::provider(config);
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
+        vec![fmt_layer(&config.log_level, config.log_format)];
+    if let Some(provider) = &tracer {
+        layers.push(
+            trace::layer(provider)
+                .with_filter(LevelFilter::INFO)
+                .boxed(),
+        );
+    }
+    if sentry.is_some() {
+        layers.push(fields::SpanFields.boxed());
+        layers.push(reporting::layer().boxed());
+    }
+    let installed = tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .is_ok();
+    if installed && tracer.is_some() {
+        trace::set_exporting(true);
+    }
+    Telemetry { sentry, tracer }
+}
+
+/// Installs the global subscriber (logs only) from a filter and a format.
+pub fn init_with(level: &str, format: LogFormat) {
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer(level, format))
+        .try_init();
+}
+
+fn fmt_layer(level: &str, format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_span_events(FmtSpan::NONE);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => builder
+            .with_target(false)
+            .compact()
+            .with_filter(filter)
+            .boxed(),
+    }
+}
