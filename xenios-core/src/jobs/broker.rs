@@ -264,6 +264,16 @@ pub async fn take<C: ConnectionLike + Send>(
     }
     let (out, skipped): (Vec<String>, Vec<String>) =
         inv.invoke_async(conn).await.map_err(redis_error)?;
+    if out.is_empty() && !skipped.is_empty() {
+        // An error, so that the caller backs off instead of polling (and logging) at once.
+        return Err(Error::Unavailable {
+            component: "redis",
+            message: format!(
+                "queue keys that are not lists cannot be taken from: {}",
+                skipped.join(", ")
+            ),
+        });
+    }
     for what in skipped {
         tracing::error!(
             key = %what,
