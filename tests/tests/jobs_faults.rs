@@ -325,7 +325,12 @@ async fn faults_redis_at_maxmemory_refuses_enqueues_with_503_and_wedges_nothing(
     assert_eq!(b["error"]["code"], "queue_unavailable", "{b}");
     tokio::time::timeout(
         Duration::from_secs(30),
-        Worker::new(app.backend.clone(), tasks::builtin_registry(&app.backend.config().jobs), opts(2)).run_until_idle(),
+        Worker::new(
+            app.backend.clone(),
+            tasks::builtin_registry(&app.backend.config().jobs),
+            opts(2),
+        )
+        .run_until_idle(),
     )
     .await
     .expect("a full Redis wedged the worker")
@@ -345,7 +350,12 @@ async fn faults_redis_at_maxmemory_refuses_enqueues_with_503_and_wedges_nothing(
     // Whatever could not be stored meanwhile is still unacked and is restored now.
     tokio::time::timeout(
         Duration::from_secs(30),
-        Worker::new(app.backend.clone(), tasks::builtin_registry(&app.backend.config().jobs), opts(2)).run_until_idle(),
+        Worker::new(
+            app.backend.clone(),
+            tasks::builtin_registry(&app.backend.config().jobs),
+            opts(2),
+        )
+        .run_until_idle(),
     )
     .await
     .expect("worker did not go idle")

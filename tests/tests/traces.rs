@@ -17,12 +17,10 @@ use poem::web::{Data, Json};
 use poem::{Body, EndpointExt, Response, handler};
 use prost::Message as _;
 use serde_json::{Value, json};
-use tracing::Instrument;
-use xenios_core::auth::Principal;
+use xenios_core::Config;
 use xenios_core::jobs::protocol::TaskMessage;
-use xenios_core::llm::{CompletionRequest, Message, Task};
+use xenios_core::jobs::{Worker, WorkerOptions, tasks};
 use xenios_core::redis::redis;
-use xenios_core::{Config, CorrelationId, RequestContext};
 use xenios_tests::{API_KEY, FakeUpstream, TestApp, TestDb, TestRedis, test_vars, wait_for};
 
 /// A span as the receiver decoded it.
@@ -220,7 +218,7 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
         .post(app.url("/api/v1/jobs"))
         .header("x-api-key", API_KEY)
         .header("x-request-id", "req-trace-job")
-        .json(&json!({"task": "xenios.llm.complete", "args": [], "kwargs": {}}))
+        .json(&json!({"task": "xenios.llm.complete", "args": [], "kwargs": {"task": "session_summary", "prompt": "summarise"}}))
         .send()
         .await
         .unwrap();
@@ -243,26 +241,29 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
         .to_owned();
     let m = TaskMessage::decode(raw.as_bytes()).unwrap();
 
-    // 3. The worker side: the job's span continues the message's trace, and an LLM call made
-    //    inside it sends that trace upstream.
-    let job = xenios_core::telemetry::job_span(
-        &m.task,
-        &m.id,
-        m.correlation_id.as_deref(),
-        &m.extra_headers,
-    );
-    let ctx = RequestContext::new(
-        CorrelationId::from_candidates([m.correlation_id.as_deref()]),
-        Principal::Service,
-    );
-    app.backend
-        .complete(
-            &ctx,
-            CompletionRequest::new(Task::SessionSummary, vec![Message::user("summarise")]),
+    // 3. The worker side: the real worker runtime runs the job; its span continues the
+    //    message's trace, and the job's LLM call sends that trace upstream.
+    assert_eq!(m.task, "xenios.llm.complete");
+    let seen_before = upstream_state.seen.lock().unwrap().len();
+    let options = WorkerOptions {
+        queues: vec!["llm".to_owned()],
+        concurrency: 1,
+        hostname: Some("traces@%h".to_owned()),
+        prefetch_multiplier: 1,
+    };
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        Worker::new(
+            app.backend.clone(),
+            tasks::builtin_registry(&app.backend.config().jobs),
+            options,
         )
-        .instrument(job)
-        .await
-        .unwrap();
+        .run_until_idle(),
+    )
+    .await
+    .expect("the worker drains the llm queue")
+    .unwrap();
+    assert_eq!(upstream_state.seen.lock().unwrap().len(), seen_before + 1);
     let job_upstream_tp = upstream_state
         .seen
         .lock()
@@ -328,7 +329,7 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
     let job = find("job", &|_| true);
     assert_eq!(job.trace_id, http2.trace_id);
     assert_eq!(job.parent_span_id, enqueue.span_id);
-    assert_eq!(job.attr("task_name"), Some("xenios.llm.complete"));
+    assert_eq!(job.attr("task"), Some("xenios.llm.complete"));
     assert_eq!(job.attr("correlation_id"), Some("req-trace-job"));
     let job_attempt = find("llm.attempt", &|s| s.trace_id == http2.trace_id);
     assert!(job_upstream_tp.contains(&job_attempt.span_id));

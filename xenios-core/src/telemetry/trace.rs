@@ -141,12 +141,10 @@ pub fn enqueue_headers(task_name: &str) -> Map<String, Value> {
     headers
 }
 
-/// The span a worker runs one job in: `job` with `task_name`, `task_id` and
+/// The span a worker runs one job in: `job` with `task_id`, `task` (the task name) and
 /// `correlation_id` (so every log line of the job carries them), child of the `traceparent`
-/// in the message's headers when there is one (the enqueuing request's trace).
-///
-/// The worker enters it around the handler, e.g.
-/// `handler(args).instrument(telemetry::job_span(&m.task, &m.id, m.correlation_id.as_deref(), &m.extra_headers))`.
+/// in the message's headers when there is one (the enqueuing request's trace). The worker
+/// runtime (`jobs::worker`, `execute`) runs every job inside it.
 pub fn job_span(
     task_name: &str,
     task_id: &str,
@@ -155,8 +153,8 @@ pub fn job_span(
 ) -> Span {
     let span = tracing::info_span!(
         "job",
-        task_name = %task_name,
         task_id = %task_id,
+        task = %task_name,
         correlation_id = correlation_id.unwrap_or(""),
         otel.kind = "consumer"
     );

@@ -31,11 +31,13 @@ pub(super) enum Outcome {
 /// every log line of the job (the handler's included) carries them.
 pub(super) async fn execute(shared: Arc<Shared>, tag: String, held: Held, slot: Slot) {
     let m = &held.message;
-    let span = tracing::info_span!(
-        "job",
-        task_id = %m.id,
-        task = %m.task,
-        correlation_id = m.correlation_id.as_deref().unwrap_or(""),
+    // Joins the producer's W3C `traceparent` (ours or opentelemetry-instrumentation-celery's)
+    // when traces are exported, so the job is a child of the request that enqueued it.
+    let span = crate::telemetry::job_span(
+        &m.task,
+        &m.id,
+        m.correlation_id.as_deref(),
+        &m.extra_headers,
     );
     execute_inner(shared, tag, held, slot)
         .instrument(span)

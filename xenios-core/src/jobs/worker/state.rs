@@ -362,6 +362,14 @@ impl Shared {
         self.conclude(m, tag, TaskState::Failure, &exc.to_json(), Some(&tb), None)
             .await;
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        // Sentry (when configured) gets the exception's type only: its text may quote the job's
+        // input, which never leaves the backend.
+        crate::telemetry::report_job_failure(
+            &m.task,
+            &m.id,
+            m.correlation_id.as_deref(),
+            &format!("{}.{}", exc.module, exc.kind),
+        );
         self.events.task(
             "task-failed",
             json!({"uuid": m.id, "exception": exc.repr(), "traceback": tb, "runtime": runtime}),
