@@ -62,6 +62,13 @@ pub fn cli_bin() -> PathBuf {
         .clone()
 }
 
+/// The `xenios-server` binary of this build (built first if needed).
+pub fn server_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("xenios-server", "xenios-server"))
+        .clone()
+}
+
 /// The binary next to the test executable, as `scripts/test.sh` (nextest `--workspace
 /// --all-targets`) builds it; rebuilt with `cargo build` only when missing or older than one
 /// of its own sources (e.g. after `nextest run -p xenios-tests`). Its sources are read from
@@ -75,10 +82,15 @@ fn build_bin(package: &str, bin: &str) -> PathBuf {
     let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
     let newest_source = match std::fs::read_to_string(profile_dir.join(format!("{bin}.d"))) {
         Ok(dep_info) => newest_dependency(&dep_info),
-        Err(_) => ["xenios-core", "xenios-server", "xenios-worker", "xenios-cli"]
-            .iter()
-            .filter_map(|c| newest_mtime(&workspace_root().join(c)))
-            .max(),
+        Err(_) => [
+            "xenios-core",
+            "xenios-server",
+            "xenios-worker",
+            "xenios-cli",
+        ]
+        .iter()
+        .filter_map(|c| newest_mtime(&workspace_root().join(c)))
+        .max(),
     };
     let stale = match (built, newest_source) {
         (Some(b), Some(s)) => s > b,

@@ -163,6 +163,20 @@ impl ProviderError {
     }
 }
 
+impl ProviderError {
+    /// What a client may see of this failure: its kind and HTTP status, never the upstream's
+    /// own text (which can carry account details such as a credit balance).
+    pub fn public_summary(&self) -> String {
+        match self.kind {
+            ProviderErrorKind::Connect => "connect error".to_owned(),
+            ProviderErrorKind::Timeout => "timeout".to_owned(),
+            ProviderErrorKind::Status(s) => format!("HTTP {s}"),
+            ProviderErrorKind::MidStream => "stream failed".to_owned(),
+            ProviderErrorKind::InvalidResponse => "invalid response".to_owned(),
+        }
+    }
+}
+
 impl fmt::Display for ProviderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {

@@ -132,7 +132,7 @@ impl JobsApi {
         req: &Request,
         body: Json<EnqueueBody>,
     ) -> poem::Result<EnqueueResponse> {
-        let ctx = request_context(req);
+        let ctx = request_context(req)?;
         let body = body.0;
         let mut job = EnqueueRequest::new(body.task.clone());
         match body.args {
