@@ -832,6 +832,41 @@ mod tests {
     }
 
     #[test]
+    fn abuse_limits_are_read_and_checked_with_the_rest() {
+        let err = Config::from_map(&vars(&[
+            ("ENVIRONMENT", "staging"),
+            ("DATABASE_URL", "postgres://u@db/x"),
+            ("REDIS_URL", "redis://r:6379"),
+            ("XENIOS_BACKEND_API_KEY", "k"),
+            ("CORS_ORIGINS", "*"),
+            ("LLM_ALLOWED_MODELS", "a b"),
+            ("LLM_USER_DAILY_TOKENS", "lots"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        for name in [
+            "CORS_ORIGINS",
+            "LLM_ALLOWED_MODELS",
+            "LLM_USER_DAILY_TOKENS",
+        ] {
+            assert!(text.contains(name), "{name} not named in: {text}");
+        }
+        let c = Config::from_map(&vars(&[
+            ("XENIOS_BACKEND_API_KEY_PREVIOUS", "old-key"),
+            ("LLM_USER_DAILY_TOKENS", "5000"),
+            ("RATE_LIMIT_LEASE", "4"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.api_key_previous.as_ref().map(|k| k.expose_secret()),
+            Some("old-key")
+        );
+        assert_eq!(c.llm.user_daily_tokens, 5000);
+        assert_eq!(c.server.rate_limit.lease, 4);
+        assert!(!format!("{c:?}").contains("old-key"));
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let c = Config::from_map(&vars(&[("OPENROUTER_API_KEY", "sk-or-topsecret")])).unwrap();
         let debug = format!("{c:?}");
