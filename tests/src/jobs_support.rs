@@ -62,6 +62,13 @@ pub fn cli_bin() -> PathBuf {
         .clone()
 }
 
+/// The `xenios-server` binary of this build (built first if needed).
+pub fn server_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_bin("xenios-server", "xenios-server"))
+        .clone()
+}
+
 /// The binary next to the test executable, as `scripts/test.sh` (nextest `--workspace
 /// --all-targets`) builds it; rebuilt with `cargo build` only when missing or older than one
 /// of its own sources (e.g. after `nextest run -p xenios-tests`). Its sources are read from

@@ -7,7 +7,9 @@ use diesel_async::RunQueryDsl;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::auth::{self, ApiKeyVerifier, AuthError, JwtVerifier, Principal, RateLimiter};
+use crate::auth::{
+    self, ApiKeyVerifier, AuthError, JwtVerifier, Principal, SharedLimiterStats, SharedRateLimiter,
+};
 use crate::config::Config;
 use crate::context::RequestContext;
 use crate::db::audit::{AuditStatsSnapshot, AuditWriter};
@@ -18,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::health::{self, ComponentHealth, Readiness};
 use crate::llm::{
     Completion, CompletionRequest, FakeProvider, Llm, LlmStream, OpenRouterProvider, Provider,
+    TokenBudget, TokenUsage,
 };
 use crate::redis::{self as xredis, RedisPool};
 
@@ -43,7 +46,7 @@ struct Inner {
     api_keys: ApiKeyVerifier,
     audit: AuditWriter,
     jwt: JwtVerifier,
-    rate_limiter: RateLimiter,
+    rate_limiter: SharedRateLimiter,
     llm: Llm,
     jobs: crate::jobs::JobsState,
     started_at: Instant,
@@ -174,14 +177,15 @@ impl AiBackend {
         http: reqwest::Client,
         llm_provider: Option<Arc<dyn Provider>>,
     ) -> AiBackend {
-        let api_keys = ApiKeyVerifier::new(&config.api_key);
+        let api_keys =
+            ApiKeyVerifier::with_previous(&config.api_key, config.api_key_previous.as_ref());
         let audit = AuditWriter::start(
             db.clone(),
             config.database.audit_queue_capacity,
             config.database.audit_batch_linger,
         );
         let jwt = JwtVerifier::new(&config.supabase, http.clone());
-        let rate_limiter = RateLimiter::new(&config.server.rate_limit);
+        let rate_limiter = SharedRateLimiter::new(&config.server.rate_limit, &config.redis);
         let provider: Arc<dyn Provider> = match (llm_provider, &config.openrouter.api_key) {
             (Some(p), _) => p,
             (None, Some(key)) => Arc::new(OpenRouterProvider::new(
@@ -191,11 +195,14 @@ impl AiBackend {
             )),
             (None, None) => Arc::new(FakeProvider),
         };
-        let llm = Llm::new(
+        let budget = (config.llm.user_daily_tokens > 0)
+            .then(|| TokenBudget::new(redis.clone(), config.llm.user_daily_tokens));
+        let llm = Llm::with_budget(
             provider,
             config.llm.clone(),
             audit.clone(),
             config.database.audit_store_payloads,
+            budget,
         );
         let jobs = crate::jobs::JobsState::new(&config, redis.clone());
         AiBackend {
@@ -457,9 +464,51 @@ impl AiBackend {
     }
 
     /// Counts one request against the caller's rate limit (`RATE_LIMIT_PER_MINUTE`,
-    /// `RATE_LIMIT_BURST`); [`Error::RateLimited`] with the wait when over it.
-    pub fn check_rate_limit(&self, principal: &Principal) -> Result<()> {
-        self.inner.rate_limiter.check(principal)
+    /// `RATE_LIMIT_BURST`), shared by every replica through Redis (in leases, see
+    /// [`SharedRateLimiter`]); [`Error::RateLimited`] with the wait when over it.
+    pub async fn check_rate_limit(&self, principal: &Principal) -> Result<()> {
+        self.inner.rate_limiter.check(principal).await
+    }
+
+    /// Counters of the shared rate limiter (Redis up, leases, fallback checks).
+    pub fn rate_limit_stats(&self) -> SharedLimiterStats {
+        self.inner.rate_limiter.stats()
+    }
+
+    /// Requests accepted with `XENIOS_BACKEND_API_KEY_PREVIOUS` since start.
+    pub fn previous_api_key_uses(&self) -> u64 {
+        self.inner.api_keys.previous_key_uses()
+    }
+
+    /// Today's LLM token spending of a user and the daily limit (`LLM_USER_DAILY_TOKENS`;
+    /// limit 0 and nothing read from Redis when there is no budget).
+    pub async fn user_token_usage(&self, user_id: &str) -> Result<TokenUsage> {
+        match self.inner.llm.budget() {
+            Some(b) => b.usage(user_id).await,
+            None => Ok(TokenUsage { used: 0, limit: 0 }),
+        }
+    }
+
+    /// [`Error::BudgetExceeded`] when `user_id` has spent today's token budget.
+    ///
+    /// [`AiBackend::complete`] and [`AiBackend::stream`] already check and charge the user of
+    /// a [`RequestContext`] whose principal is a user (a job handler passes one built from the
+    /// job's owner); these methods are for work that spends tokens on a user's behalf some
+    /// other way.
+    pub async fn check_user_budget(&self, user_id: &str) -> Result<()> {
+        match self.inner.llm.budget() {
+            Some(b) => b.check(user_id).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Adds `tokens` to today's spending of `user_id` (no-op without a budget); returns the
+    /// new total.
+    pub async fn charge_user_tokens(&self, user_id: &str, tokens: u64) -> Result<u64> {
+        match self.inner.llm.budget() {
+            Some(b) => b.charge(user_id, tokens).await,
+            None => Ok(0),
+        }
     }
 
     /// Probes Postgres and Redis concurrently, each within `READY_TIMEOUT_MS`.

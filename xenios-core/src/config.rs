@@ -164,6 +164,24 @@ pub struct RateLimitConfig {
     /// `RATE_LIMIT_BURST`: requests a caller may send at once before the per-minute rate
     /// applies (default 60).
     pub burst: u32,
+    /// `RATE_LIMIT_LEASE`: most tokens one process takes from the shared Redis bucket at once
+    /// (default 8, at most a quarter of the burst); see [`crate::auth::SharedRateLimiter`].
+    pub lease: u32,
+    /// `RATE_LIMIT_REDIS_TIMEOUT_MS`: how long a request waits for the shared limiter's Redis
+    /// before the in-process limiter decides (default 200).
+    pub redis_timeout: Duration,
+}
+
+impl RateLimitConfig {
+    /// `per_minute` requests per minute with bursts of `burst`, the other settings default.
+    pub fn new(per_minute: u32, burst: u32) -> Self {
+        Self {
+            per_minute,
+            burst,
+            lease: 8,
+            redis_timeout: Duration::from_millis(200),
+        }
+    }
 }
 
 /// OpenRouter settings.
@@ -183,7 +201,8 @@ pub struct ServerConfig {
     /// `PORT` (default 8000).
     pub port: u16,
     /// `CORS_ORIGINS`: comma-separated allowed origins (default `http://localhost:3000` in
-    /// development, none otherwise). `*` is refused in production.
+    /// development, none otherwise: no cross-origin access). `*` (any origin) is accepted in
+    /// development only.
     pub cors_origins: Vec<String>,
     /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may run after SIGTERM (default 25).
     pub shutdown_timeout: Duration,
@@ -266,6 +285,10 @@ pub struct Config {
     /// `XENIOS_BACKEND_API_KEY`: the key the app's proxy sends in `X-API-Key`.
     /// Defaults to [`DEV_API_KEY`] in development only.
     pub api_key: SecretString,
+    /// `XENIOS_BACKEND_API_KEY_PREVIOUS`: the key being rotated out, accepted beside the
+    /// current one until every client uses the new key (optional; uses are counted in
+    /// `/metrics` and logged).
+    pub api_key_previous: Option<SecretString>,
     /// OpenRouter settings.
     pub openrouter: OpenRouterConfig,
     /// `DEEPGRAM_API_KEY`: transcription provider key (optional).
@@ -439,6 +462,17 @@ impl Config {
             }
         };
 
+        let api_key_previous = r.secret("XENIOS_BACKEND_API_KEY_PREVIOUS");
+        if let Some(k) = &api_key_previous
+            && prod
+            && k.expose_secret().len() < 16
+        {
+            r.problems.push(
+                "XENIOS_BACKEND_API_KEY_PREVIOUS: too short for production (at least 16 characters)"
+                    .to_owned(),
+            );
+        }
+
         let supabase = SupabaseConfig {
             url: r
                 .get("SUPABASE_URL")
@@ -520,10 +554,10 @@ impl Config {
         };
         for origin in &cors_origins {
             if origin == "*" {
-                if prod {
-                    r.problems.push(
-                        "CORS_ORIGINS: a wildcard `*` origin is refused in production".to_owned(),
-                    );
+                if !dev {
+                    r.problems.push(format!(
+                        "CORS_ORIGINS: a wildcard `*` origin is refused in {environment}"
+                    ));
                 }
             } else if !(origin.starts_with("http://") || origin.starts_with("https://"))
                 || url::Url::parse(origin).is_err()
@@ -559,6 +593,10 @@ impl Config {
             rate_limit: RateLimitConfig {
                 per_minute: r.parse("RATE_LIMIT_PER_MINUTE", 300u32),
                 burst: r.parse("RATE_LIMIT_BURST", 60u32),
+                lease: r.parse("RATE_LIMIT_LEASE", 8u32).max(1),
+                redis_timeout: Duration::from_millis(
+                    r.parse("RATE_LIMIT_REDIS_TIMEOUT_MS", 200u64).max(1),
+                ),
             },
         };
         if server.rate_limit.per_minute > 0 && server.rate_limit.burst == 0 {
@@ -613,6 +651,7 @@ impl Config {
             redis,
             supabase,
             api_key,
+            api_key_previous,
             openrouter,
             deepgram_api_key: r.secret("DEEPGRAM_API_KEY"),
             log_level,
@@ -869,6 +908,41 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.server.rate_limit.per_minute, 0);
+    }
+
+    #[test]
+    fn abuse_limits_are_read_and_checked_with_the_rest() {
+        let err = Config::from_map(&vars(&[
+            ("ENVIRONMENT", "staging"),
+            ("DATABASE_URL", "postgres://u@db/x"),
+            ("REDIS_URL", "redis://r:6379"),
+            ("XENIOS_BACKEND_API_KEY", "k"),
+            ("CORS_ORIGINS", "*"),
+            ("LLM_ALLOWED_MODELS", "a b"),
+            ("LLM_USER_DAILY_TOKENS", "lots"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        for name in [
+            "CORS_ORIGINS",
+            "LLM_ALLOWED_MODELS",
+            "LLM_USER_DAILY_TOKENS",
+        ] {
+            assert!(text.contains(name), "{name} not named in: {text}");
+        }
+        let c = Config::from_map(&vars(&[
+            ("XENIOS_BACKEND_API_KEY_PREVIOUS", "old-key"),
+            ("LLM_USER_DAILY_TOKENS", "5000"),
+            ("RATE_LIMIT_LEASE", "4"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.api_key_previous.as_ref().map(|k| k.expose_secret()),
+            Some("old-key")
+        );
+        assert_eq!(c.llm.user_daily_tokens, 5000);
+        assert_eq!(c.server.rate_limit.lease, 4);
+        assert!(!format!("{c:?}").contains("old-key"));
     }
 
     #[test]

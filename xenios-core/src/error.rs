@@ -73,6 +73,23 @@ pub enum Error {
     /// No model could serve an LLM call; lists each model's failure in order.
     #[error(transparent)]
     Llm(#[from] crate::llm::LlmError),
+    /// Authenticated, but this caller may not do this; `code` names the rule (e.g.
+    /// `model_choice_forbidden`).
+    #[error("{message}")]
+    Forbidden {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What is not allowed, for the caller.
+        message: String,
+    },
+    /// The user spent today's LLM token budget (`LLM_USER_DAILY_TOKENS`).
+    #[error("daily token budget of {limit} tokens used up, resets in {} s", retry_after.as_secs().max(1))]
+    BudgetExceeded {
+        /// The daily limit.
+        limit: u64,
+        /// Time until the budget resets (the next UTC midnight).
+        retry_after: Duration,
+    },
 }
 
 impl Error {
@@ -87,6 +104,8 @@ impl Error {
             Error::Unavailable { .. } => ErrorKind::Unavailable,
             Error::Llm(e) if e.is_timeout() => ErrorKind::UpstreamTimeout,
             Error::Llm(_) => ErrorKind::Upstream,
+            Error::Forbidden { .. } => ErrorKind::Forbidden,
+            Error::BudgetExceeded { .. } => ErrorKind::RateLimited,
         }
     }
 
@@ -104,13 +123,29 @@ impl Error {
             Error::Llm(e) if e.refused => "upstream_refused",
             Error::Llm(e) if e.is_timeout() => "upstream_timeout",
             Error::Llm(_) => "all_models_failed",
+            Error::Forbidden { code, .. } => code,
+            Error::BudgetExceeded { .. } => "budget_exceeded",
+        }
+    }
+
+    /// What a client may be told: internal errors say only "internal error", LLM failures
+    /// name the models tried and how each failed (status, timeout) but never the provider's
+    /// own error text (see [`crate::llm::LlmError::public_message`]). The full text
+    /// ([`std::fmt::Display`]) is for logs.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Llm(e) => e.public_message(),
+            e if e.kind() == ErrorKind::Internal => "internal error".to_owned(),
+            e => e.to_string(),
         }
     }
 
     /// How long the caller should wait before retrying, when that is known.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::RateLimited { retry_after } => Some(*retry_after),
+            Error::RateLimited { retry_after } | Error::BudgetExceeded { retry_after, .. } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }

@@ -75,7 +75,7 @@ pub fn into_response(err: poem::Error, correlation_id: &CorrelationId) -> Respon
                 } => "queue_unavailable".to_owned(),
                 _ => core.code().to_owned(),
             },
-            public_message(core),
+            core.public_message(),
             core.retry_after(),
         ),
         None => {
@@ -108,14 +108,6 @@ pub fn into_response(err: poem::Error, correlation_id: &CorrelationId) -> Respon
         }
     }
     resp
-}
-
-/// What a caller may see of a core error: internal details stay in the log.
-fn public_message(err: &xenios_core::Error) -> String {
-    match err.kind() {
-        ErrorKind::Internal => "internal error".to_owned(),
-        _ => err.to_string(),
-    }
 }
 
 fn generic_code(status: StatusCode) -> &'static str {

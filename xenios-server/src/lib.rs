@@ -49,7 +49,9 @@ pub fn openapi(backend: &AiBackend) -> OpenApiService<Apis, ()> {
             StatusApi {
                 backend: backend.clone(),
             },
-            MeApi,
+            MeApi {
+                backend: backend.clone(),
+            },
             LlmApi {
                 backend: backend.clone(),
             },
@@ -72,6 +74,9 @@ pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
     let cors = cors(backend.config());
+    // No configured origin: no CORS layer at all, so no `Access-Control-Allow-Origin` is ever
+    // sent (poem's Cors with an empty list would reflect any origin).
+    let cross_origin = !backend.config().server.cors_origins.is_empty();
     let auth_backend = backend.clone();
     let max_body = backend.config().server.max_body_bytes;
     // Outermost first: correlation ID and access log, CORS (answers preflights before any
@@ -84,7 +89,7 @@ pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
         .around(move |ep, req| middleware::authenticate(auth_backend.clone(), ep, req))
         .around(move |ep, req| middleware::body_limit(max_body, ep, req))
         .around(middleware::error_bodies)
-        .with(cors)
+        .with_if(cross_origin, cors)
         .around(middleware::correlation)
 }
 
@@ -100,6 +105,8 @@ fn cors(config: &Config) -> Cors {
         ])
         .expose_headers(["x-request-id", "retry-after"])
         .max_age(600);
+    // `*` (development only, see the config) leaves the list empty, which poem treats as
+    // any origin.
     for origin in &config.server.cors_origins {
         if origin != "*" {
             cors = cors.allow_origin(origin.as_str());

@@ -72,9 +72,10 @@ pub async fn error_bodies<E: Endpoint>(next: E, req: Request) -> poem::Result<Re
     })
 }
 
-/// Whether a path is part of the authenticated API.
+/// Whether a path is part of the authenticated API: `/api/*`, `/v1/*` and `/metrics`
+/// (the counters say too much about traffic to be public).
 pub fn requires_api_key(path: &str) -> bool {
-    path.starts_with("/api/") || path.starts_with("/v1/")
+    path.starts_with("/api/") || path.starts_with("/v1/") || path == "/metrics"
 }
 
 /// A header's value as text; `Err` when it is present but not visible ASCII, so that a
@@ -90,7 +91,7 @@ fn header_text(
     }
 }
 
-/// On `/api/*` and `/v1/*`: checks `X-API-Key` and the optional `Authorization: Bearer`
+/// On `/api/*`, `/v1/*` and `/metrics`: checks `X-API-Key` and the optional `Authorization: Bearer`
 /// token, applies the caller's rate limit, and puts the [`RequestContext`] (correlation ID and
 /// principal) into the request's extensions for handlers (see [`crate::api::security`]).
 pub async fn authenticate<E: Endpoint>(
@@ -123,9 +124,13 @@ pub async fn authenticate<E: Endpoint>(
         if let Some(user_id) = principal.user_id() {
             tracing::Span::current().record("user_id", user_id);
         }
-        backend
-            .check_rate_limit(&principal)
-            .map_err(ApiError::from)?;
+        // Scrapes of /metrics are authenticated but not counted against the service's limit.
+        if req.uri().path() != "/metrics" {
+            backend
+                .check_rate_limit(&principal)
+                .await
+                .map_err(ApiError::from)?;
+        }
         let correlation_id = req
             .extensions()
             .get::<CorrelationId>()

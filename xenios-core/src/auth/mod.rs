@@ -5,16 +5,23 @@
 //! [`AuthError`] whose message never says more than "missing" or "invalid" (the reason is in
 //! [`AuthError::InvalidToken`]'s `detail`, for logs only).
 //!
-//! - [`ApiKeyVerifier`]: `X-API-Key`, compared in constant time.
+//! - [`ApiKeyVerifier`]: `X-API-Key`, compared in constant time, with the previous key
+//!   accepted during a rotation.
 //! - [`JwtVerifier`]: Supabase access tokens, HS256 and ES256/RS256 from the JWKS.
-//! - [`RateLimiter`]: requests per minute per user (or for the service).
+//! - [`SharedRateLimiter`]: requests per minute per user (or for the service), shared by
+//!   every replica through Redis; [`RateLimiter`]: the in-process fallback.
 
 mod jwks;
 mod jwt;
 mod rate_limit;
+mod shared_rate_limit;
 
 pub use jwt::{AUDIENCE, JwtVerifier, LEEWAY_SECS, MAX_TOKEN_LEN};
 pub use rate_limit::RateLimiter;
+pub use shared_rate_limit::{LEASE_TTL, RETRY_REDIS_AFTER, SharedLimiterStats, SharedRateLimiter};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -146,14 +153,22 @@ impl AuthError {
     }
 }
 
-/// Checks `X-API-Key` values against the configured key in constant time.
+/// Checks `X-API-Key` values against the configured key, and the previous key while one is
+/// being rotated out (`XENIOS_BACKEND_API_KEY_PREVIOUS`), in constant time.
 ///
 /// `subtle`'s slice comparison returns early on a length mismatch, which would leak the key's
-/// length; comparing fixed-size SHA-256 digests removes that.
+/// length; comparing fixed-size SHA-256 digests removes that. Both keys are always compared,
+/// so the time does not say which one matched.
 #[derive(Clone)]
 pub struct ApiKeyVerifier {
     digest: [u8; 32],
+    previous: Option<[u8; 32]>,
+    previous_uses: Arc<AtomicU64>,
+    last_warned: Arc<AtomicU64>,
 }
+
+/// Least time between two warnings about uses of the previous API key.
+const PREVIOUS_KEY_WARN_EVERY_SECS: u64 = 60;
 
 impl std::fmt::Debug for ApiKeyVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,22 +179,63 @@ impl std::fmt::Debug for ApiKeyVerifier {
 impl ApiKeyVerifier {
     /// A verifier for the given key.
     pub fn new(key: &SecretString) -> Self {
+        Self::with_previous(key, None)
+    }
+
+    /// A verifier for the current key and, during a rotation, the previous one.
+    pub fn with_previous(key: &SecretString, previous: Option<&SecretString>) -> Self {
         Self {
             digest: Sha256::digest(key.expose_secret().as_bytes()).into(),
+            previous: previous.map(|p| Sha256::digest(p.expose_secret().as_bytes()).into()),
+            previous_uses: Arc::new(AtomicU64::new(0)),
+            last_warned: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// `Ok(())` when `presented` is the configured key.
+    /// How many requests were accepted with the previous key.
+    pub fn previous_key_uses(&self) -> u64 {
+        self.previous_uses.load(Ordering::Relaxed)
+    }
+
+    /// `Ok(())` when `presented` is the configured key (or the previous one).
     pub fn verify(&self, presented: Option<&str>) -> Result<(), AuthError> {
         let presented = presented.ok_or(AuthError::MissingApiKey)?;
         if presented.is_empty() {
             return Err(AuthError::MissingApiKey);
         }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if bool::from(digest.ct_eq(&self.digest)) {
+        let current = digest.ct_eq(&self.digest);
+        // Compared even without a previous key (against a digest no input has), so both
+        // paths cost the same.
+        let previous = digest.ct_eq(&self.previous.unwrap_or([0u8; 32]))
+            & subtle::Choice::from(u8::from(self.previous.is_some()));
+        if bool::from(current) {
+            Ok(())
+        } else if bool::from(previous) {
+            self.previous_used();
             Ok(())
         } else {
             Err(AuthError::InvalidApiKey)
+        }
+    }
+
+    fn previous_used(&self) {
+        let uses = self.previous_uses.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.last_warned.load(Ordering::Relaxed);
+        if now >= last + PREVIOUS_KEY_WARN_EVERY_SECS
+            && self
+                .last_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                uses,
+                "a request used XENIOS_BACKEND_API_KEY_PREVIOUS: finish the key rotation"
+            );
         }
     }
 }
@@ -196,6 +252,24 @@ mod tests {
         assert_eq!(v.verify(Some("wrong-key")), Err(AuthError::InvalidApiKey));
         assert_eq!(v.verify(Some("right-ke")), Err(AuthError::InvalidApiKey));
         assert_eq!(v.verify(Some("right-key")), Ok(()));
+        assert_eq!(v.previous_key_uses(), 0);
+    }
+
+    #[test]
+    fn the_previous_key_is_accepted_and_counted() {
+        let v = ApiKeyVerifier::with_previous(
+            &SecretString::from("new-key"),
+            Some(&SecretString::from("old-key")),
+        );
+        assert_eq!(v.verify(Some("new-key")), Ok(()));
+        assert_eq!(v.previous_key_uses(), 0);
+        assert_eq!(v.verify(Some("old-key")), Ok(()));
+        assert_eq!(v.verify(Some("old-key")), Ok(()));
+        assert_eq!(v.previous_key_uses(), 2);
+        assert_eq!(v.verify(Some("other")), Err(AuthError::InvalidApiKey));
+        // Without a previous key, the all-zero placeholder digest matches nothing.
+        let v = ApiKeyVerifier::new(&SecretString::from("k"));
+        assert_eq!(v.verify(Some("x")), Err(AuthError::InvalidApiKey));
     }
 
     #[test]

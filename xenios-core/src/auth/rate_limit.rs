@@ -2,8 +2,9 @@
 //!
 //! A signed-in user is limited by user ID, whichever device or session they use; calls made
 //! with the API key alone share the service's bucket; the backend's own work
-//! ([`Principal::System`]) is never limited. Limits are per process: with several server
-//! replicas each enforces its own.
+//! ([`Principal::System`]) is never limited. Limits are per process: the server uses
+//! [`super::SharedRateLimiter`], which shares them across replicas through Redis and falls
+//! back to this one when Redis is unreachable.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,10 +94,7 @@ mod tests {
 
     #[test]
     fn each_caller_has_its_own_bucket() {
-        let l = RateLimiter::new(&RateLimitConfig {
-            per_minute: 6,
-            burst: 2,
-        });
+        let l = RateLimiter::new(&RateLimitConfig::new(6, 2));
         for p in [user("a"), user("b"), Principal::Service] {
             assert!(l.check(&p).is_ok());
             assert!(l.check(&p).is_ok());
@@ -115,10 +113,7 @@ mod tests {
 
     #[test]
     fn zero_turns_limiting_off() {
-        let l = RateLimiter::new(&RateLimitConfig {
-            per_minute: 0,
-            burst: 0,
-        });
+        let l = RateLimiter::new(&RateLimitConfig::new(0, 0));
         for _ in 0..1000 {
             assert!(l.check(&user("a")).is_ok());
         }

@@ -6,6 +6,8 @@
 //! - [`routing`]: the [`Task`] routing table and [`LlmConfig`] (timeouts, retries).
 //! - [`provider`]: the [`Provider`] trait and [`ProviderError`] with the fallback rules.
 //! - [`openrouter`]: the real provider. [`fake`]: the offline one, driven by model names.
+//! - [`policy`]: who may choose models and `max_tokens`. [`budget`]: per-user daily token
+//!   budgets in Redis.
 //! - this module: [`Llm`], the engine that applies routes, timeouts, retries and fallback
 //!   to any provider and writes one `inference_logs` row per call.
 //!
@@ -17,8 +19,10 @@
 //! and 403 stop at once. Once a token reached the caller a stream is never restarted: a later
 //! failure ends it with an error event.
 
+pub mod budget;
 pub mod fake;
 pub mod openrouter;
+pub mod policy;
 pub mod provider;
 pub mod routing;
 pub mod types;
@@ -36,6 +40,7 @@ use futures::{Stream, StreamExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+pub use self::budget::{TokenBudget, TokenUsage};
 pub use self::fake::FakeProvider;
 pub use self::openrouter::OpenRouterProvider;
 pub use self::provider::{
@@ -86,32 +91,52 @@ impl LlmError {
     }
 }
 
-impl fmt::Display for LlmError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl LlmError {
+    /// The message a client may see: the task, each model tried in order with the kind of its
+    /// failure (HTTP status, timeout...) and its attempts, but never the provider's error
+    /// body. [`fmt::Display`] has the full text, for logs and audit rows.
+    pub fn public_message(&self) -> String {
+        self.render(true)
+    }
+
+    fn render(&self, public: bool) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
         if self.refused {
-            write!(
-                f,
+            let _ = write!(
+                out,
                 "the upstream refused the {} request (not retried, no fallback): ",
                 self.task
-            )?;
+            );
         } else {
-            write!(f, "all models failed for task {}: ", self.task)?;
+            let _ = write!(out, "all models failed for task {}: ", self.task);
         }
         for (i, fail) in self.failures.iter().enumerate() {
             if i > 0 {
-                f.write_str("; ")?;
+                out.push_str("; ");
             }
-            write!(
-                f,
+            let error = if public {
+                fail.error.public_summary()
+            } else {
+                fail.error.to_string()
+            };
+            let _ = write!(
+                out,
                 "{}) {}: {} ({} attempt{})",
                 i + 1,
                 fail.model,
-                fail.error,
+                error,
                 fail.attempts,
                 if fail.attempts == 1 { "" } else { "s" }
-            )?;
+            );
         }
-        Ok(())
+        out
+    }
+}
+
+impl fmt::Display for LlmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render(false))
     }
 }
 
@@ -195,6 +220,7 @@ struct LlmInner {
     store_payloads: bool,
     audit: AuditWriter,
     metrics: LlmMetrics,
+    budget: Option<TokenBudget>,
 }
 
 /// What one call will do: models in order and sampling settings.
@@ -344,6 +370,18 @@ impl Llm {
         audit: AuditWriter,
         store_payloads: bool,
     ) -> Self {
+        Self::with_budget(provider, config, audit, store_payloads, None)
+    }
+
+    /// [`Llm::new`] with per-user daily token budgets: every call whose principal is a user is
+    /// checked against `budget` first and charged its usage at the end.
+    pub fn with_budget(
+        provider: Arc<dyn Provider>,
+        config: LlmConfig,
+        audit: AuditWriter,
+        store_payloads: bool,
+        budget: Option<TokenBudget>,
+    ) -> Self {
         Self {
             inner: Arc::new(LlmInner {
                 provider,
@@ -351,7 +389,39 @@ impl Llm {
                 store_payloads,
                 audit,
                 metrics: LlmMetrics::default(),
+                budget,
             }),
+        }
+    }
+
+    /// The per-user daily token budget, when one is configured.
+    pub fn budget(&self) -> Option<&TokenBudget> {
+        self.inner.budget.as_ref()
+    }
+
+    /// The checks every call passes before any upstream request: the caller's choices
+    /// ([`policy::authorize`]), the request's shape, and the user's token budget.
+    async fn admit(&self, ctx: &RequestContext, req: &CompletionRequest) -> Result<()> {
+        policy::authorize(&ctx.principal, req, &self.inner.config)?;
+        req.validate()?;
+        if let (Some(budget), Some(user)) = (&self.inner.budget, ctx.user_id()) {
+            budget.check(user).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds a call's usage to the user's budget (best effort: a Redis failure is logged).
+    async fn charge(&self, ctx: &RequestContext, usage: &Usage) {
+        let (Some(budget), Some(user)) = (&self.inner.budget, ctx.user_id()) else {
+            return;
+        };
+        let tokens = if usage.total_tokens > 0 {
+            u64::from(usage.total_tokens)
+        } else {
+            u64::from(usage.prompt_tokens) + u64::from(usage.completion_tokens)
+        };
+        if let Err(e) = budget.charge(user, tokens).await {
+            tracing::warn!(error = %e, tokens, "cannot charge the user's token budget");
         }
     }
 
@@ -437,7 +507,7 @@ impl Llm {
         ctx: &RequestContext,
         req: CompletionRequest,
     ) -> Result<Completion> {
-        req.validate()?;
+        self.admit(ctx, &req).await?;
         let plan = self.plan(&req);
         self.inner.metrics.calls.fetch_add(1, Ordering::Relaxed);
         let mut guard = self.guard(ctx, &req, &plan, false);
@@ -482,6 +552,7 @@ impl Llm {
             self.inner.metrics.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
         self.inner.metrics.observe(guard.started.elapsed());
+        self.charge(ctx, &completion.usage).await;
         let store = self.inner.store_payloads;
         let failures_text = failures_text(req.task, failures);
         guard.finish(InferenceStatus::Success, |row| {
@@ -603,7 +674,7 @@ impl Llm {
     /// stream ended empty); fails like [`Llm::complete`] when no model produced one. Dropping
     /// the returned stream cancels the upstream request.
     pub async fn stream(&self, ctx: &RequestContext, req: CompletionRequest) -> Result<LlmStream> {
-        req.validate()?;
+        self.admit(ctx, &req).await?;
         let (tx, rx) = mpsc::channel(64);
         let task = tokio::spawn(self.clone().run_stream(ctx.clone(), req, tx));
         let mut stream = LlmStream {
@@ -718,8 +789,11 @@ impl Llm {
             self.inner.metrics.errors.fetch_add(1, Ordering::Relaxed);
             self.inner.metrics.observe(guard.started.elapsed());
             tracing::warn!(task = %req.task, model = %model_used, error = %e, "stream failed after its first token");
-            let message = format!("{model_used}: {e}");
-            let logged = message.clone();
+            self.charge(&ctx, &usage).await;
+            // The client sees the model and the kind of failure; the provider's text stays in
+            // the log and the audit row.
+            let message = format!("{model_used}: {}", e.public_summary());
+            let logged = format!("{model_used}: {e}");
             guard.finish(InferenceStatus::Error, |row| {
                 row.model_used = Some(model_used.clone());
                 row.fallback_used = fallback_used;
@@ -744,6 +818,7 @@ impl Llm {
             return;
         }
         self.inner.metrics.observe(guard.started.elapsed());
+        self.charge(&ctx, &usage).await;
         let summary = StreamSummary {
             model_used: model_used.clone(),
             model_requested: plan.models[0].clone(),
@@ -790,7 +865,7 @@ impl Stream for LlmStream {
             item.map(|r| {
                 r.unwrap_or_else(|e| StreamEvent::Error {
                     code: e.code().to_owned(),
-                    message: e.to_string(),
+                    message: e.public_message(),
                 })
             })
         })

@@ -163,6 +163,34 @@ impl ProviderError {
     }
 }
 
+/// How the engine's own timeout messages begin (see [`super::Llm`]).
+const ENGINE_TIMEOUTS: [&str; 3] = [
+    "no answer within ",
+    "no first token within ",
+    "stream not finished within ",
+];
+
+impl ProviderError {
+    /// What a client may see of this failure: its kind and HTTP status, never the upstream's
+    /// own text (which can carry account details such as a credit balance).
+    pub fn public_summary(&self) -> String {
+        match self.kind {
+            ProviderErrorKind::Connect => "connect error".to_owned(),
+            // The engine's own deadlines say which one passed; a client library's timeout
+            // text is not repeated.
+            ProviderErrorKind::Timeout
+                if ENGINE_TIMEOUTS.iter().any(|p| self.message.starts_with(p)) =>
+            {
+                format!("timeout: {}", self.message)
+            }
+            ProviderErrorKind::Timeout => "timeout".to_owned(),
+            ProviderErrorKind::Status(s) => format!("HTTP {s}"),
+            ProviderErrorKind::MidStream => "stream failed".to_owned(),
+            ProviderErrorKind::InvalidResponse => "invalid response".to_owned(),
+        }
+    }
+}
+
 impl fmt::Display for ProviderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind {

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::policy::ModelAllowList;
 use super::types::validate_models;
 
 /// OpenRouter id of Claude Opus 4.5.
@@ -192,6 +193,13 @@ pub struct LlmConfig {
     /// `LLM_RETRY_BUDGET_MS`: most time spent waiting between retries in one call
     /// (default 20000).
     pub retry_budget: Duration,
+    /// `LLM_ALLOWED_MODELS`: the models the service may name in a call (comma-separated ids
+    /// or `prefix*` patterns; default: every model of the routing table). Users never name
+    /// models (see [`super::policy`]).
+    pub allowed_models: ModelAllowList,
+    /// `LLM_USER_DAILY_TOKENS`: tokens one user may spend per UTC day, counted in Redis from
+    /// the usage upstreams report (default 0: no budget). The service is not budgeted.
+    pub user_daily_tokens: u64,
 }
 
 impl Default for LlmConfig {
@@ -205,6 +213,8 @@ impl Default for LlmConfig {
             retry_base_delay: Duration::from_millis(250),
             retry_max_delay: Duration::from_secs(10),
             retry_budget: Duration::from_secs(20),
+            allowed_models: ModelAllowList::from_routes(&RoutingTable::default()),
+            user_daily_tokens: 0,
         }
     }
 }
@@ -266,7 +276,23 @@ impl LlmConfig {
                 problems.push(format!("LLM routes: task `{task}`: {e}"));
             }
         }
+        let allowed_models = match get("LLM_ALLOWED_MODELS") {
+            None => ModelAllowList::from_routes(&routes),
+            Some(raw) => ModelAllowList::parse(&raw).unwrap_or_else(|e| {
+                problems.push(format!("LLM_ALLOWED_MODELS: {e}"));
+                ModelAllowList::from_routes(&routes)
+            }),
+        };
+        let user_daily_tokens = match get("LLM_USER_DAILY_TOKENS") {
+            None => 0,
+            Some(raw) => raw.parse::<u64>().unwrap_or_else(|e| {
+                problems.push(format!("LLM_USER_DAILY_TOKENS: cannot parse `{raw}`: {e}"));
+                0
+            }),
+        };
         Self {
+            allowed_models,
+            user_daily_tokens,
             routes,
             connect_timeout,
             ttft_timeout,

@@ -2,8 +2,8 @@
 
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use xenios_core::AiBackend;
 use xenios_core::health::{ComponentHealth, Readiness};
+use xenios_core::{AiBackend, Environment};
 
 use super::ApiTags;
 
@@ -30,17 +30,27 @@ pub struct ComponentBody {
     pub status: String,
     /// Probe round trip in milliseconds.
     pub latency_ms: u64,
-    /// The failure, when there is one.
+    /// The failure, when there is one: the driver's text in development, a fixed text in
+    /// staging and production (the details are in the server log).
     pub error: Option<String>,
 }
 
-impl From<ComponentHealth> for ComponentBody {
-    fn from(c: ComponentHealth) -> Self {
+impl ComponentBody {
+    /// The body of one component. Outside development the error text (a driver message that
+    /// can name hosts, users or versions) goes to the log, not to the unauthenticated caller.
+    pub fn new(c: ComponentHealth, environment: Environment) -> Self {
+        let error = match c.error {
+            Some(e) if environment != Environment::Development => {
+                tracing::warn!(component = c.name, error = %e, "dependency unhealthy");
+                Some("unhealthy (details in the server log)".to_owned())
+            }
+            other => other,
+        };
         Self {
             name: c.name.to_owned(),
             status: if c.healthy { "healthy" } else { "unhealthy" }.to_owned(),
             latency_ms: c.latency_ms,
-            error: c.error,
+            error,
         }
     }
 }
@@ -54,11 +64,15 @@ pub struct ReadinessBody {
     pub components: Vec<ComponentBody>,
 }
 
-impl From<Readiness> for ReadinessBody {
-    fn from(r: Readiness) -> Self {
+impl ReadinessBody {
+    fn new(r: Readiness, environment: Environment) -> Self {
         Self {
             status: if r.ready { "ready" } else { "not_ready" }.to_owned(),
-            components: r.components.into_iter().map(Into::into).collect(),
+            components: r
+                .components
+                .into_iter()
+                .map(|c| ComponentBody::new(c, environment))
+                .collect(),
         }
     }
 }
@@ -93,14 +107,16 @@ impl HealthApi {
     }
 
     /// Readiness: 200 only when Postgres and Redis answer within a short timeout, else 503
-    /// with each component's status and error.
+    /// with each component's status (and, in development only, its error text).
     #[oai(path = "/health/ready", method = "get")]
     async fn ready(&self) -> ReadyResponse {
         let readiness = self.backend.readiness().await;
-        if readiness.ready {
-            ReadyResponse::Ready(Json(readiness.into()))
+        let ready = readiness.ready;
+        let body = ReadinessBody::new(readiness, self.backend.config().environment);
+        if ready {
+            ReadyResponse::Ready(Json(body))
         } else {
-            ReadyResponse::NotReady(Json(readiness.into()))
+            ReadyResponse::NotReady(Json(body))
         }
     }
 }

@@ -138,7 +138,7 @@ impl JobsApi {
         req: &Request,
         body: Json<EnqueueBody>,
     ) -> poem::Result<EnqueueResponse> {
-        let ctx = request_context(req);
+        let ctx = request_context(req)?;
         let body = body.0;
         let mut job = EnqueueRequest::new(body.task.clone());
         match body.args {
@@ -180,7 +180,7 @@ impl JobsApi {
     /// ids included); the service sees every job, PENDING while unknown as in Celery.
     #[oai(path = "/jobs/:id", method = "get")]
     async fn get(&self, req: &Request, id: Path<String>) -> poem::Result<Json<JobBody>> {
-        let ctx = request_context(req);
+        let ctx = request_context(req)?;
         Ok(Json(
             self.backend
                 .job_result_for(&ctx, &id.0)
@@ -200,7 +200,7 @@ impl JobsApi {
         id: Path<String>,
         terminate: Query<Option<bool>>,
     ) -> poem::Result<RevokeResponse> {
-        let ctx = request_context(req);
+        let ctx = request_context(req)?;
         let terminate = terminate.0.unwrap_or(false);
         self.backend
             .revoke_for(&ctx, &id.0, terminate)

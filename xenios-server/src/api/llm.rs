@@ -5,25 +5,27 @@ use futures::stream::BoxStream;
 use poem::web::sse::Event;
 use poem_openapi::payload::{EventStream, Json, PlainText};
 use poem_openapi::{Object, OpenApi};
-use xenios_core::auth::Principal;
 use xenios_core::llm::{CompletionRequest, Message, Role, StreamEvent, Task, Usage};
-use xenios_core::{AiBackend, CorrelationId, RequestContext};
+use xenios_core::{AiBackend, RequestContext};
 
 use super::ApiTags;
 use crate::error::ApiError;
 
-/// The caller's context: the one the auth layer stored in the request, else the correlation
-/// ID from the middleware with a service principal (the API key was checked).
-pub fn request_context(req: &poem::Request) -> RequestContext {
-    if let Some(ctx) = req.extensions().get::<RequestContext>() {
-        return ctx.clone();
-    }
-    let id = req
-        .extensions()
-        .get::<CorrelationId>()
+/// The caller's context, as the auth layer stored it in the request.
+///
+/// Its absence is a bug (a route outside the authenticated paths, a middleware order gone
+/// wrong): it fails closed with a 500, logged once by the error layer, never a guessed
+/// principal.
+pub fn request_context(req: &poem::Request) -> Result<RequestContext, ApiError> {
+    req.extensions()
+        .get::<RequestContext>()
         .cloned()
-        .unwrap_or_else(CorrelationId::generate);
-    RequestContext::new(id, Principal::Service)
+        .ok_or_else(|| {
+            ApiError::from(xenios_core::Error::Internal(format!(
+                "{} reached a handler without an auth context",
+                req.uri().path()
+            )))
+        })
 }
 
 /// LLM routes.
@@ -52,9 +54,10 @@ pub struct LlmRequest {
     pub messages: Vec<ChatMessage>,
     /// Overrides the route's temperature (0 to 2).
     pub temperature: Option<f32>,
-    /// Overrides the route's max_tokens.
+    /// Lowers the route's max_tokens (422 above the route's value).
     pub max_tokens: Option<u32>,
-    /// Overrides the route's models, tried in order.
+    /// Service only (403 `model_choice_forbidden` for users): overrides the route's models,
+    /// tried in order; at most 5, each in `LLM_ALLOWED_MODELS` (403 `model_not_allowed`).
     pub models: Option<Vec<String>>,
 }
 
@@ -221,7 +224,7 @@ impl LlmApi {
         req: &poem::Request,
         body: Json<LlmRequest>,
     ) -> poem::Result<Json<CompletionBody>> {
-        let ctx = request_context(req);
+        let ctx = request_context(req)?;
         let c = self
             .backend
             .complete(&ctx, body.0.into_core()?)
@@ -239,14 +242,14 @@ impl LlmApi {
         }))
     }
 
-    /// Prometheus text metrics of LLM calls: calls, streams, fallbacks, retries, errors and a
-    /// latency histogram (seconds).
+    /// Prometheus text metrics (needs `X-API-Key`): LLM calls, streams, fallbacks, retries,
+    /// errors and a latency histogram (seconds); audit rows; the shared rate limiter (Redis
+    /// up, leases, fallback checks); uses of the previous API key.
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self) -> PlainText<String> {
-        PlainText(prometheus_text(
-            &self.backend.llm().metrics(),
-            &self.backend.audit_stats(),
-        ))
+        let mut text = prometheus_text(&self.backend.llm().metrics(), &self.backend.audit_stats());
+        security_metrics(&mut text, &self.backend);
+        PlainText(text)
     }
 
     /// Stream: the same as server-sent events. `delta` events carry text as it arrives, then
@@ -259,7 +262,7 @@ impl LlmApi {
         req: &poem::Request,
         body: Json<LlmRequest>,
     ) -> poem::Result<EventStream<EventBodies>> {
-        let ctx = request_context(req);
+        let ctx = request_context(req)?;
         let stream = self
             .backend
             .stream(&ctx, body.0.into_core()?)
@@ -272,6 +275,49 @@ impl LlmApi {
                 let json = poem_openapi::types::ToJSON::to_json_string(&e);
                 Event::message(json).event_type(e.kind)
             }))
+    }
+}
+
+/// Appends the rate limiter's and the API key rotation's metrics.
+pub fn security_metrics(out: &mut String, backend: &AiBackend) {
+    use std::fmt::Write;
+    let rl = backend.rate_limit_stats();
+    for (name, kind, help, value) in [
+        (
+            "xenios_rate_limit_redis_up",
+            "gauge",
+            "1 while rate limits are shared through Redis, 0 while this process uses its in-process fallback.",
+            u64::from(rl.redis_up),
+        ),
+        (
+            "xenios_rate_limit_leases_total",
+            "counter",
+            "Token leases taken from the shared Redis bucket (Redis round trips of the limiter).",
+            rl.leases,
+        ),
+        (
+            "xenios_rate_limit_fallback_checks_total",
+            "counter",
+            "Requests rate-limited in process because Redis was unreachable.",
+            rl.fallback_checks,
+        ),
+        (
+            "xenios_rate_limit_redis_failures_total",
+            "counter",
+            "Failed or timed-out Redis calls of the rate limiter.",
+            rl.redis_failures,
+        ),
+        (
+            "xenios_api_key_previous_uses_total",
+            "counter",
+            "Requests authenticated with XENIOS_BACKEND_API_KEY_PREVIOUS.",
+            backend.previous_api_key_uses(),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     }
 }
 

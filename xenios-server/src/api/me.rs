@@ -2,14 +2,19 @@
 
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
+use xenios_core::AiBackend;
 use xenios_core::auth::Principal;
 
 use super::ApiTags;
 use super::security::Caller;
+use crate::error::ApiError;
 
 /// The `/me` route.
 #[derive(Debug)]
-pub struct MeApi;
+pub struct MeApi {
+    /// The engine.
+    pub backend: AiBackend,
+}
 
 /// The caller's context.
 ///
@@ -38,6 +43,12 @@ pub struct MeBody {
     /// True for anonymous sign-ins.
     #[oai(skip_serializing_if_is_none)]
     pub is_anonymous: Option<bool>,
+    /// For a user: LLM tokens spent today (UTC).
+    #[oai(skip_serializing_if_is_none)]
+    pub tokens_used_today: Option<u64>,
+    /// For a user: the daily token limit (`LLM_USER_DAILY_TOKENS`, 0: none).
+    #[oai(skip_serializing_if_is_none)]
+    pub daily_token_limit: Option<u64>,
     /// This request's correlation ID.
     pub correlation_id: String,
 }
@@ -45,22 +56,32 @@ pub struct MeBody {
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Auth")]
 impl MeApi {
     /// The caller's context: the signed-in user's claims (user_id, role, email, session_id,
-    /// aal, is_anonymous) or `{"principal": "service"}` for API-key-only calls.
+    /// aal, is_anonymous) with today's LLM token use and limit, or `{"principal": "service"}`
+    /// for API-key-only calls.
     #[oai(path = "/me", method = "get")]
-    async fn me(&self, caller: Caller) -> Json<MeBody> {
+    async fn me(&self, caller: Caller) -> poem::Result<Json<MeBody>> {
         let ctx = caller.context();
         let correlation_id = ctx.correlation_id.to_string();
-        Json(match &ctx.principal {
-            Principal::User(u) => MeBody {
-                principal: "user".to_owned(),
-                user_id: Some(u.user_id.clone()),
-                role: Some(u.role.clone()),
-                email: u.email.clone(),
-                session_id: u.session_id.clone(),
-                aal: u.aal.clone(),
-                is_anonymous: Some(u.is_anonymous),
-                correlation_id,
-            },
+        Ok(Json(match &ctx.principal {
+            Principal::User(u) => {
+                let usage = self
+                    .backend
+                    .user_token_usage(&u.user_id)
+                    .await
+                    .map_err(ApiError::from)?;
+                MeBody {
+                    principal: "user".to_owned(),
+                    user_id: Some(u.user_id.clone()),
+                    role: Some(u.role.clone()),
+                    email: u.email.clone(),
+                    session_id: u.session_id.clone(),
+                    aal: u.aal.clone(),
+                    is_anonymous: Some(u.is_anonymous),
+                    tokens_used_today: Some(usage.used),
+                    daily_token_limit: Some(usage.limit),
+                    correlation_id,
+                }
+            }
             other => MeBody {
                 principal: match other {
                     Principal::System => "system",
@@ -73,8 +94,10 @@ impl MeApi {
                 session_id: None,
                 aal: None,
                 is_anonymous: None,
+                tokens_used_today: None,
+                daily_token_limit: None,
                 correlation_id,
             },
-        })
+        }))
     }
 }

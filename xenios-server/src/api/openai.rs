@@ -1,6 +1,6 @@
 //! `POST /v1/chat/completions`: OpenAI-compatible, so any OpenAI SDK can use the backend.
-//! `model` is a task name (its route, with fallback) or a model id (that model alone, with the
-//! `chat` defaults).
+//! `model` is a task name (its route, with fallback) or, for the service only, a model id
+//! (that model alone, with the `chat` defaults; users get 403 `model_choice_forbidden`).
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -34,7 +34,7 @@ pub struct OpenAiMessage {
 /// An OpenAI chat-completions request (unknown fields are ignored).
 #[derive(Debug, Object)]
 pub struct ChatCompletionRequest {
-    /// A task name (`chat`, `session_summary`...) or a model id.
+    /// A task name (`chat`, `session_summary`...) or, for the service only, a model id.
     pub model: String,
     /// The conversation.
     pub messages: Vec<OpenAiMessage>,
@@ -132,7 +132,7 @@ impl OpenAiApi {
         req: &poem::Request,
         body: Json<ChatCompletionRequest>,
     ) -> poem::Result<ChatCompletionResponse> {
-        let ctx = request_context(req);
+        let ctx = request_context(req)?;
         let (core, stream) = to_core(body.0)?;
         let id = format!("chatcmpl-{}", ctx.correlation_id);
         let created = now_secs();

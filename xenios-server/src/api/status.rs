@@ -47,7 +47,11 @@ impl StatusApi {
             environment: s.environment.to_owned(),
             uptime_secs: s.uptime_secs,
             fake_llm: s.fake_llm,
-            components: s.components.into_iter().map(Into::into).collect(),
+            components: s
+                .components
+                .into_iter()
+                .map(|c| ComponentBody::new(c, self.backend.config().environment))
+                .collect(),
         })
     }
 }

@@ -1,0 +1,281 @@
+//! Per-caller rate limits shared by every replica, through Redis, in leases.
+//!
+//! Each caller has one token bucket in Redis (`xenios:ratelimit:<user:id|service>`, a hash of
+//! `tokens` and `ts`) refilled at `RATE_LIMIT_PER_MINUTE` up to `RATE_LIMIT_BURST`, on Redis's
+//! own clock. A process does not ask Redis for every request: [`LEASE_SCRIPT`] takes up to N
+//! tokens at once (a *lease*) and the process spends them locally. N starts at 1 for a caller
+//! that is quiet, doubles each time a lease is used up within [`LEASE_TTL`], and is capped by
+//! `RATE_LIMIT_LEASE` and a quarter of the burst, so a busy caller costs one Redis round trip
+//! per N requests and a quiet one wastes nothing. Tokens a process has leased but not spent
+//! within [`LEASE_TTL`] are dropped, never given back: replicas together never let through more
+//! than the bucket holds, at worst slightly fewer.
+//!
+//! When Redis does not answer (within `RATE_LIMIT_REDIS_TIMEOUT_MS`), the process falls back to
+//! its in-process limiter ([`RateLimiter`], the same quota per process) and leaves Redis alone
+//! for [`RETRY_REDIS_AFTER`] before trying again; `/metrics` shows it
+//! ([`SharedLimiterStats`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+
+use super::{Principal, RateLimiter};
+use crate::config::{RateLimitConfig, RedisConfig};
+use crate::error::Error;
+use crate::redis::redis;
+
+/// How long leased tokens stay spendable.
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+/// How long the limiter uses only the in-process limiter after Redis failed.
+pub const RETRY_REDIS_AFTER: Duration = Duration::from_secs(1);
+/// Forget idle callers every this many checks.
+const SWEEP_EVERY: u64 = 4096;
+
+/// Takes up to ARGV[3] tokens from the bucket KEYS[1] (refilled at ARGV[1] tokens per ms up
+/// to ARGV[2]); returns `{granted, ms until one token is available}`.
+const LEASE_SCRIPT: &str = r"
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1])
+local ts = tonumber(b[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+if now > ts then
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+end
+local granted = math.min(want, math.floor(tokens))
+if granted < 0 then granted = 0 end
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(math.max(now, ts)))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
+local wait = 0
+if granted == 0 then
+  wait = math.ceil((1 - tokens) / rate)
+end
+return {granted, wait}
+";
+
+/// What a caller is limited by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    User(String),
+    Service,
+}
+
+impl Key {
+    fn redis_key(&self) -> String {
+        match self {
+            Key::User(id) => format!("xenios:ratelimit:user:{id}"),
+            Key::Service => "xenios:ratelimit:service".to_owned(),
+        }
+    }
+}
+
+/// The tokens this process holds for one caller.
+#[derive(Debug)]
+struct Lease {
+    tokens: u32,
+    expires: Instant,
+    size: u32,
+}
+
+/// Counters of the shared limiter, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SharedLimiterStats {
+    /// False while the limiter uses the in-process fallback because Redis failed.
+    pub redis_up: bool,
+    /// Leases taken from Redis (round trips).
+    pub leases: u64,
+    /// Checks decided by the in-process limiter because Redis failed.
+    pub fallback_checks: u64,
+    /// Times Redis failed (error or timeout).
+    pub redis_failures: u64,
+}
+
+/// Rate limits shared by every replica through Redis, with an in-process fallback.
+pub struct SharedRateLimiter {
+    config: RateLimitConfig,
+    client: Option<redis::Client>,
+    conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    script: redis::Script,
+    leases: Mutex<HashMap<Key, Lease>>,
+    local: RateLimiter,
+    max_lease: u32,
+    timeout: Duration,
+    down_until: Mutex<Option<Instant>>,
+    redis_up: AtomicBool,
+    lease_count: AtomicU64,
+    fallback_checks: AtomicU64,
+    redis_failures: AtomicU64,
+    checks: AtomicU64,
+}
+
+impl std::fmt::Debug for SharedRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedRateLimiter")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SharedRateLimiter {
+    /// A limiter on the Redis of `redis` (no connection is made until the first check).
+    pub fn new(config: &RateLimitConfig, redis: &RedisConfig) -> Self {
+        let client = redis::Client::open(redis.url.expose_secret()).ok();
+        let max_lease = config.lease.clamp(1, (config.burst / 4).max(1));
+        Self {
+            config: *config,
+            client,
+            conn: Mutex::new(None),
+            script: redis::Script::new(LEASE_SCRIPT),
+            leases: Mutex::new(HashMap::new()),
+            local: RateLimiter::new(config),
+            max_lease,
+            timeout: config.redis_timeout,
+            down_until: Mutex::new(None),
+            redis_up: AtomicBool::new(true),
+            lease_count: AtomicU64::new(0),
+            fallback_checks: AtomicU64::new(0),
+            redis_failures: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// A copy of the counters.
+    pub fn stats(&self) -> SharedLimiterStats {
+        SharedLimiterStats {
+            redis_up: self.redis_up.load(Ordering::Relaxed),
+            leases: self.lease_count.load(Ordering::Relaxed),
+            fallback_checks: self.fallback_checks.load(Ordering::Relaxed),
+            redis_failures: self.redis_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts one request of `principal`; [`Error::RateLimited`] (with the time until the
+    /// next request would be accepted) when the caller is over its limit across all
+    /// replicas. Costs no Redis round trip while the process holds leased tokens.
+    pub async fn check(&self, principal: &Principal) -> Result<(), Error> {
+        if self.config.per_minute == 0 {
+            return Ok(());
+        }
+        let key = match principal {
+            Principal::System => return Ok(()),
+            Principal::Service => Key::Service,
+            Principal::User(u) => Key::User(u.user_id.clone()),
+        };
+        if lock(&self.down_until).is_some_and(|until| Instant::now() < until) {
+            return self.fallback(principal);
+        }
+        let now = Instant::now();
+        let want = {
+            let mut leases = lock(&self.leases);
+            if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+                leases.retain(|_, l| l.expires > now);
+            }
+            match leases.get_mut(&key) {
+                Some(l) if l.expires > now && l.tokens > 0 => {
+                    l.tokens -= 1;
+                    return Ok(());
+                }
+                // Used up while still fresh: the caller is busy, lease more next time.
+                Some(l) if l.expires > now => (l.size * 2).min(self.max_lease),
+                _ => 1,
+            }
+        };
+        match self.lease(&key, want).await {
+            Ok((granted, _)) if granted > 0 => {
+                self.lease_count.fetch_add(1, Ordering::Relaxed);
+                let mut leases = lock(&self.leases);
+                let l = leases.entry(key).or_insert(Lease {
+                    tokens: 0,
+                    expires: now,
+                    size: want,
+                });
+                if l.expires <= now {
+                    l.tokens = 0;
+                }
+                l.tokens += granted - 1;
+                l.expires = now + LEASE_TTL;
+                l.size = want;
+                Ok(())
+            }
+            Ok((_, wait_ms)) => {
+                self.lease_count.fetch_add(1, Ordering::Relaxed);
+                Err(Error::RateLimited {
+                    retry_after: Duration::from_millis(wait_ms.max(1)),
+                })
+            }
+            Err(e) => {
+                self.redis_failures.fetch_add(1, Ordering::Relaxed);
+                if self.redis_up.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "rate limits: Redis unreachable, using the in-process limiter");
+                }
+                *lock(&self.down_until) = Some(Instant::now() + RETRY_REDIS_AFTER);
+                *lock(&self.conn) = None;
+                self.fallback(principal)
+            }
+        }
+    }
+
+    fn fallback(&self, principal: &Principal) -> Result<(), Error> {
+        self.fallback_checks.fetch_add(1, Ordering::Relaxed);
+        self.local.check(principal)
+    }
+
+    async fn lease(&self, key: &Key, want: u32) -> Result<(u32, u64), String> {
+        let attempt = async {
+            let mut conn = self.connection().await?;
+            let rate = f64::from(self.config.per_minute) / 60_000.0;
+            let (granted, wait): (i64, i64) = self
+                .script
+                .key(key.redis_key())
+                .arg(rate)
+                .arg(self.config.burst)
+                .arg(want)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((
+                u32::try_from(granted.max(0)).unwrap_or(0),
+                u64::try_from(wait.max(0)).unwrap_or(0),
+            ))
+        };
+        let result = tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))??;
+        if !self.redis_up.swap(true, Ordering::Relaxed) {
+            tracing::info!("rate limits: Redis reachable again, limits are shared again");
+        }
+        Ok(result)
+    }
+
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        if let Some(c) = lock(&self.conn).clone() {
+            return Ok(c);
+        }
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| "REDIS_URL cannot be used".to_owned())?;
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        *lock(&self.conn) = Some(conn.clone());
+        Ok(conn)
+    }
+}
