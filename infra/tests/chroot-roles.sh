@@ -41,12 +41,23 @@ inside() {
     (cd "$root/infra/ansible" && ansible-playbook -i "$work/inventory.ini" "$root/infra/tests/chroot-site.yml") \
       | tee "$work/run-$run.log" || true
   done
+  # The state the gates below judge, each with its exit status (nothing is ignored).
   echo "--- state inside the chroot"
-  chroot "$rootfs" ufw status verbose | tee "$work/ufw-status.txt" || true
-  chroot "$rootfs" id deploy || true
-  chroot "$rootfs" cat /home/deploy/.ssh/authorized_keys > "$work/authorized_keys" || true
-  chroot "$rootfs" cat /etc/ssh/sshd_config.d/10-xenios-hardening.conf /etc/sysctl.d/60-xenios.conf || true
-  chroot "$rootfs" /usr/sbin/sshd -t && echo "sshd -t: config valid" || true
+  mkdir -p "$rootfs/run/sshd"
+  probe ufw-status chroot "$rootfs" ufw status verbose
+  probe id-deploy chroot "$rootfs" id deploy
+  probe authorized-keys chroot "$rootfs" cat /home/deploy/.ssh/authorized_keys
+  probe sshd-t chroot "$rootfs" /usr/sbin/sshd -t
+}
+
+# probe NAME COMMAND...: run COMMAND, keep its output in $work/NAME.txt and its status in
+# $work/NAME.rc (read by the gates outside the namespaces).
+probe() {
+  local name="$1"
+  shift
+  "$@" > "$work/$name.txt" 2>&1
+  echo "$?" > "$work/$name.rc"
+  sed "s/^/$name: /" "$work/$name.txt"
 }
 
 if [[ "${1:-}" == --inside ]]; then
@@ -95,23 +106,49 @@ host_state() {
 before="$(host_state)"
 
 unshare --net --mount --pid --fork bash "$0" --inside "$work" || echo "chroot-roles: the namespaced run exited with $?"
-touch "$work/run-1.log" "$work/run-2.log" "$work/ufw-status.txt"
+touch "$work/run-1.log" "$work/run-2.log"
 
 after="$(host_state)"
+passed=0
 failed=0
+# gate NAME CONDITION...: count a check, print it, keep going.
+gate() {
+  local name="$1"
+  shift
+  if "$@"; then
+    passed=$((passed + 1)); echo "PASS  $name"
+  else
+    failed=$((failed + 1)); echo "FAIL  $name"
+  fi
+}
+probe_ok() { [[ "$(cat "$work/$1.rc" 2>/dev/null)" == 0 ]]; }
 recap() { grep -E '^xenios-chroot +:' "$work/run-$1.log" || true; }
 echo "first run : $(recap 1)"
 echo "second run: $(recap 2)"
-grep -Eq 'xenios-chroot +: ok=[0-9]+ +changed=[0-9]+ +unreachable=0 +failed=0' "$work/run-1.log" \
-  || { echo "chroot-roles: the first run failed"; failed=1; }
-grep -Eq 'xenios-chroot +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$work/run-2.log" \
-  || { echo "chroot-roles: the second run changed something (not idempotent)"; failed=1; }
-grep -q 'Status: active' "$work/ufw-status.txt" && grep -q 'Default: deny (incoming)' "$work/ufw-status.txt" \
-  || { echo "chroot-roles: ufw is not active with a deny policy"; failed=1; }
-grep -q '^ssh-ed25519 .* ops@xenios.example$' "$work/authorized_keys" \
-  || { echo "chroot-roles: the deploy user's authorized_keys lacks the key"; failed=1; }
-grep -qx 'PermitRootLogin no' "$rootfs/etc/ssh/sshd_config.d/10-xenios-hardening.conf" \
-  || { echo "chroot-roles: SSH hardening missing"; failed=1; }
-[[ "$before" == "$after" ]] || { echo "chroot-roles: the host's firewall or sysctls changed!"; failed=1; }
-echo "chroot-roles: $((1 - failed)) passed, $failed failed ($((SECONDS - start))s)"
-exit "$failed"
+gate "first run succeeds" \
+  grep -Eq 'xenios-chroot +: ok=[0-9]+ +changed=[1-9][0-9]* +unreachable=0 +failed=0' "$work/run-1.log"
+gate "second run reports changed=0" \
+  grep -Eq 'xenios-chroot +: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$work/run-2.log"
+gate "ufw active, deny incoming, SSH allowed" eval 'probe_ok ufw-status \
+  && grep -q "^Status: active" "$work/ufw-status.txt" \
+  && grep -q "Default: deny (incoming)" "$work/ufw-status.txt" \
+  && grep -Eq "^22/tcp +(ALLOW|LIMIT) IN" "$work/ufw-status.txt"'
+gate "id deploy: the user exists, in sudo" eval 'probe_ok id-deploy && grep -Eq "^uid=[0-9]+\(deploy\).*\(sudo\)" "$work/id-deploy.txt"'
+gate "authorized_keys is exactly the configured key" eval 'probe_ok authorized-keys \
+  && [[ "$(grep -v "^#" "$work/authorized-keys.txt" | grep -c .)" == 1 ]] \
+  && grep -q "^ssh-ed25519 .* ops@xenios.example$" "$work/authorized-keys.txt"'
+gate "sshd -t accepts the hardened config" probe_ok sshd-t
+gate "SSH hardening: no root login, no passwords" eval \
+  'grep -qx "PermitRootLogin no" "$rootfs/etc/ssh/sshd_config.d/10-xenios-hardening.conf" \
+  && grep -qx "PasswordAuthentication no" "$rootfs/etc/ssh/sshd_config.d/10-xenios-hardening.conf"'
+sysctl_file_ok() {
+  local kv
+  for kv in "vm.overcommit_memory ?= ?1" "net.ipv4.tcp_syncookies ?= ?1" \
+      "net.ipv4.conf.all.accept_redirects ?= ?0" "net.ipv4.conf.all.send_redirects ?= ?0"; do
+    grep -Eqx "$kv" "$rootfs/etc/sysctl.d/60-xenios.conf" || { echo "60-xenios.conf lacks $kv"; return 1; }
+  done
+}
+gate "sysctl file holds every setting" sysctl_file_ok
+gate "the host firewall and sysctls are unchanged" [ "$before" == "$after" ]
+echo "chroot-roles: $passed passed, $failed failed ($((SECONDS - start))s)"
+exit $((failed > 0))
