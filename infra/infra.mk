@@ -29,7 +29,7 @@ INFRA_PLAYBOOK = cd $(ANSIBLE_DIR) && ANSIBLE_CONFIG=ansible.cfg $(INFRA_BIN)/an
 	$(INFRA_INVENTORY) $(INFRA_VAULT) $(ANSIBLE_ARGS)
 
 .PHONY: provision deploy deploy-staging deploy-prod rollback push-secrets edit-secrets encrypt \
-	lint-ansible docker-build docker-up docker-down infra-check infra-chroot-test infra-engine-test infra-venv \
+	lint-ansible docker-build docker-up docker-down infra-check infra-chroot-test infra-image-test infra-engine-test infra-dev-test infra-venv \
 	infra-env-check infra-vault-check infra-e2e
 
 infra-venv:
@@ -77,7 +77,7 @@ encrypt: infra-venv infra-vault-check
 
 lint-ansible: infra-venv
 	cd $(ANSIBLE_DIR) && $(INFRA_BIN)/ansible-lint -c .ansible-lint --offline --strict \
-		. ../tests/render.yml ../tests/chroot-site.yml
+		. ../tests/render.yml
 
 docker-build:
 	$(DOCKER) build -f infra/docker/Dockerfile --target runtime \
@@ -94,13 +94,19 @@ docker-down:
 infra-check:
 	bash infra/tests/check.sh
 
-# Slow (minutes), root only, not run by CI.
+# The steps of infra-e2e one by one. Slow (minutes), root only, not run by CI.
 infra-chroot-test:
 	bash infra/tests/chroot-roles.sh
 
-# deploy/rollback/secrets against a throwaway Docker engine; needs infra-chroot-test's chroot.
+infra-image-test:
+	bash infra/tests/image-build.sh
+
+# deploy/rollback/secrets and Caddy HTTPS; needs infra-image-test's image.
 infra-engine-test:
 	bash infra/tests/engine-deploy.sh
+
+infra-dev-test:
+	bash infra/tests/dev-stack.sh
 
 # Everything for real, in private namespaces with a throwaway engine: the real image, the dev
 # stack, deploy/rollback, Caddy HTTPS from a local ACME server, provision. Root, slow.

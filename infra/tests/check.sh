@@ -325,7 +325,7 @@ make_targets() {
     && ansible-vault view --vault-password-file "$example_password" "$work/plain.yml" | grep -q "$probe" \
     || { echo "make encrypt did not encrypt"; return 1; }
   # Engine and slow targets: expansion only here.
-  for t in docker-build docker-up docker-down infra-chroot-test infra-engine-test infra-e2e; do
+  for t in docker-build docker-up docker-down infra-chroot-test infra-image-test infra-engine-test infra-dev-test infra-e2e; do
     make -s -n -f infra/infra.mk "$t" >/dev/null || { echo "make -n $t failed"; return 1; }
   done
 }
