@@ -6,10 +6,11 @@
 #   make rollback ENV=production                       back to the tag before the last deploy
 #   make edit-secrets ENV=production                   ansible-vault edit, then push-secrets
 #   make infra-check                                   offline checks (CI runs them too)
+#   make infra-e2e                                     everything for real (root, slow)
 
 ENV ?= staging
 TAG ?=
-IMAGE ?= ghcr.io/xenios/xenios-backend
+IMAGE ?= ghcr.io/xenios/ai-backend
 # Ansible Vault password file (git-ignored); see infra/ansible/vault-password.example.
 VAULT_PASSWORD_FILE ?= infra/ansible/.vault-password
 # Extra ansible-playbook arguments, e.g. ANSIBLE_ARGS="--check --diff" or "--limit host".
@@ -17,11 +18,10 @@ ANSIBLE_ARGS ?=
 PROVISION_USER ?=
 DOCKER ?= docker
 DOCKER_COMPOSE ?= docker compose
-DEV_COMPOSE_FILE := infra/docker/docker-compose.yml
 
 INFRA_VENV ?= target/infra-venv
 INFRA_BIN := $(abspath $(INFRA_VENV))/bin
-ANSIBLE_DIR := infra/ansible
+ANSIBLE_DIR ?= infra/ansible
 INFRA_VAULT := --vault-password-file $(abspath $(VAULT_PASSWORD_FILE))
 INFRA_INVENTORY := -i inventory/$(ENV).yml
 # Ansible must run from infra/ansible so that its ansible.cfg, roles/ and inventory/ apply.
@@ -29,8 +29,8 @@ INFRA_PLAYBOOK = cd $(ANSIBLE_DIR) && ANSIBLE_CONFIG=ansible.cfg $(INFRA_BIN)/an
 	$(INFRA_INVENTORY) $(INFRA_VAULT) $(ANSIBLE_ARGS)
 
 .PHONY: provision deploy deploy-staging deploy-prod rollback push-secrets edit-secrets encrypt \
-	lint-ansible docker-build docker-up docker-down infra-check infra-chroot-test infra-engine-test infra-venv \
-	infra-env-check infra-vault-check
+	lint-ansible docker-build docker-up docker-down infra-check infra-chroot-test infra-image-test infra-engine-test infra-dev-test infra-venv \
+	infra-env-check infra-vault-check infra-e2e
 
 infra-venv:
 	@infra/tests/venv.sh
@@ -77,28 +77,38 @@ encrypt: infra-venv infra-vault-check
 
 lint-ansible: infra-venv
 	cd $(ANSIBLE_DIR) && $(INFRA_BIN)/ansible-lint -c .ansible-lint --offline --strict \
-		. ../tests/render.yml ../tests/chroot-site.yml
+		. ../tests/render.yml
 
 docker-build:
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f infra/docker/Dockerfile --target runtime \
+	$(DOCKER) build -f infra/docker/Dockerfile --target runtime \
+		--build-arg GIT_COMMIT=$(or $(GIT_COMMIT),$(shell git rev-parse --short=12 HEAD 2>/dev/null)) \
 		-t $(IMAGE):$(or $(TAG),dev) .
 
-# Starts the local Postgres too unless DATABASE_URL is set, in the environment or in
-# infra/docker/.env (e.g. to a Supabase database).
-INFRA_DEV_DB_URL = $(or $(DATABASE_URL),$(shell grep -s '^DATABASE_URL=.' infra/docker/.env))
+# The development stack of the root compose.yaml (= infra/docker/docker-compose.yml).
 docker-up:
-	$(DOCKER_COMPOSE) -f $(DEV_COMPOSE_FILE) $(if $(INFRA_DEV_DB_URL),,--profile local-db) up -d --build
+	$(DOCKER_COMPOSE) up -d --build
 
 docker-down:
-	$(DOCKER_COMPOSE) -f $(DEV_COMPOSE_FILE) --profile local-db down
+	$(DOCKER_COMPOSE) down
 
 infra-check:
 	bash infra/tests/check.sh
 
-# Slow (minutes), root only, not run by CI.
+# The steps of infra-e2e one by one. Slow (minutes), root only, not run by CI.
 infra-chroot-test:
 	bash infra/tests/chroot-roles.sh
 
-# deploy/rollback/secrets against a throwaway Docker engine; needs infra-chroot-test's chroot.
+infra-image-test:
+	bash infra/tests/image-build.sh
+
+# deploy/rollback/secrets and Caddy HTTPS; needs infra-image-test's image.
 infra-engine-test:
 	bash infra/tests/engine-deploy.sh
+
+infra-dev-test:
+	bash infra/tests/dev-stack.sh
+
+# Everything for real, in private namespaces with a throwaway engine: the real image, the dev
+# stack, deploy/rollback, Caddy HTTPS from a local ACME server, provision. Root, slow.
+infra-e2e:
+	bash infra/tests/e2e.sh

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Assert the production properties of a rendered compose file (infra/tests/check.sh).
 
-Usage: check_prod_compose.py RENDERED_COMPOSE RESOLVED_JSON ENV_FILE EXPECTED_IMAGE
+Usage: check_prod_compose.py RENDERED_COMPOSE RESOLVED_JSON ENV_FILE EXPECTED_IMAGE KIND
 
 RENDERED_COMPOSE is the app role's output; RESOLVED_JSON is `docker-compose config --format
-json` of it (anchors merged, ${} from .env interpolated). Prints one line per failed property
-and exits 1 if any failed.
+json` of it (anchors merged, ${} from .env interpolated). KIND is the host kind: `all` (in
+the inventory groups api and workers, own redis) or `workers` (worker-only, shared Redis).
+Prints one line per failed property and exits 1 if any failed.
 """
 
 import json
@@ -16,13 +17,16 @@ import sys
 
 import yaml
 
-SERVICES = {"api", "worker", "extraction-worker", "transcription-worker", "redis", "flower"}
-APP_SERVICES = {"api", "worker", "extraction-worker", "transcription-worker"}
+SERVICES = {
+    "all": {"api", "worker", "redis", "flower"},
+    "workers": {"worker"},
+}
+APP_SERVICES = {"api", "worker"}
 WORKER_QUEUES = {
     "worker": ["-Q", "default,llm", "-c", "4"],
-    "extraction-worker": ["-Q", "extraction", "-c", "2"],
-    "transcription-worker": ["-Q", "transcription", "-c", "3"],
 }
+# No Rust handler serves these queues: a Rust worker must never consume them.
+NO_RUST_QUEUES = {"extraction", "transcription"}
 UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
@@ -36,7 +40,26 @@ def to_bytes(value):
     return int(float(match.group(1)) * UNITS[match.group(2)])
 
 
-def main(rendered_path, resolved_path, env_path, expected_image):
+def read_env(path):
+    """The rendered .env as a dict (values are single-quoted)."""
+    values = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if "=" in line and not line.startswith("#"):
+                name, value = line.rstrip("\n").split("=", 1)
+                values[name] = value.strip("'")
+    return values
+
+
+def seconds(value):
+    """Compose duration ("2m0s", "120s", "1m30s") in seconds."""
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s)", str(value)):
+        total += float(number) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[unit]
+    return total
+
+
+def main(rendered_path, resolved_path, env_path, expected_image, kind):
     failures = []
 
     def check(ok, message):
@@ -48,17 +71,19 @@ def main(rendered_path, resolved_path, env_path, expected_image):
     with open(resolved_path, encoding="utf-8") as handle:
         resolved = json.load(handle)
     services = resolved.get("services", {})
+    env = read_env(env_path)
+    own_redis = kind == "all"
 
-    check(set(services) == SERVICES, f"services are {sorted(services)}, want {sorted(SERVICES)}")
+    check(set(services) == SERVICES[kind], f"services are {sorted(services)}, want {sorted(SERVICES[kind])}")
     check("build" not in json.dumps(rendered.get("services", {})), "production compose must not build images")
 
     for name, svc in services.items():
         check(svc.get("restart") == "unless-stopped", f"{name}: restart is {svc.get('restart')!r}, want unless-stopped")
         resources = (svc.get("deploy") or {}).get("resources") or {}
-        for kind in ("limits", "reservations"):
-            block = resources.get(kind) or {}
-            check(block.get("memory") is not None, f"{name}: no memory {kind}")
-            check(block.get("cpus") not in (None, "", 0), f"{name}: no cpus {kind}")
+        for block_kind in ("limits", "reservations"):
+            block = resources.get(block_kind) or {}
+            check(block.get("memory") is not None, f"{name}: no memory {block_kind}")
+            check(block.get("cpus") not in (None, "", 0), f"{name}: no cpus {block_kind}")
         limits, reservations = resources.get("limits") or {}, resources.get("reservations") or {}
         if limits.get("memory") is not None and reservations.get("memory") is not None:
             check(to_bytes(reservations["memory"]) <= to_bytes(limits["memory"]),
@@ -71,18 +96,38 @@ def main(rendered_path, resolved_path, env_path, expected_image):
               f"{name}: image {image!r} is not pinned to a tag")
         if name in APP_SERVICES:
             check(image == expected_image, f"{name}: image {image!r}, want {expected_image!r}")
-        if name != "redis":
-            check((svc.get("depends_on") or {}).get("redis", {}).get("condition") == "service_healthy",
-                  f"{name}: does not wait for a healthy redis")
-
-    extraction = services.get("extraction-worker", {})
-    memory = (((extraction.get("deploy") or {}).get("resources") or {}).get("limits") or {}).get("memory")
-    check(memory is not None and to_bytes(memory) == 8 * 1024**3, f"extraction-worker: memory limit {memory!r}, want 8G")
+        waits = (svc.get("depends_on") or {}).get("redis", {}).get("condition") == "service_healthy"
+        if name != "redis" and own_redis:
+            check(waits, f"{name}: does not wait for a healthy redis")
+        if not own_redis:
+            check("redis" not in (svc.get("depends_on") or {}), f"{name}: depends on a redis service on a worker-only host")
+        command = svc.get("command") or []
+        if command[:1] == ["xenios-worker"] and "-Q" in command:
+            queues = set(command[command.index("-Q") + 1].split(","))
+            check(not queues & NO_RUST_QUEUES, f"{name}: a Rust worker consumes {sorted(queues & NO_RUST_QUEUES)}, which no Rust handler serves")
 
     for name, args in WORKER_QUEUES.items():
-        command = services.get(name, {}).get("command") or []
+        svc = services.get(name, {})
+        command = svc.get("command") or []
         check(command[:1] == ["xenios-worker"] and command[1:] == args, f"{name}: command {command}, want xenios-worker {' '.join(args)}")
-        check(services.get(name, {}).get("environment", {}).get("RUN_MIGRATIONS") == "false", f"{name}: must not run migrations")
+        worker_env = svc.get("environment") or {}
+        check(worker_env.get("RUN_MIGRATIONS") == "false", f"{name}: must not run migrations")
+        check((svc.get("healthcheck") or {}).get("test") == ["CMD", "xenios-worker", "--check"],
+              f"{name}: healthcheck is {(svc.get('healthcheck') or {}).get('test')}, want xenios-worker --check")
+        grace = seconds(svc.get("stop_grace_period") or "10s")
+        check(grace == 120, f"{name}: stop_grace_period is {svc.get('stop_grace_period')!r}, want 120s")
+        deadline = worker_env.get("WORKER_SHUTDOWN_TIMEOUT_SECS")
+        check(deadline == "100" and int(deadline) < grace,
+              f"{name}: WORKER_SHUTDOWN_TIMEOUT_SECS is {deadline!r}, want 100 (below the grace period)")
+
+    if kind == "workers":
+        check(re.match(r"rediss?://", env.get("REDIS_URL", "")) is not None and "@redis:" not in env.get("REDIS_URL", ""),
+              "worker-only host: REDIS_URL is not the shared Redis")
+        mode = stat.S_IMODE(os.stat(env_path).st_mode)
+        check(mode == 0o600, f".env mode is {mode:04o}, want 0600")
+        for failure in failures:
+            print(f"  FAIL {failure}")
+        return 1 if failures else 0
 
     api = services.get("api", {})
     check(api.get("command") == ["xenios-server"], f"api: command {api.get('command')}")
@@ -114,6 +159,6 @@ def main(rendered_path, resolved_path, env_path, expected_image):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
+    if len(sys.argv) != 6 or sys.argv[5] not in SERVICES:
         sys.exit(__doc__)
     sys.exit(main(*sys.argv[1:]))
