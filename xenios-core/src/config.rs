@@ -204,7 +204,8 @@ pub struct ServerConfig {
     /// development, none otherwise: no cross-origin access). `*` (any origin) is accepted in
     /// development only.
     pub cors_origins: Vec<String>,
-    /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may run after SIGTERM (default 25).
+    /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may run after SIGTERM (default 20;
+    /// with the 5 s audit flush after it, a stop fits a 30 s grace period).
     pub shutdown_timeout: Duration,
     /// `READY_TIMEOUT_MS`: per-component deadline of the readiness probe (default 1000).
     pub ready_timeout: Duration,
@@ -587,7 +588,7 @@ impl Config {
             host: r.get("HOST").unwrap_or_else(|| "0.0.0.0".to_owned()),
             port: r.parse("PORT", 8000u16),
             cors_origins,
-            shutdown_timeout: Duration::from_secs(r.parse("SHUTDOWN_TIMEOUT_SECS", 25u64)),
+            shutdown_timeout: Duration::from_secs(r.parse("SHUTDOWN_TIMEOUT_SECS", 20u64)),
             ready_timeout: Duration::from_millis(r.parse("READY_TIMEOUT_MS", 1000u64)),
             max_body_bytes: r.parse("MAX_BODY_BYTES", 1024 * 1024usize),
             rate_limit: RateLimitConfig {

@@ -135,7 +135,12 @@ pub async fn run(
         .run_with_graceful_shutdown(app, shutdown, Some(timeout))
         .await?;
     tracing::info!("server stopped; flushing audit rows and closing pools");
-    backend.flush_audit_within(timeout).await;
+    // In-flight requests (at most SHUTDOWN_TIMEOUT_SECS, default 20) plus this flush fit the
+    // orchestrator's grace period (compose: 30 s); rows still queued after it are counted as
+    // dropped, as when Postgres is down.
+    backend
+        .flush_audit_within(xenios_core::jobs::worker::AUDIT_FLUSH_TIMEOUT)
+        .await;
     drop(backend);
     Ok(())
 }

@@ -199,11 +199,17 @@ async fn llm_complete(
         // Run the whole call again only when no model answered at all: a timeout or a
         // broken stream may have been generated (and billed) already.
         Err(e) if e.is_retryable() && !a_model_answered(&e) => Err(TaskError::Retry {
-            reason: e.to_string(),
+            reason: e.public_message(),
             countdown: e.retry_after(),
             max_retries: None,
         }),
-        Err(e) => Err(TaskError::exception("xenios", "LlmError", e.to_string())),
+        // The stored result gets what a client may see (models tried, how each failed), never
+        // the provider's own error text; the full error is in the log and `inference_logs`.
+        Err(e) => Err(TaskError::exception(
+            "xenios",
+            "LlmError",
+            e.public_message(),
+        )),
     }
 }
 
