@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
+use xenios_core::jobs::catalog::TaskDecl;
 use xenios_core::jobs::{
     EnqueueRequest, TaskContext, TaskError, TaskRegistry, TaskState, Worker, WorkerOptions,
 };
@@ -89,7 +90,9 @@ async fn run(backend: &AiBackend) -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. A job of this service's own, run by a worker inside this process.
     let mut registry = TaskRegistry::new();
-    registry.register("example.shout", shout);
+    // Declared on this service's own queue, which the worker below consumes; `internal`: no
+    // HTTP caller may enqueue it.
+    registry.register(TaskDecl::internal("example.shout").on_queue(QUEUE), shout);
     let options = WorkerOptions {
         queues: vec![QUEUE.to_owned()],
         concurrency: 2,

@@ -59,11 +59,13 @@ impl Worker {
     /// The queues of `queues` that none of this worker's tasks routes to.
     pub fn unhandled_queues(&self, queues: &[String]) -> Vec<String> {
         let router = crate::jobs::Router::new(&self.backend.config().jobs);
+        // A handler declared on a queue of its own (`TaskDecl::on_queue`) is routed there;
+        // the others by `JOB_ROUTES`.
         let routed: std::collections::HashSet<String> = self
             .registry
-            .names()
-            .iter()
-            .map(|name| router.route(name).to_owned())
+            .declarations()
+            .into_iter()
+            .map(|d| d.queue.unwrap_or_else(|| router.route(&d.name).to_owned()))
             .collect();
         queues
             .iter()
@@ -108,6 +110,11 @@ impl Worker {
             return Err(Error::Validation(
                 "queues must be names of [A-Za-z0-9_.:-]".to_owned(),
             ));
+        }
+        // A reserved key (`unacked`, `celery-task-meta-*`...) is refused before anything else,
+        // naming the queue, and before the worker declares bindings for it.
+        for q in &queues {
+            crate::jobs::check_queue_name(q).map_err(Error::Validation)?;
         }
         if !self.allow_unhandled_queues {
             let unhandled = self.unhandled_queues(&queues);
