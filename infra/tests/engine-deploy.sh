@@ -59,7 +59,7 @@ playbook() {  # playbook NAME [ansible-playbook args...]
       -e '{"app_extra_settings": {"LLM_ROUTES": "chat=fake/slow-chat"}}' \
       "${worker_check[@]}" "$@" "playbooks/$name.yml") > "$work/$name.log" 2>&1
   local rc=$?
-  grep -E '^(xenios|PLAY RECAP|fatal)' "$work/$name.log" | tail -3
+  grep -A14 '^fatal' "$work/$name.log" | head -30; grep -E '^xenios' "$work/$name.log" | tail -1
   return "$rc"
 }
 recap_changed() { grep -Eo 'changed=[0-9]+' "$work/$1.log" | tail -1 | cut -d= -f2; }
@@ -163,6 +163,7 @@ start_caddy() {
      -e "caddy_config_path=$out/Caddyfile" -e "caddy_access_log=$out/log/access.log" \
      -e "caddy_binary=$bin/caddy" -e caddy_owner=root -e caddy_group=root \
      -e caddy_acme_ca=https://127.0.0.1:14000/dir -e "caddy_acme_ca_root=$work/pebble/ca.pem" \
+     -e '{"caddy_manage_service": false}' \
      "$root/infra/tests/render.yml") > "$out/render.log" 2>&1 || { tail -20 "$out/render.log"; return 1; }
   XDG_DATA_HOME="$out/data" XDG_CONFIG_HOME="$out/config" HOME="$out" \
     caddy run --adapter caddyfile --config "$out/Caddyfile" > "$out/caddy.log" 2>&1 &
@@ -252,7 +253,7 @@ inside() {
   engine_start
   import_base_images
   # The image image-build.sh built last (of this commit, or the newest one).
-  local built="$repo:$commit"
+  built="$repo:$commit"
   docker image inspect "$built" >/dev/null 2>&1 \
     || built="$repo:$(docker images "$repo" --format '{{.Tag}}' | grep -v '^e2e-' | head -n 1)"
   docker image inspect "$built" >/dev/null 2>&1 \
@@ -277,6 +278,9 @@ inside() {
 
   check "deploy A: healthy, api and worker run image A" deploy_runs e2e-a
   check "deploy A again: changed=0" unchanged deploy -e app_image_tag=e2e-a
+  check "/api/v1/status reports the commit the image was built from" eval \
+    'curl -fsS -H "X-API-Key: $api_key" http://127.0.0.1:8000/api/v1/status | tee /dev/stderr \
+      | grep -q "\"git_commit\": *\"${built##*:}\""'
   check "enqueue a job with a one-hour countdown" enqueue_delayed
   check "deploy B: healthy, image B, tags deployed=B previous=A" \
     eval 'deploy_runs e2e-b && [[ "$(tags)" == "deployed=e2e-b previous=e2e-a" ]]'

@@ -56,12 +56,14 @@ inside() {
     redis-server --save '' --appendonly no >/dev/null
   docker run -d --name image-check-db --network image-check -e POSTGRES_PASSWORD=check \
     -e POSTGRES_DB=xenios postgres:16-bookworm >/dev/null
+  local i
+  for i in $(seq 60); do docker exec image-check-db pg_isready -q 2>/dev/null && break; sleep 1; done
   docker run -d --name image-check-api --network image-check -p 127.0.0.1:18000:8000 \
     -e ENVIRONMENT=staging -e XENIOS_BACKEND_API_KEY=$api_key -e RUN_MIGRATIONS=true \
     -e DATABASE_URL=postgres://postgres:check@image-check-db:5432/xenios \
     -e REDIS_URL=redis://image-check-redis:6379/0 -e SUPABASE_JWT_SECRET=image-check-jwt-secret-0123456789abcdef \
     -e SUPABASE_URL=http://supabase.invalid "$repo:$commit" >/dev/null
-  local status="" i
+  local status=""
   for i in $(seq 60); do
     status="$(curl -fsS -H "X-API-Key: $api_key" http://127.0.0.1:18000/api/v1/status 2>/dev/null)" && break
     sleep 1

@@ -201,6 +201,8 @@ engine_start() {
   python3 "$root/infra/tests/registry-proxy.py" relay "$proxy_addr" "$engine_base/proxy.sock" \
     2>>"$engine_base/proxy.log" &
   engine_relay_pid=$!
+  # Whatever a killed run left (a fresh namespace has no engine running), then the engine.
+  rm -rf "$engine_base/dockerd.pid" "$engine_base/docker.sock" "$engine_base/exec"
   # The image layers stay in target/infra-engine/data between runs (a rebuild is cached).
   dockerd --data-root "$engine_base/data" --exec-root "$engine_base/exec" \
     --pidfile "$engine_base/dockerd.pid" -H "$DOCKER_HOST" > "$engine_base/dockerd.log" 2>&1 &
