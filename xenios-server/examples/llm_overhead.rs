@@ -14,7 +14,8 @@
 //! path, default 1000), `BENCH_SECS` (default 10), `BENCH_STREAM_RATE` (default 200),
 //! `XENIOS_SERVER_BIN` (default: `xenios-server` next to this example's directory),
 //! `BENCH_LOG_LEVEL` (the server's `LOG_LEVEL`, default `warn`; `info` adds one access-log
-//! line per request).
+//! line per request), `BENCH_RATE_LIMIT_PER_MINUTE` / `BENCH_RATE_LIMIT_BURST` (the per-caller
+//! limiter, default off; set them high to measure the limiter without refusals).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -220,8 +221,17 @@ async fn main() {
             "LOG_LEVEL",
             std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".to_owned()),
         )
-        // One client sends every request: the per-caller limit would answer 429 to most.
-        .env("RATE_LIMIT_PER_MINUTE", "0")
+        // One client sends every request: the per-caller limit would answer 429 to most, so
+        // it is off unless BENCH_RATE_LIMIT_PER_MINUTE turns it on (high enough to refuse
+        // nothing, e.g. 100000000) to measure what the limiter itself costs.
+        .env(
+            "RATE_LIMIT_PER_MINUTE",
+            std::env::var("BENCH_RATE_LIMIT_PER_MINUTE").unwrap_or_else(|_| "0".to_owned()),
+        )
+        .env(
+            "RATE_LIMIT_BURST",
+            std::env::var("BENCH_RATE_LIMIT_BURST").unwrap_or_else(|_| "100000".to_owned()),
+        )
         .env("RUN_MIGRATIONS", "true")
         .stdin(std::process::Stdio::null())
         .spawn()
