@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel_async::RunQueryDsl;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 use crate::auth::{
@@ -40,8 +40,11 @@ pub struct AiBackend {
 #[derive(Debug)]
 struct Inner {
     config: Config,
-    db: PgPool,
+    /// None when built without a database.
+    db: Option<PgPool>,
     redis: RedisPool,
+    /// False when built without Redis (then `redis` is a pool that never connects).
+    has_redis: bool,
     http: reqwest::Client,
     api_keys: ApiKeyVerifier,
     audit: AuditWriter,
@@ -58,20 +61,57 @@ pub struct AiBackendBuilder {
     config: Config,
     db: Option<PgPool>,
     redis: Option<RedisPool>,
+    without_database: bool,
+    without_redis: bool,
     http: Option<reqwest::Client>,
     llm_provider: Option<Arc<dyn Provider>>,
 }
+
+/// The message of the [`Error::Unavailable`] returned by what needs Postgres on a backend
+/// built without a database.
+pub const NO_DATABASE: &str =
+    "no database configured (this backend was built without one: DATABASE_URL unset)";
+
+/// Where a backend built without Redis points its (never used) Redis pool: a path that
+/// cannot exist, so an accidental checkout fails locally, at once.
+const NO_REDIS_URL: &str = "unix:///dev/null/no-redis-configured";
 
 impl AiBackendBuilder {
     /// Uses this Postgres pool instead of building one from the config.
     pub fn db_pool(mut self, pool: PgPool) -> Self {
         self.db = Some(pool);
+        self.without_database = false;
         self
     }
 
     /// Uses this Redis pool instead of building one from the config.
     pub fn redis_pool(mut self, pool: RedisPool) -> Self {
         self.redis = Some(pool);
+        self.without_redis = false;
+        self
+    }
+
+    /// Builds without Postgres, whatever `DATABASE_URL` says (also the default when it is
+    /// empty, see [`Config::llm_only_from_env`]): for an embedder that only routes LLM calls.
+    /// Audit rows are then dropped and counted in [`AiBackend::audit_stats`]
+    /// (`dropped`), flushes return at once, readiness reports `postgres` as not configured,
+    /// and what needs Postgres (migrations, job records, profiles, the extraction cache)
+    /// fails at once with [`Error::Unavailable`] ([`NO_DATABASE`]).
+    pub fn without_database(mut self) -> Self {
+        self.db = None;
+        self.without_database = true;
+        self
+    }
+
+    /// Builds without Redis, whatever `REDIS_URL` says (also the default when it is empty):
+    /// for an embedder that only routes LLM calls. LLM calls work; the job queue (enqueue,
+    /// results, workers) fails at once with [`Error::Unavailable`] for `redis`;
+    /// [`AiBackend::check_rate_limit`] counts in this process only; readiness reports
+    /// `redis` as not configured. Daily user token budgets need Redis: with
+    /// `LLM_USER_DAILY_TOKENS` set, [`AiBackendBuilder::build`] refuses.
+    pub fn without_redis(mut self) -> Self {
+        self.redis = None;
+        self.without_redis = true;
         self
     }
 
@@ -90,25 +130,37 @@ impl AiBackendBuilder {
     /// Builds the backend. Pools are lazy: this does not wait for Postgres or Redis, so the
     /// process can start (and report itself not ready) while they are down.
     pub async fn build(self) -> Result<AiBackend> {
+        let mut config = self.config;
         let db = match self.db {
-            Some(p) => p,
-            None => db::build_pool(&self.config.database)?,
+            Some(p) => Some(p),
+            None if self.without_database || config.database.url.expose_secret().is_empty() => {
+                config.database.url = SecretString::from("");
+                None
+            }
+            None => Some(db::build_pool(&config.database)?),
         };
         let redis = match self.redis {
-            Some(p) => p,
-            None => xredis::build_pool(&self.config.redis)?,
+            Some(p) => Some(p),
+            None if self.without_redis || config.redis.url.expose_secret().is_empty() => {
+                if config.llm.user_daily_tokens > 0 {
+                    return Err(Error::Validation(
+                        "LLM_USER_DAILY_TOKENS: daily token budgets are kept in Redis; set it \
+                         to 0 or configure REDIS_URL"
+                            .to_owned(),
+                    ));
+                }
+                // The job queue and the shared rate limiter read the URL: empty, they have no
+                // client and fail (or fall back) at once.
+                config.redis.url = SecretString::from("");
+                None
+            }
+            None => Some(xredis::build_pool(&config.redis)?),
         };
         let http = match self.http {
             Some(c) => c,
-            None => upstream_http_client(self.config.llm.connect_timeout)?,
+            None => upstream_http_client(config.llm.connect_timeout)?,
         };
-        Ok(AiBackend::assemble(
-            self.config,
-            db,
-            redis,
-            http,
-            self.llm_provider,
-        ))
+        AiBackend::assemble(config, db, redis, http, self.llm_provider)
     }
 }
 
@@ -154,6 +206,8 @@ impl AiBackend {
             config,
             db: None,
             redis: None,
+            without_database: false,
+            without_redis: false,
             http: None,
             llm_provider: None,
         }
@@ -167,23 +221,84 @@ impl AiBackend {
         redis: RedisPool,
         http: reqwest::Client,
     ) -> AiBackend {
-        Self::assemble(config, db, redis, http, None)
+        let parts = AssembledParts {
+            config,
+            db: Some(db),
+            redis,
+            has_redis: true,
+            http,
+            llm_provider: None,
+        };
+        parts.assemble()
     }
 
     fn assemble(
         config: Config,
-        db: PgPool,
-        redis: RedisPool,
+        db: Option<PgPool>,
+        redis: Option<RedisPool>,
         http: reqwest::Client,
         llm_provider: Option<Arc<dyn Provider>>,
-    ) -> AiBackend {
+    ) -> Result<AiBackend> {
+        let has_redis = redis.is_some();
+        let redis = match redis {
+            Some(p) => p,
+            None => unconfigured_redis_pool()?,
+        };
+        let parts = AssembledParts {
+            config,
+            db,
+            redis,
+            has_redis,
+            http,
+            llm_provider,
+        };
+        Ok(parts.assemble())
+    }
+}
+
+/// Everything [`AiBackend`] is assembled from.
+struct AssembledParts {
+    config: Config,
+    db: Option<PgPool>,
+    redis: RedisPool,
+    has_redis: bool,
+    http: reqwest::Client,
+    llm_provider: Option<Arc<dyn Provider>>,
+}
+
+/// The Redis pool of a backend built without Redis: nothing uses it (the job queue has no
+/// client, budgets are refused), and a checkout would fail locally within 100 ms.
+fn unconfigured_redis_pool() -> Result<RedisPool> {
+    let manager = bb8_redis::RedisConnectionManager::new(NO_REDIS_URL)
+        .map_err(|e| Error::Internal(format!("placeholder Redis pool: {e}")))?;
+    Ok(bb8::Pool::builder()
+        .max_size(1)
+        .min_idle(Some(0))
+        .retry_connection(false)
+        .connection_timeout(Duration::from_millis(100))
+        .build_unchecked(manager))
+}
+
+impl AssembledParts {
+    fn assemble(self) -> AiBackend {
+        let AssembledParts {
+            config,
+            db,
+            redis,
+            has_redis,
+            http,
+            llm_provider,
+        } = self;
         let api_keys =
             ApiKeyVerifier::with_previous(&config.api_key, config.api_key_previous.as_ref());
-        let audit = AuditWriter::start(
-            db.clone(),
-            config.database.audit_queue_capacity,
-            config.database.audit_batch_linger,
-        );
+        let audit = match &db {
+            Some(pool) => AuditWriter::start(
+                pool.clone(),
+                config.database.audit_queue_capacity,
+                config.database.audit_batch_linger,
+            ),
+            None => AuditWriter::discarding(),
+        };
         let jwt = JwtVerifier::new(&config.supabase, http.clone());
         let rate_limiter = SharedRateLimiter::new(&config.server.rate_limit, &config.redis);
         let provider: Arc<dyn Provider> = match (llm_provider, &config.openrouter.api_key) {
@@ -195,7 +310,7 @@ impl AiBackend {
             )),
             (None, None) => Arc::new(FakeProvider),
         };
-        let budget = (config.llm.user_daily_tokens > 0)
+        let budget = (has_redis && config.llm.user_daily_tokens > 0)
             .then(|| TokenBudget::new(redis.clone(), config.llm.user_daily_tokens));
         let llm = Llm::with_budget(
             provider,
@@ -210,6 +325,7 @@ impl AiBackend {
                 config,
                 db,
                 redis,
+                has_redis,
                 http,
                 api_keys,
                 audit,
@@ -221,18 +337,40 @@ impl AiBackend {
             }),
         }
     }
+}
 
+impl AiBackend {
     /// The configuration the backend was built with.
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
 
-    /// The Postgres pool.
-    pub fn db(&self) -> &PgPool {
-        &self.inner.db
+    /// The Postgres pool; None when built without a database
+    /// ([`AiBackendBuilder::without_database`]).
+    pub fn db(&self) -> Option<&PgPool> {
+        self.inner.db.as_ref()
     }
 
-    /// The Redis pool.
+    /// The Postgres pool, or [`Error::Unavailable`] ([`NO_DATABASE`]) without a database.
+    fn pg(&self) -> Result<&PgPool> {
+        self.inner.db.as_ref().ok_or_else(|| Error::Unavailable {
+            component: "postgres",
+            message: NO_DATABASE.to_owned(),
+        })
+    }
+
+    /// True unless built without a database.
+    pub fn has_database(&self) -> bool {
+        self.inner.db.is_some()
+    }
+
+    /// True unless built without Redis.
+    pub fn has_redis(&self) -> bool {
+        self.inner.has_redis
+    }
+
+    /// The Redis pool. Built without Redis ([`AiBackendBuilder::without_redis`]), a pool
+    /// that never connects: every checkout fails within 100 ms.
     pub fn redis(&self) -> &RedisPool {
         &self.inner.redis
     }
@@ -296,6 +434,7 @@ impl AiBackend {
     }
 
     async fn migration(&self, action: Action) -> Result<Vec<String>> {
+        self.pg()?;
         let db = &self.inner.config.database;
         let (url, options) = db::connect::parse_url(db.url.expose_secret(), db.prepared_statements)
             .map_err(|e| Error::Validation(format!("DATABASE_URL: {e}")))?;
@@ -322,7 +461,7 @@ impl AiBackend {
     pub async fn job_record(&self, task_id: &str) -> Result<Option<JobRecord>> {
         use crate::db::schema::job_queue_metadata::dsl;
         use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
-        let mut conn = self.inner.db.get().await.map_err(pool_error)?;
+        let mut conn = self.pg()?.get().await.map_err(pool_error)?;
         dsl::job_queue_metadata
             .filter(dsl::task_id.eq(task_id))
             .select(JobRecord::as_select())
@@ -336,7 +475,7 @@ impl AiBackend {
     pub async fn inference_logs_for(&self, correlation_id: &str) -> Result<Vec<InferenceLog>> {
         use crate::db::schema::inference_logs::dsl;
         use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
-        let mut conn = self.inner.db.get().await.map_err(pool_error)?;
+        let mut conn = self.pg()?.get().await.map_err(pool_error)?;
         dsl::inference_logs
             .filter(dsl::correlation_id.eq(correlation_id))
             .order(dsl::created_at.asc())
@@ -357,7 +496,7 @@ impl AiBackend {
         use diesel::{
             BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper,
         };
-        let mut conn = self.inner.db.get().await.map_err(pool_error)?;
+        let mut conn = self.pg()?.get().await.map_err(pool_error)?;
         dsl::extraction_cache
             .filter(dsl::content_hash.eq(content_hash))
             .filter(dsl::extractor.eq(extractor))
@@ -389,7 +528,7 @@ impl AiBackend {
                 "content_hash must be 64 lower-case hex characters (SHA-256)".to_owned(),
             ));
         }
-        let mut conn = self.inner.db.get().await.map_err(pool_error)?;
+        let mut conn = self.pg()?.get().await.map_err(pool_error)?;
         diesel::insert_into(dsl::extraction_cache)
             .values(entry)
             .on_conflict((dsl::content_hash, dsl::extractor, dsl::extractor_version))
@@ -409,7 +548,7 @@ impl AiBackend {
     pub async fn profile(&self, user_id: uuid::Uuid) -> Result<Option<Profile>> {
         use crate::db::schema::profiles::dsl;
         use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
-        let mut conn = self.inner.db.get().await.map_err(pool_error)?;
+        let mut conn = self.pg()?.get().await.map_err(pool_error)?;
         dsl::profiles
             .filter(dsl::id.eq(user_id))
             .select(Profile::as_select())
@@ -511,13 +650,25 @@ impl AiBackend {
         }
     }
 
-    /// Probes Postgres and Redis concurrently, each within `READY_TIMEOUT_MS`.
+    /// Probes Postgres and Redis concurrently, each within `READY_TIMEOUT_MS`; one the
+    /// backend was built without is reported as not configured, never probed.
     pub async fn readiness(&self) -> Readiness {
         let deadline = self.inner.config.server.ready_timeout;
-        let (pg, redis) = tokio::join!(
-            health::probe("postgres", deadline, self.ping_postgres()),
-            health::probe("redis", deadline, self.ping_redis()),
-        );
+        let pg = async {
+            if self.has_database() {
+                health::probe("postgres", deadline, self.ping_postgres()).await
+            } else {
+                ComponentHealth::not_configured("postgres")
+            }
+        };
+        let redis = async {
+            if self.has_redis() {
+                health::probe("redis", deadline, self.ping_redis()).await
+            } else {
+                ComponentHealth::not_configured("redis")
+            }
+        };
+        let (pg, redis) = tokio::join!(pg, redis);
         Readiness::from_components(vec![pg, redis])
     }
 
@@ -536,7 +687,12 @@ impl AiBackend {
     }
 
     async fn ping_postgres(&self) -> std::result::Result<(), String> {
-        let mut conn = self.inner.db.get().await.map_err(|e| e.to_string())?;
+        let mut conn = self
+            .pg()
+            .map_err(|e| e.to_string())?
+            .get()
+            .await
+            .map_err(|e| e.to_string())?;
         diesel::sql_query("SELECT 1")
             .execute(&mut conn)
             .await

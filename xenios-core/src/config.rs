@@ -83,7 +83,8 @@ impl FromStr for LogFormat {
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     /// `DATABASE_URL`: a libpq-style URL. May carry a password, hence secret.
-    /// `sslmode=require` (Supabase) turns TLS on.
+    /// `sslmode=require` (Supabase) turns TLS on. Empty when no database is configured
+    /// (only [`Config::llm_only_from_env`] allows that).
     pub url: SecretString,
     /// `DATABASE_POOL_SIZE`: most connections held by this process (default 10).
     pub pool_size: u32,
@@ -112,6 +113,7 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// `REDIS_URL`, e.g. `redis://127.0.0.1:6379/0`. May carry a password, hence secret.
+    /// Empty when no Redis is configured (only [`Config::llm_only_from_env`] allows that).
     pub url: SecretString,
     /// `REDIS_POOL_SIZE`: most connections held by this process (default 16).
     pub pool_size: u32,
@@ -375,6 +377,10 @@ impl Config {
     /// Reads the configuration from the process environment, after loading `.env` from the
     /// current directory if there is one (variables already set win over the file).
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::read_env(false)
+    }
+
+    fn read_env(storage_optional: bool) -> Result<Self, ConfigError> {
         // A missing .env is normal; a malformed one is worth a problem line.
         let mut dotenv_problem = None;
         match dotenvy::dotenv() {
@@ -382,7 +388,7 @@ impl Config {
             Err(e) if e.not_found() => {}
             Err(e) => dotenv_problem = Some(format!(".env: cannot be read: {e}")),
         }
-        let result = Self::from_lookup(&|name| std::env::var(name).ok());
+        let result = Self::read(&|name| std::env::var(name).ok(), storage_optional);
         match (result, dotenv_problem) {
             (Ok(config), None) => Ok(config),
             (Ok(_), Some(p)) => Err(ConfigError { problems: vec![p] }),
@@ -402,6 +408,29 @@ impl Config {
 
     /// Reads the configuration through any variable lookup function.
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::read(lookup, false)
+    }
+
+    /// [`Config::from_env`] for an embedder that only routes LLM calls: `DATABASE_URL` and
+    /// `REDIS_URL` are optional in every environment (checked when set). An unset one is
+    /// left empty, and [`crate::AiBackend::builder`] then builds the backend without that
+    /// store (see [`crate::AiBackendBuilder::without_database`]). The server and the worker
+    /// never read their configuration this way: they need both.
+    pub fn llm_only_from_env() -> Result<Self, ConfigError> {
+        Self::read_env(true)
+    }
+
+    /// [`Config::llm_only_from_env`] through any variable lookup function.
+    pub fn llm_only_from_lookup(
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::read(lookup, true)
+    }
+
+    fn read(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        storage_optional: bool,
+    ) -> Result<Self, ConfigError> {
         let mut r = Reader {
             lookup,
             problems: Vec::new(),
@@ -419,6 +448,7 @@ impl Config {
                 }
                 url
             }
+            None if storage_optional => SecretString::from(""),
             None if dev => SecretString::from("postgres://postgres:postgres@127.0.0.1:5432/xenios"),
             None => {
                 r.missing("DATABASE_URL", "required outside development");
@@ -437,6 +467,7 @@ impl Config {
                 }
                 url
             }
+            None if storage_optional => SecretString::from(""),
             None if dev => SecretString::from("redis://127.0.0.1:6379/0"),
             None => {
                 r.missing("REDIS_URL", "required outside development");
@@ -944,6 +975,39 @@ mod tests {
         assert_eq!(c.llm.user_daily_tokens, 5000);
         assert_eq!(c.server.rate_limit.lease, 4);
         assert!(!format!("{c:?}").contains("old-key"));
+    }
+
+    #[test]
+    fn llm_only_configs_need_no_database_or_redis_in_any_environment() {
+        let prod = vars(&[
+            ("ENVIRONMENT", "production"),
+            ("XENIOS_BACKEND_API_KEY", "a-production-key-of-length"),
+            ("SUPABASE_URL", "https://abc.supabase.co"),
+            ("OPENROUTER_API_KEY", "sk-or-key"),
+        ]);
+        let text = Config::from_map(&prod).unwrap_err().to_string();
+        assert!(
+            text.contains("DATABASE_URL") && text.contains("REDIS_URL"),
+            "{text}"
+        );
+        let c = Config::llm_only_from_lookup(&|name| prod.get(name).cloned()).unwrap();
+        assert!(c.database.url.expose_secret().is_empty());
+        assert!(c.redis.url.expose_secret().is_empty());
+        // No development defaults either: unset means no store.
+        let c = Config::llm_only_from_lookup(&|_| None).unwrap();
+        assert!(c.database.url.expose_secret().is_empty());
+        assert!(c.redis.url.expose_secret().is_empty());
+        // A set URL is still checked, and used.
+        let err = Config::llm_only_from_lookup(&|name| {
+            (name == "REDIS_URL").then(|| "http://nope".to_owned())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("REDIS_URL"), "{err}");
+        let c = Config::llm_only_from_lookup(&|name| {
+            (name == "DATABASE_URL").then(|| "postgres://u@db/x".to_owned())
+        })
+        .unwrap();
+        assert_eq!(c.database.url.expose_secret(), "postgres://u@db/x");
     }
 
     #[test]

@@ -10,8 +10,11 @@ use serde::Serialize;
 pub struct ComponentHealth {
     /// `postgres` or `redis`.
     pub name: &'static str,
-    /// True when it answered within the deadline.
+    /// True when it answered within the deadline (or is not configured).
     pub healthy: bool,
+    /// False when the backend was built without it (an embedder that only routes LLM
+    /// calls): it is then never probed and does not make the backend unready.
+    pub configured: bool,
     /// Round-trip time of the probe, in milliseconds.
     pub latency_ms: u64,
     /// What went wrong, when it did.
@@ -25,6 +28,19 @@ pub struct Readiness {
     pub ready: bool,
     /// Each component's health.
     pub components: Vec<ComponentHealth>,
+}
+
+impl ComponentHealth {
+    /// A component the backend was built without.
+    pub fn not_configured(name: &'static str) -> Self {
+        Self {
+            name,
+            healthy: true,
+            configured: false,
+            latency_ms: 0,
+            error: None,
+        }
+    }
 }
 
 impl Readiness {
@@ -54,6 +70,7 @@ where
     ComponentHealth {
         name,
         healthy: error.is_none(),
+        configured: true,
         latency_ms,
         error,
     }

@@ -6,7 +6,8 @@
 //! (or queued while the previous batch was being written) go in together, as one multi-row
 //! statement per table. When the channel is
 //! full or Postgres stays down past a few retries, rows are dropped and counted in
-//! [`AuditStats`]; nothing else slows down.
+//! [`AuditStats`]; nothing else slows down. A backend built without a database
+//! ([`AuditWriter::discarding`]) drops and counts every row at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -70,7 +71,8 @@ enum Command {
 /// Handle to the background writer. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditWriter {
-    tx: mpsc::Sender<Command>,
+    /// None without a database: rows are dropped and counted, nothing is queued.
+    tx: Option<mpsc::Sender<Command>>,
     stats: Arc<AuditStats>,
     /// Cuts the writer's batching wait short for a flush.
     flushing: Arc<Notify>,
@@ -101,10 +103,25 @@ impl AuditWriter {
             }
         }
         Self {
-            tx,
+            tx: Some(tx),
             stats,
             flushing,
         }
+    }
+
+    /// A writer for a backend without a database: every row is counted as dropped at once
+    /// (no task, no queue, no log line per row), and flushes return at once.
+    pub fn discarding() -> Self {
+        Self {
+            tx: None,
+            stats: Arc::new(AuditStats::default()),
+            flushing: Arc::new(Notify::new()),
+        }
+    }
+
+    /// False for a [`AuditWriter::discarding`] writer.
+    pub fn has_database(&self) -> bool {
+        self.tx.is_some()
     }
 
     /// Queues an inference log row; never waits.
@@ -118,7 +135,12 @@ impl AuditWriter {
     }
 
     fn send(&self, cmd: Command) {
-        match self.tx.try_send(cmd) {
+        let Some(tx) = &self.tx else {
+            // No database: dropping is the configured behaviour, not an incident to log.
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match tx.try_send(cmd) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -134,10 +156,11 @@ impl AuditWriter {
 
     /// Waits until every row queued before this call has been written (or given up on).
     /// With Postgres unreachable this can take a connect timeout per batch: processes that
-    /// are stopping use [`AuditWriter::flush_within`].
+    /// are stopping use [`AuditWriter::flush_within`]. Without a database it returns at once.
     pub async fn flush(&self) {
+        let Some(queue) = &self.tx else { return };
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Flush(tx)).await.is_ok() {
+        if queue.send(Command::Flush(tx)).await.is_ok() {
             self.flushing.notify_one();
             let _ = rx.await;
         }
@@ -430,6 +453,34 @@ async fn write_jobs(pool: &PgPool, changes: &[MergedJob]) -> Result<(), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_discarding_writer_counts_rows_as_dropped_and_flushes_at_once() {
+        let w = AuditWriter::discarding();
+        assert!(!w.has_database());
+        w.job(JobStateChange::new(
+            "t1",
+            "x.echo",
+            "default",
+            JobStatus::Pending,
+        ));
+        w.job(JobStateChange::new(
+            "t2",
+            "x.echo",
+            "default",
+            JobStatus::Pending,
+        ));
+        assert!(w.flush_within(Duration::from_millis(1)).await);
+        assert_eq!(
+            w.stats(),
+            AuditStatsSnapshot {
+                queued: 0,
+                written: 0,
+                dropped: 2,
+                failed: 0
+            }
+        );
+    }
 
     #[test]
     fn merging_keeps_terminal_states_and_latest_progress() {
