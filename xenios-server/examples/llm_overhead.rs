@@ -323,10 +323,12 @@ async fn main() {
     let _ = child.wait();
 }
 
-/// The audit writer's counters from the server's `/metrics`.
+/// The audit writer's counters and the shared rate limiter's state from the server's
+/// `/metrics` (which needs the API key).
 async fn audit_metrics(client: &reqwest::Client, server: &str) -> String {
     let text = client
         .get(format!("{server}/metrics"))
+        .header("x-api-key", KEY)
         .send()
         .await
         .unwrap()
@@ -334,7 +336,7 @@ async fn audit_metrics(client: &reqwest::Client, server: &str) -> String {
         .await
         .unwrap();
     text.lines()
-        .filter(|l| l.starts_with("xenios_audit_rows_"))
+        .filter(|l| l.starts_with("xenios_audit_rows_") || l.starts_with("xenios_rate_limit_"))
         .map(|l| {
             l.trim_start_matches("xenios_audit_rows_")
                 .replace("_total", "")
