@@ -315,29 +315,11 @@ pub async fn finish<C: ConnectionLike + Send>(
     if items.is_empty() {
         return Ok(());
     }
-    let ttl = result_ttl.as_secs().max(1);
     let build = || {
         let mut pipe = redis::pipe();
         for f in items {
-            let (push_key, push_raw) = f
-                .push
-                .as_ref()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .unwrap_or(("", ""));
-            let mut inv = FINISH.prepare_invoke();
-            inv.key(UNACKED_INDEX_KEY)
-                .key(UNACKED_KEY)
-                .key(crate::jobs::result::result_key(&f.task_id))
-                .key(if push_key.is_empty() {
-                    UNACKED_KEY
-                } else {
-                    push_key
-                })
-                .arg(&f.tag)
-                .arg(f.result.as_deref().unwrap_or(""))
-                .arg(ttl)
-                .arg(push_raw);
-            pipe.invoke_script(&inv).ignore();
+            pipe.invoke_script(&finish_invocation(f, result_ttl))
+                .ignore();
         }
         pipe
     };

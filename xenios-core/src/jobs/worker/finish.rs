@@ -116,7 +116,6 @@ async fn finish_batch(shared: &Shared, batch: &mut Vec<Item>) {
                     _ => false,
                 });
                 for (f, e) in refused {
-                    let e: String = e;
                     dead_letter(shared, &f, &e).await;
                 }
                 if !batch.is_empty() {
