@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, Config};
 
+pub mod fake_openrouter;
 pub mod faults;
 pub mod jobs_support;
 

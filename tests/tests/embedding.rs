@@ -7,53 +7,11 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
-use poem::web::{Data, Json};
-use poem::{Body, EndpointExt, Response, handler};
-use serde_json::{Value, json};
-use xenios_tests::{FakeUpstream, TestDb, TestRedis, test_vars};
+use xenios_tests::fake_openrouter::CannedOpenRouter;
+use xenios_tests::{TestDb, TestRedis, test_vars};
 
 const SECRET: &str = "example-test-jwt-secret-0123456789abcdef";
-
-#[derive(Default)]
-struct Seen {
-    bodies: Mutex<Vec<Value>>,
-}
-
-#[handler]
-async fn openrouter(body: Json<Value>, state: Data<&Arc<Seen>>) -> Response {
-    let body = body.0;
-    state.bodies.lock().unwrap().push(body.clone());
-    let model = body["model"].as_str().unwrap_or("").to_owned();
-    if body["stream"] == true {
-        let mut chunks: Vec<String> = ["Hel", "lo!"]
-            .iter()
-            .map(|t| {
-                format!(
-                    "data: {}\n\n",
-                    json!({"id": "g", "model": model, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": null}]})
-                )
-            })
-            .collect();
-        chunks.push(format!(
-            "data: {}\n\n",
-            json!({"id": "g", "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}})
-        ));
-        chunks.push("data: [DONE]\n\n".to_owned());
-        return Response::builder()
-            .content_type("text/event-stream")
-            .body(Body::from_string(chunks.concat()));
-    }
-    Response::builder().content_type("application/json").body(
-        json!({
-            "id": "g", "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
-        })
-        .to_string(),
-    )
-}
 
 /// The example binary next to the test executable (`scripts/test.sh` builds every workspace
 /// target first); built only when missing, so that a test never recompiles the workspace
@@ -81,21 +39,12 @@ fn example_bin() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_embedding_example_completes_streams_runs_a_job_verifies_a_token_and_shuts_down() {
-    let seen = Arc::new(Seen::default());
-    let upstream = FakeUpstream::start(
-        poem::Route::new()
-            .at("/api/v1/chat/completions", poem::post(openrouter))
-            .data(seen.clone()),
-    )
-    .await;
+    let upstream = CannedOpenRouter::start().await;
     let db = TestDb::new().await;
     let redis = TestRedis::new().await;
     let mut vars = test_vars(&db, &redis.url);
     vars.insert("OPENROUTER_API_KEY".into(), "sk-or-example".into());
-    vars.insert(
-        "OPENROUTER_BASE_URL".into(),
-        format!("{}/api/v1", upstream.base),
-    );
+    vars.insert("OPENROUTER_BASE_URL".into(), upstream.base_url());
     vars.insert("SUPABASE_JWT_SECRET".into(), SECRET.into());
     vars.insert("LOG_LEVEL".into(), "warn".into());
 
@@ -160,6 +109,6 @@ async fn the_embedding_example_completes_streams_runs_a_job_verifies_a_token_and
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].get::<_, String>(0), "example.shout");
     assert!(jobs[0].get::<_, String>(1).eq_ignore_ascii_case("success"));
-    assert_eq!(seen.bodies.lock().unwrap().len(), 2);
+    assert_eq!(upstream.requests().len(), 2);
     drop(redis);
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use xenios_core::jobs::{EnqueueRequest, TaskError, Worker, WorkerOptions, tasks};
 use xenios_core::redis::redis;
-use xenios_core::{CorrelationId, RequestContext};
+use xenios_core::{AiBackend, CorrelationId, RequestContext};
 use xenios_tests::faults::{DurableRedis, HealthFile, run_worker};
 use xenios_tests::jobs_support::{ChildWorker, backend_on, count};
 use xenios_tests::{
@@ -26,6 +26,22 @@ fn ctx() -> RequestContext {
         CorrelationId::parse("faults-test").unwrap(),
         xenios_core::auth::Principal::Service,
     )
+}
+
+/// Runs the built-in tasks until the queues are empty, failing with `what` after 30 s.
+async fn drain_builtin(backend: &AiBackend, what: &str) {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        Worker::new(
+            backend.clone(),
+            tasks::builtin_registry(&backend.config().jobs),
+            opts(2),
+        )
+        .run_until_idle(),
+    )
+    .await
+    .expect(what)
+    .unwrap();
 }
 
 fn opts(concurrency: usize) -> WorkerOptions {
@@ -323,18 +339,7 @@ async fn faults_redis_at_maxmemory_refuses_enqueues_with_503_and_wedges_nothing(
         .unwrap();
     assert_eq!(code, 503, "{b}");
     assert_eq!(b["error"]["code"], "queue_unavailable", "{b}");
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        Worker::new(
-            app.backend.clone(),
-            tasks::builtin_registry(&app.backend.config().jobs),
-            opts(2),
-        )
-        .run_until_idle(),
-    )
-    .await
-    .expect("a full Redis wedged the worker")
-    .unwrap();
+    drain_builtin(&app.backend, "a full Redis wedged the worker").await;
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxmemory")
@@ -348,18 +353,7 @@ async fn faults_redis_at_maxmemory_refuses_enqueues_with_503_and_wedges_nothing(
     assert_eq!(code, 202, "{b}");
     ids.push(b["id"].as_str().unwrap().to_owned());
     // Whatever could not be stored meanwhile is still unacked and is restored now.
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        Worker::new(
-            app.backend.clone(),
-            tasks::builtin_registry(&app.backend.config().jobs),
-            opts(2),
-        )
-        .run_until_idle(),
-    )
-    .await
-    .expect("worker did not go idle")
-    .unwrap();
+    drain_builtin(&app.backend, "worker did not go idle").await;
     let statuses = wait_results(&redis.url(), &ids, Duration::from_secs(10)).await;
     assert!(statuses.iter().all(|s| s == "SUCCESS"), "{statuses:?}");
 }

@@ -9,52 +9,25 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use poem::web::Json;
-use poem::{Body, Response, handler};
-use serde_json::{Value, json};
 use xenios_core::auth::Principal;
 use xenios_core::backend::NO_DATABASE;
 use xenios_core::jobs::EnqueueRequest;
 use xenios_core::llm::{CompletionRequest, Message, StreamEvent, Task};
 use xenios_core::{AiBackend, Config, CorrelationId, Error, RequestContext};
-use xenios_tests::{FakeUpstream, wait_for};
+use xenios_tests::fake_openrouter::CannedOpenRouter;
+use xenios_tests::wait_for;
 
 /// What "at once" means below: far below any connect timeout (5 s by default).
 const PROMPTLY: Duration = Duration::from_secs(1);
 
-#[handler]
-async fn openrouter(body: Json<Value>) -> Response {
-    let model = body.0["model"].as_str().unwrap_or("").to_owned();
-    if body.0["stream"] == true {
-        let chunks = [
-            json!({"id": "g", "model": model, "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}]}),
-            json!({"id": "g", "model": model, "choices": [{"index": 0, "delta": {"content": "lo!"}, "finish_reason": null}]}),
-            json!({"id": "g", "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}}),
-        ];
-        let mut sse: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
-        sse.push_str("data: [DONE]\n\n");
-        return Response::builder()
-            .content_type("text/event-stream")
-            .body(Body::from_string(sse));
-    }
-    Response::builder().content_type("application/json").body(
-        json!({
-            "id": "g", "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
-        })
-        .to_string(),
-    )
-}
-
 /// Only the LLM variables: no DATABASE_URL, no REDIS_URL, production rules.
-fn llm_vars(upstream: &FakeUpstream) -> HashMap<String, String> {
+fn llm_vars(upstream: &CannedOpenRouter) -> HashMap<String, String> {
     [
         ("ENVIRONMENT", "production"),
         ("XENIOS_BACKEND_API_KEY", "an-embedder-api-key-0123456789"),
         ("SUPABASE_URL", "https://abc.supabase.co"),
         ("OPENROUTER_API_KEY", "sk-or-llm-only"),
-        ("OPENROUTER_BASE_URL", &format!("{}/api/v1", upstream.base)),
+        ("OPENROUTER_BASE_URL", &upstream.base_url()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -89,10 +62,7 @@ async fn fails_promptly<T: std::fmt::Debug>(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_llm_only_backend_needs_no_database_or_redis() {
-    let upstream = FakeUpstream::start(
-        poem::Route::new().at("/api/v1/chat/completions", poem::post(openrouter)),
-    )
-    .await;
+    let upstream = CannedOpenRouter::start().await;
     let vars = llm_vars(&upstream);
     // The server's way of reading the configuration still requires both stores.
     let err = Config::from_map(&vars).unwrap_err().to_string();
@@ -176,10 +146,7 @@ async fn an_llm_only_backend_needs_no_database_or_redis() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_database_and_redis_ignore_configured_urls_and_refuse_budgets() {
-    let upstream = FakeUpstream::start(
-        poem::Route::new().at("/api/v1/chat/completions", poem::post(openrouter)),
-    )
-    .await;
+    let upstream = CannedOpenRouter::start().await;
     let mut vars = llm_vars(&upstream);
     // Addresses nothing answers: a connection attempt would hang until its timeout.
     vars.insert(

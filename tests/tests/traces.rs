@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
-use poem::web::{Data, Json};
+use poem::web::Data;
 use poem::{Body, EndpointExt, Response, handler};
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -21,6 +21,7 @@ use xenios_core::Config;
 use xenios_core::jobs::protocol::TaskMessage;
 use xenios_core::jobs::{Worker, WorkerOptions, tasks};
 use xenios_core::redis::redis;
+use xenios_tests::fake_openrouter::CannedOpenRouter;
 use xenios_tests::{API_KEY, FakeUpstream, TestApp, TestDb, TestRedis, test_vars, wait_for};
 
 /// A span as the receiver decoded it.
@@ -92,34 +93,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The fake OpenRouter: records each request's `traceparent` and model, answers.
-#[derive(Default)]
-struct Upstream {
-    seen: Mutex<Vec<(String, Option<String>)>>,
-}
-
-#[handler]
-async fn openrouter(
-    req: &poem::Request,
-    body: Json<Value>,
-    state: Data<&Arc<Upstream>>,
-) -> Response {
-    let model = body.0["model"].as_str().unwrap_or("").to_owned();
-    state
-        .seen
-        .lock()
-        .unwrap()
-        .push((model.clone(), req.header("traceparent").map(str::to_owned)));
-    Response::builder().content_type("application/json").body(
-        json!({
-            "id": "gen-1", "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-        })
-        .to_string(),
-    )
-}
-
 /// The trace id of a `traceparent` value.
 fn trace_id_of(traceparent: &str) -> String {
     let parts: Vec<&str> = traceparent.split('-').collect();
@@ -137,13 +110,7 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
             .data(collector.clone()),
     )
     .await;
-    let upstream_state = Arc::new(Upstream::default());
-    let upstream = FakeUpstream::start(
-        poem::Route::new()
-            .at("/api/v1/chat/completions", poem::post(openrouter))
-            .data(upstream_state.clone()),
-    )
-    .await;
+    let upstream = CannedOpenRouter::start().await;
 
     let db = TestDb::new().await;
     let redis = TestRedis::new().await;
@@ -152,7 +119,7 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
     for (k, v) in [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.base.clone()),
         ("OPENROUTER_API_KEY", "sk-or-trace-test".to_owned()),
-        ("OPENROUTER_BASE_URL", format!("{}/api/v1", upstream.base)),
+        ("OPENROUTER_BASE_URL", upstream.base_url()),
     ] {
         vars.insert(k.to_owned(), v);
     }
@@ -177,8 +144,10 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let sent = upstream_state.seen.lock().unwrap().last().cloned().unwrap();
-    let upstream_tp = sent.1.expect("the upstream call carries a traceparent");
+    let sent = upstream.last().unwrap();
+    let upstream_tp = sent
+        .traceparent
+        .expect("the upstream call carries a traceparent");
     assert_eq!(trace_id_of(&upstream_tp), caller_trace);
 
     // A malformed or oversized traceparent is ignored: the request starts its own trace.
@@ -198,15 +167,7 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "{bad}");
-        let tp = upstream_state
-            .seen
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .unwrap()
-            .1
-            .unwrap();
+        let tp = upstream.last().unwrap().traceparent.unwrap();
         assert_ne!(trace_id_of(&tp), caller_trace);
         assert_ne!(trace_id_of(&tp), "0".repeat(32));
     }
@@ -244,7 +205,7 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
     // 3. The worker side: the real worker runtime runs the job; its span continues the
     //    message's trace, and the job's LLM call sends that trace upstream.
     assert_eq!(m.task, "xenios.llm.complete");
-    let seen_before = upstream_state.seen.lock().unwrap().len();
+    let seen_before = upstream.requests().len();
     let options = WorkerOptions {
         queues: vec!["llm".to_owned()],
         concurrency: 1,
@@ -263,15 +224,11 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
     .await
     .expect("the worker drains the llm queue")
     .unwrap();
-    assert_eq!(upstream_state.seen.lock().unwrap().len(), seen_before + 1);
-    let job_upstream_tp = upstream_state
-        .seen
-        .lock()
-        .unwrap()
+    assert_eq!(upstream.requests().len(), seen_before + 1);
+    let job_upstream_tp = upstream
         .last()
-        .cloned()
         .unwrap()
-        .1
+        .traceparent
         .expect("the job's LLM call carries a traceparent");
     assert_eq!(trace_id_of(&job_upstream_tp), trace_id_of(&header_tp));
 
