@@ -118,6 +118,11 @@ impl Error {
             Error::UnknownTask(_) => "unknown_task",
             Error::NotFound(_) => "not_found",
             Error::RateLimited { .. } => "rate_limited",
+            // Redis is the job queue's broker (it also keeps the daily token budgets): a
+            // client told `queue_unavailable` knows an enqueue may be retried.
+            Error::Unavailable {
+                component: "redis", ..
+            } => "queue_unavailable",
             Error::Unavailable { .. } => "service_unavailable",
             Error::Internal(_) => "internal_error",
             Error::Llm(e) if e.refused => "upstream_refused",

@@ -68,13 +68,7 @@ pub fn into_response(err: poem::Error, correlation_id: &CorrelationId) -> Respon
     let (status, code, message, retry_after) = match err.downcast_ref::<ApiError>() {
         Some(ApiError(core)) => (
             status_of(core.kind()),
-            match core {
-                // Redis here is the job queue: say so, a client may retry the enqueue.
-                xenios_core::Error::Unavailable {
-                    component: "redis", ..
-                } => "queue_unavailable".to_owned(),
-                _ => core.code().to_owned(),
-            },
+            core.code().to_owned(),
             core.public_message(),
             core.retry_after(),
         ),
