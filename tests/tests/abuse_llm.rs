@@ -613,6 +613,44 @@ async fn two_server_processes_on_one_redis_enforce_one_limit() {
     }
 }
 
+/// The shared limiter talks to Redis on every lease: after Redis is killed and started again
+/// it goes back to sharing the limit without a restart of the server.
+#[tokio::test]
+async fn the_shared_limiter_returns_to_redis_after_redis_is_killed_and_restarted() {
+    let mut redis = RedisProcess::start().await;
+    let db = TestDb::new().await;
+    let mut vars = xenios_tests::test_vars(&db, &redis.url());
+    vars.insert("RATE_LIMIT_PER_MINUTE".into(), "60000".into());
+    vars.insert("RATE_LIMIT_BURST".into(), "10000".into());
+    vars.insert("SUPABASE_JWT_SECRET".into(), JWT_SECRET.into());
+    let app = TestApp::spawn_on(db, None, vars).await;
+    let (_, token) = user_token();
+    assert_eq!(get(&app, "/api/v1/me", Some(&token)).await.status(), 200);
+    let up = |text: &str| metric(text, "xenios_rate_limit_redis_up");
+    assert_eq!(up(&metrics(&app).await), Some(1));
+
+    redis.stop();
+    assert_eq!(get(&app, "/api/v1/me", Some(&token)).await.status(), 200);
+    let text = metrics(&app).await;
+    assert_eq!(up(&text), Some(0), "{text}");
+    let leases_while_down = metric(&text, "xenios_rate_limit_leases_total").unwrap();
+
+    redis.restart().await;
+    let text = wait_for("the limiter back on Redis", Duration::from_secs(15), || {
+        let (app, token) = (&app, &token);
+        async move {
+            assert_eq!(get(app, "/api/v1/me", Some(token)).await.status(), 200);
+            let text = metrics(app).await;
+            (up(&text) == Some(1)).then_some(text)
+        }
+    })
+    .await;
+    assert!(
+        metric(&text, "xenios_rate_limit_leases_total").unwrap() > leases_while_down,
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn with_redis_gone_the_in_process_limiter_decides_and_metrics_say_so() {
     let mut redis = RedisProcess::start().await;
