@@ -14,6 +14,15 @@ pub use ::redis;
 /// The Redis connection pool.
 pub type RedisPool = bb8::Pool<RedisConnectionManager>;
 
+/// Redis is down, did not answer, or refused what it was asked: the one way every module
+/// reports it (a 503 `queue_unavailable` to HTTP callers, see [`Error::code`]).
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable {
+        component: "redis",
+        message: e.to_string(),
+    }
+}
+
 /// Builds the pool lazily: no connection is opened until the first command.
 pub fn build_pool(config: &RedisConfig) -> Result<RedisPool, Error> {
     let manager = RedisConnectionManager::new(config.url.expose_secret())

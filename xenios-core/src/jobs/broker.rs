@@ -237,10 +237,7 @@ static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
 });
 
 pub(crate) fn redis_error(e: redis::RedisError) -> Error {
-    Error::Unavailable {
-        component: "redis",
-        message: e.to_string(),
-    }
+    crate::redis::unavailable(e)
 }
 
 fn now_secs() -> f64 {
@@ -266,13 +263,10 @@ pub async fn take<C: ConnectionLike + Send>(
         inv.invoke_async(conn).await.map_err(redis_error)?;
     if out.is_empty() && !skipped.is_empty() {
         // An error, so that the caller backs off instead of polling (and logging) at once.
-        return Err(Error::Unavailable {
-            component: "redis",
-            message: format!(
-                "queue keys that are not lists cannot be taken from: {}",
-                skipped.join(", ")
-            ),
-        });
+        return Err(crate::redis::unavailable(format_args!(
+            "queue keys that are not lists cannot be taken from: {}",
+            skipped.join(", ")
+        )));
     }
     for what in skipped {
         tracing::error!(

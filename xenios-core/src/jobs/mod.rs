@@ -436,17 +436,11 @@ impl JobsState {
 
     /// A handle on the producer's connection (cheap: a clone of a multiplexed handle).
     pub(crate) fn producer(&self) -> Result<redis::aio::ConnectionManager> {
-        self.producer.clone().map_err(|e| Error::Unavailable {
-            component: "redis",
-            message: e,
-        })
+        self.producer.clone().map_err(crate::redis::unavailable)
     }
 
     pub(crate) fn client(&self) -> Result<&redis::Client> {
-        self.client.as_ref().map_err(|e| Error::Unavailable {
-            component: "redis",
-            message: e.clone(),
-        })
+        self.client.as_ref().map_err(crate::redis::unavailable)
     }
 }
 
@@ -458,10 +452,7 @@ pub const REDIS_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub(crate) async fn pooled(
     pool: &RedisPool,
 ) -> Result<bb8::PooledConnection<'_, bb8_redis::RedisConnectionManager>> {
-    let mut conn = pool.get().await.map_err(|e| Error::Unavailable {
-        component: "redis",
-        message: e.to_string(),
-    })?;
+    let mut conn = pool.get().await.map_err(crate::redis::unavailable)?;
     conn.set_response_timeout(REDIS_REPLY_TIMEOUT);
     Ok(conn)
 }
@@ -808,10 +799,7 @@ impl crate::AiBackend {
                     }
                 }
                 Ok(None) => {
-                    return Err(Error::Unavailable {
-                        component: "redis",
-                        message: "result subscription closed".to_owned(),
-                    });
+                    return Err(crate::redis::unavailable("result subscription closed"));
                 }
                 Err(_) => {
                     return Ok(match self.job_result(task_id).await {

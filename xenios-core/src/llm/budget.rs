@@ -14,7 +14,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
-use crate::redis::{RedisPool, redis};
+use crate::redis::{RedisPool, redis, unavailable as redis_error};
 
 const DAY_SECS: u64 = 86_400;
 
@@ -56,13 +56,6 @@ pub fn until_utc_midnight(now: u64) -> Duration {
 
 fn key(user_id: &str, now: u64) -> String {
     format!("xenios:llm:tokens:{}:{user_id}", now / DAY_SECS)
-}
-
-fn redis_error(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable {
-        component: "redis",
-        message: e.to_string(),
-    }
 }
 
 impl TokenBudget {

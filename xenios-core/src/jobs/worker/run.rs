@@ -232,13 +232,10 @@ impl Worker {
                 t.abort();
             }
             health::remove(shared.jobs());
-            return Err(Error::Unavailable {
-                component: "redis",
-                message: format!(
-                    "no answer from Redis for {} s (WORKER_REDIS_GIVE_UP_SECS)",
-                    shared.link.since_ok().as_secs()
-                ),
-            });
+            return Err(crate::redis::unavailable(format_args!(
+                "no answer from Redis for {} s (WORKER_REDIS_GIVE_UP_SECS)",
+                shared.link.since_ok().as_secs()
+            )));
         }
         // Warm shutdown: running jobs get until the deadline, then their messages go back
         // to their queues with the reserved and scheduled ones, at once.
