@@ -26,6 +26,7 @@ use super::{Principal, RateLimiter};
 use crate::config::{RateLimitConfig, RedisConfig};
 use crate::error::Error;
 use crate::redis::redis;
+use crate::redis::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// How long leased tokens stay spendable.
 pub const LEASE_TTL: Duration = Duration::from_secs(2);
@@ -104,8 +105,8 @@ pub struct SharedLimiterStats {
 /// Rate limits shared by every replica through Redis, with an in-process fallback.
 pub struct SharedRateLimiter {
     config: RateLimitConfig,
-    client: Option<redis::Client>,
-    conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// Reconnects by itself after Redis restarts (`None`: `REDIS_URL` unusable).
+    conn: Option<ConnectionManager>,
     script: redis::Script,
     leases: Mutex<HashMap<Key, Lease>>,
     local: RateLimiter,
@@ -135,12 +136,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl SharedRateLimiter {
     /// A limiter on the Redis of `redis` (no connection is made until the first check).
     pub fn new(config: &RateLimitConfig, redis: &RedisConfig) -> Self {
-        let client = redis::Client::open(redis.url.expose_secret()).ok();
+        // Lazy: nothing is dialled until the first lease; a lease never waits longer than
+        // RATE_LIMIT_REDIS_TIMEOUT_MS for a connection or an answer.
+        let conn = redis::Client::open(redis.url.expose_secret())
+            .ok()
+            .and_then(|client| {
+                let settings = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.redis_timeout))
+                    .set_response_timeout(Some(config.redis_timeout))
+                    .set_number_of_retries(0);
+                ConnectionManager::new_lazy_with_config(client, settings).ok()
+            });
         let max_lease = config.lease.clamp(1, (config.burst / 4).max(1));
         Self {
             config: *config,
-            client,
-            conn: Mutex::new(None),
+            conn,
             script: redis::Script::new(LEASE_SCRIPT),
             leases: Mutex::new(HashMap::new()),
             local: RateLimiter::new(config),
@@ -225,7 +235,6 @@ impl SharedRateLimiter {
                     tracing::warn!(error = %e, "rate limits: Redis unreachable, using the in-process limiter");
                 }
                 *lock(&self.down_until) = Some(Instant::now() + RETRY_REDIS_AFTER);
-                *lock(&self.conn) = None;
                 self.fallback(principal)
             }
         }
@@ -238,7 +247,10 @@ impl SharedRateLimiter {
 
     async fn lease(&self, key: &Key, want: u32) -> Result<(u32, u64), String> {
         let attempt = async {
-            let mut conn = self.connection().await?;
+            let mut conn = self
+                .conn
+                .clone()
+                .ok_or_else(|| "REDIS_URL cannot be used".to_owned())?;
             let rate = f64::from(self.config.per_minute) / 60_000.0;
             let (granted, wait): (i64, i64) = self
                 .script
@@ -261,21 +273,5 @@ impl SharedRateLimiter {
             tracing::info!("rate limits: Redis reachable again, limits are shared again");
         }
         Ok(result)
-    }
-
-    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        if let Some(c) = lock(&self.conn).clone() {
-            return Ok(c);
-        }
-        let client = self
-            .client
-            .as_ref()
-            .ok_or_else(|| "REDIS_URL cannot be used".to_owned())?;
-        let conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| e.to_string())?;
-        *lock(&self.conn) = Some(conn.clone());
-        Ok(conn)
     }
 }
