@@ -63,6 +63,14 @@ pub const MAX_PAYLOAD_BYTES: usize = 512 * 1024;
 pub const MAX_TASK_NAME_LEN: usize = 200;
 /// Longest countdown or distance to an ETA or expiry.
 pub const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A time limit in seconds as a message or a control command gives it (hostile input):
+/// `None` unless positive and finite; above `max` (`JOB_MAX_TIME_LIMIT_SECS`) it is cut to
+/// `max` (1e9 would disable a hard limit, 1e20 does not fit a `Duration`).
+pub(crate) fn time_limit(secs: f64, max: Duration) -> Option<Duration> {
+    (secs.is_finite() && secs > 0.0)
+        .then(|| Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max)))
+}
 /// Key prefix of revocations that workers started later still honour.
 pub const REVOKED_PREFIX: &str = "xenios.revoked.";
 /// Key prefix of job owners (`xenios.owner.<task id>`), see [`owner_key`].

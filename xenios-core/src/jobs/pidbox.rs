@@ -253,8 +253,8 @@ fn reply(shared: &Shared, method: &str, args: &Value) -> Value {
                     Some(v) => v
                         .as_f64()
                         .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-                        .filter(|s| s.is_finite() && *s > 0.0)
-                        .map(|s| Some(Duration::try_from_secs_f64(s).map_or(max, |d| d.min(max))))
+                        .and_then(|s| crate::jobs::time_limit(s, max))
+                        .map(Some)
                         .ok_or_else(|| format!("{k} must be a positive number of seconds")),
                 }
             };

@@ -230,10 +230,7 @@ impl Shared {
         // anything above `JOB_MAX_TIME_LIMIT_SECS` is cut to it (1e9 would disable the hard
         // limit; 1e20 does not even fit a Duration).
         let max = self.jobs().max_time_limit;
-        let own = |s: Option<f64>| {
-            s.filter(|s| s.is_finite() && *s > 0.0)
-                .map(|s| Duration::try_from_secs_f64(s).map_or(max, |d| d.min(max)))
-        };
+        let own = |s: Option<f64>| s.and_then(|s| crate::jobs::time_limit(s, max));
         let (task_soft, task_hard) = lock(&self.overrides)
             .get(&m.task)
             .map(|o| (o.soft, o.hard))
