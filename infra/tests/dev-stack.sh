@@ -16,18 +16,6 @@ source "$root/infra/tests/lib/engine.sh"
 api_key=dev-stack-e2e-api-key
 edited="$root/xenios-server/src/lib.rs"
 
-passed=0
-failed=0
-check() {
-  local name="$1" start=$SECONDS
-  shift
-  if "$@" > "$work/check.log" 2>&1; then
-    passed=$((passed + 1)); printf 'PASS  %-64s %3ss\n' "$name" $((SECONDS - start))
-  else
-    failed=$((failed + 1)); printf 'FAIL  %-64s %3ss\n' "$name" $((SECONDS - start))
-    sed 's/^/      | /' "$work/check.log" | tail -n 40
-  fi
-}
 
 compose() { (cd "$root" && docker compose -f compose.yaml -f infra/tests/compose.e2e.yml "$@"); }
 status() { curl -fsS -H "X-API-Key: $api_key" http://127.0.0.1:8000/api/v1/status; }

@@ -30,19 +30,6 @@ domain=api.staging.xenios.example.com
 flower_domain=flower.staging.xenios.example.com
 flower_password=example-flower-password-staging
 
-passed=0
-failed=0
-# check NAME COMMAND...: one gate, counted and printed.
-check() {
-  local name="$1" start=$SECONDS
-  shift
-  if "$@" > "$work/check.log" 2>&1; then
-    passed=$((passed + 1)); printf 'PASS  %-64s %3ss\n' "$name" $((SECONDS - start))
-  else
-    failed=$((failed + 1)); printf 'FAIL  %-64s %3ss\n' "$name" $((SECONDS - start))
-    sed 's/^/      | /' "$work/check.log" | tail -n 40
-  fi
-}
 
 # --- inside the namespaces ---------------------------------------------------------------
 playbook() {  # playbook NAME [ansible-playbook args...]

@@ -257,3 +257,19 @@ import_base_images() {
     'ENV PATH=/usr/lib/postgresql/15/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]'
 }
+
+# Gates of the engine tests: `check NAME COMMAND...` runs one, counts it in $passed/$failed
+# and prints it with its time; a failing gate shows the last lines of its output ($work must
+# be set by the caller).
+passed=0
+failed=0
+check() {
+  local name="$1" start=$SECONDS
+  shift
+  if "$@" > "$work/check.log" 2>&1; then
+    passed=$((passed + 1)); printf 'PASS  %-64s %3ss\n' "$name" $((SECONDS - start))
+  else
+    failed=$((failed + 1)); printf 'FAIL  %-64s %3ss\n' "$name" $((SECONDS - start))
+    sed 's/^/      | /' "$work/check.log" | tail -n 40
+  fi
+}
