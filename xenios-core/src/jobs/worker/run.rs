@@ -106,13 +106,12 @@ impl Worker {
             .map(|q| q.trim().to_owned())
             .filter(|q| !q.is_empty())
             .collect();
-        if queues.is_empty() || !queues.iter().all(|q| crate::jobs::valid_queue_name(q)) {
-            return Err(Error::Validation(
-                "queues must be names of [A-Za-z0-9_.:-]".to_owned(),
-            ));
+        if queues.is_empty() {
+            return Err(Error::Validation("no queue to consume".to_owned()));
         }
-        // A reserved key (`unacked`, `celery-task-meta-*`...) is refused before anything else,
-        // naming the queue, and before the worker declares bindings for it.
+        // A malformed name or a reserved key (`unacked`, `celery-task-meta-*`...) is refused
+        // before anything else, naming the queue (broker::declare_queues refuses them too,
+        // for callers of the broker itself).
         for q in &queues {
             crate::jobs::check_queue_name(q).map_err(Error::Validation)?;
         }
