@@ -13,6 +13,14 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 [[ $EUID -eq 0 ]] || { echo "infra-e2e: run as root" >&2; exit 1; }
+# The host tools the steps need, from Debian's packages (a fresh machine lacks them).
+host_debs=(debootstrap pebble iproute2 openssl curl)
+missing=()
+for deb in "${host_debs[@]}"; do dpkg -s "$deb" >/dev/null 2>&1 || missing+=("$deb"); done
+if ((${#missing[@]})); then
+  echo "infra-e2e: apt-get install ${missing[*]}"
+  apt-get install -y -qq "${missing[@]}" >/dev/null || { echo "infra-e2e: apt-get install ${missing[*]} failed" >&2; exit 1; }
+fi
 steps=(
   "offline checks (check.sh)|infra/tests/check.sh"
   "provision.yml twice on a Debian chroot (chroot-roles.sh)|infra/tests/chroot-roles.sh"
