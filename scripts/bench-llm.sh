@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): the latency xenios-server adds to an LLM call. Release build (the server
 # runs as its own process), Postgres
-# and Redis from scripts/services.sh, loopback only, bounded time (about BENCH_SECS*1.5+10 s).
+# and Redis from scripts/services.sh, loopback only, bounded time (a few minutes).
 # Prints p50/p99 straight to a mock upstream vs through /api/v1/llm/complete (API key on,
-# audit rows written) at BENCH_RATE req/s (default 1000), and streaming time to first token.
+# audit rows written, info JSON access log) at BENCH_RATES req/s (default "20 200 1000"), each
+# latency from its scheduled send, failures counted, and streaming time to first token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/toolchain.sh
@@ -20,4 +21,4 @@ fi
 export REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
 export ENVIRONMENT=development
 cargo build --release -q -p xenios-server --bin xenios-server --example llm_overhead
-exec timeout 180 target/release/examples/llm_overhead
+exec timeout 600 target/release/examples/llm_overhead

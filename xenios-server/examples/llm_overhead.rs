@@ -3,19 +3,22 @@
 //! Loopback only. This process runs a fast mock OpenRouter and the load generator; the real
 //! `xenios-server` binary (release build, API-key check on, audit rows written to Postgres)
 //! runs as its own process, pointed at the mock, as in production. An open-loop generator
-//! sends, at a fixed rate, requests straight to the mock and through
+//! sends, at fixed rates, requests straight to the mock and through
 //! `POST /api/v1/llm/complete`, interleaved in the same run. Each latency is measured from
-//! the moment its request is handed to the HTTP client (the generator's timer is coarse, and
-//! its lateness would otherwise be counted on both paths). Reported: p50/p99 of each and
-//! their difference; then the same for streaming, time to the first token straight vs
-//! through `POST /api/v1/llm/stream`.
+//! the moment its request was *scheduled*, not from when it was sent, so that a late
+//! generator or a stalled server counts against the figures (no coordinated omission);
+//! failures (transport errors and non-2xx answers) are counted per path. Reported for each
+//! rate: p50/p99 of each path, the difference (the added latency) and the ratio; then the same
+//! for streaming, time to the first token straight vs through `POST /api/v1/llm/stream`.
 //!
-//! Environment: `DATABASE_URL`, `REDIS_URL` (for the server), `BENCH_RATE` (requests/s per
-//! path, default 1000), `BENCH_SECS` (default 10), `BENCH_STREAM_RATE` (default 200),
+//! Environment: `DATABASE_URL`, `REDIS_URL` (for the server), `BENCH_RATES` (requests/s per
+//! path, default `20 200 1000`), `BENCH_SECS` (per rate, default 10; at least 600 samples a
+//! path are taken whatever the rate), `BENCH_STREAM_RATE` (default 200),
 //! `XENIOS_SERVER_BIN` (default: `xenios-server` next to this example's directory),
-//! `BENCH_LOG_LEVEL` (the server's `LOG_LEVEL`, default `warn`; `info` adds one access-log
-//! line per request), `BENCH_RATE_LIMIT_PER_MINUTE` / `BENCH_RATE_LIMIT_BURST` (the per-caller
-//! limiter, default off; set them high to measure the limiter without refusals).
+//! `BENCH_LOG_LEVEL`/`BENCH_LOG_FORMAT` (the server's `LOG_LEVEL`/`LOG_FORMAT`, default
+//! `info`/`json`, the production configuration: one access-log line per request),
+//! `BENCH_RATE_LIMIT_PER_MINUTE` / `BENCH_RATE_LIMIT_BURST` (the per-caller limiter, default
+//! off; set them high to measure the limiter without refusals).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -113,7 +116,8 @@ async fn one(client: &reqwest::Client, kind: Kind, mock: &str, server: &str) -> 
     }
 }
 
-/// Runs `kinds` interleaved at `rate` requests/s each for `secs`; latencies in µs per kind.
+/// Runs `kinds` interleaved at `rate` requests/s each for `secs`; latencies in µs per kind,
+/// each from its request's scheduled time, and the failures per kind.
 async fn run(
     client: &reqwest::Client,
     kinds: &[Kind],
@@ -121,12 +125,15 @@ async fn run(
     secs: u64,
     mock: &str,
     server: &str,
-) -> (Vec<Vec<u64>>, u64) {
+) -> (Vec<Vec<u64>>, Vec<u64>) {
     let results: Vec<Arc<Mutex<Vec<u64>>>> = kinds
         .iter()
         .map(|_| Arc::new(Mutex::new(Vec::new())))
         .collect();
-    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let errors: Vec<Arc<std::sync::atomic::AtomicU64>> = kinds
+        .iter()
+        .map(|_| Arc::new(std::sync::atomic::AtomicU64::new(0)))
+        .collect();
     let period = Duration::from_nanos(1_000_000_000 / rate / kinds.len() as u64);
     let total = rate * secs * kinds.len() as u64;
     let start = tokio::time::Instant::now();
@@ -135,12 +142,12 @@ async fn run(
         let at = start + period * i as u32;
         tokio::time::sleep_until(at).await;
         let k = (i % kinds.len() as u64) as usize;
-        let (client, out, errors) = (client.clone(), results[k].clone(), errors.clone());
+        let (client, out, errors) = (client.clone(), results[k].clone(), errors[k].clone());
         let (kind, mock, server) = (kinds[k], mock.to_owned(), server.to_owned());
+        let scheduled = at.into_std();
         handles.push(tokio::spawn(async move {
-            let sent = Instant::now();
             if one(&client, kind, &mock, &server).await {
-                let us = sent.elapsed().as_micros() as u64;
+                let us = scheduled.elapsed().as_micros() as u64;
                 out.lock().await.push(us);
             } else {
                 errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -156,30 +163,43 @@ async fn run(
         v.sort_unstable();
         out.push(v);
     }
-    (out, errors.load(std::sync::atomic::Ordering::Relaxed))
+    let errors = errors
+        .iter()
+        .map(|e| e.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    (out, errors)
 }
 
-fn report(title: &str, a: &[u64], b: &[u64], errors: u64) {
+fn report(title: &str, a: &[u64], b: &[u64], errors: &[u64]) {
     let (a50, a99, b50, b99) = (pct(a, 0.5), pct(a, 0.99), pct(b, 0.5), pct(b, 0.99));
     println!("{title}");
     println!(
-        "  direct:  n={:<6} p50 {a50:.3} ms  p99 {a99:.3} ms",
-        a.len()
+        "  direct:  n={:<6} failed={:<4} p50 {a50:.3} ms  p99 {a99:.3} ms",
+        a.len(),
+        errors[0]
     );
     println!(
-        "  gateway: n={:<6} p50 {b50:.3} ms  p99 {b99:.3} ms",
-        b.len()
+        "  gateway: n={:<6} failed={:<4} p50 {b50:.3} ms  p99 {b99:.3} ms",
+        b.len(),
+        errors[1]
     );
     println!(
-        "  added:   p50 {:.3} ms  p99 {:.3} ms  (errors: {errors})",
+        "  added:   p50 {:.3} ms  p99 {:.3} ms  (gateway/direct: p50 {:.2}x, p99 {:.2}x)",
         b50 - a50,
-        b99 - a99
+        b99 - a99,
+        b50 / a50,
+        b99 / a99
     );
 }
 
 #[tokio::main]
 async fn main() {
-    let rate = env_u64("BENCH_RATE", 1000);
+    let rates: Vec<u64> = std::env::var("BENCH_RATES")
+        .unwrap_or_else(|_| "20 200 1000".to_owned())
+        .split_whitespace()
+        .filter_map(|r| r.parse().ok())
+        .filter(|r| *r > 0)
+        .collect();
     let secs = env_u64("BENCH_SECS", 10);
     let stream_rate = env_u64("BENCH_STREAM_RATE", 200);
 
@@ -219,8 +239,15 @@ async fn main() {
         .env("LLM_ROUTES", "chat=bench/model")
         .env(
             "LOG_LEVEL",
-            std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".to_owned()),
+            std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned()),
         )
+        .env(
+            "LOG_FORMAT",
+            std::env::var("BENCH_LOG_FORMAT").unwrap_or_else(|_| "json".to_owned()),
+        )
+        // The access log goes to a file, as a container's log driver would take it, not to
+        // the terminal of the benchmark.
+        .stderr(log_file())
         // One client sends every request: the per-caller limit would answer 429 to most, so
         // it is off unless BENCH_RATE_LIMIT_PER_MINUTE turns it on (high enough to refuse
         // nothing, e.g. 100000000) to measure what the limiter itself costs.
@@ -264,7 +291,7 @@ async fn main() {
     let _ = run(
         &client,
         &[Kind::Direct, Kind::Gateway],
-        rate,
+        rates.iter().copied().max().unwrap_or(200),
         2,
         &mock,
         &server,
@@ -272,27 +299,31 @@ async fn main() {
     .await;
     let before = audit_metrics(&client, &server).await;
 
-    let cpu_before = cpu_secs(server_pid);
-    let (r, errors) = run(
-        &client,
-        &[Kind::Direct, Kind::Gateway],
-        rate,
-        secs,
-        &mock,
-        &server,
-    )
-    .await;
-    report(
-        &format!("complete: {rate} req/s per path, {secs} s, open loop"),
-        &r[0],
-        &r[1],
-        errors,
-    );
-    let cpu = cpu_secs(server_pid) - cpu_before;
-    println!(
-        "  server CPU (user+system) per proxied call: {:.0} µs",
-        cpu * 1e6 / r[1].len().max(1) as f64
-    );
+    for &rate in &rates {
+        // At least 600 samples a path, so that p99 rests on several of them.
+        let secs = secs.max(600_u64.div_ceil(rate));
+        let cpu_before = cpu_secs(server_pid);
+        let (r, errors) = run(
+            &client,
+            &[Kind::Direct, Kind::Gateway],
+            rate,
+            secs,
+            &mock,
+            &server,
+        )
+        .await;
+        report(
+            &format!("complete: {rate} req/s per path, {secs} s, open loop"),
+            &r[0],
+            &r[1],
+            &errors,
+        );
+        let cpu = cpu_secs(server_pid) - cpu_before;
+        println!(
+            "  server CPU (user+system) per proxied call: {:.0} µs",
+            cpu * 1e6 / r[1].len().max(1) as f64
+        );
+    }
     let (r, errors) = run(
         &client,
         &[Kind::DirectStream, Kind::GatewayStream],
@@ -306,7 +337,7 @@ async fn main() {
         &format!("stream, time to first token: {stream_rate} req/s per path"),
         &r[0],
         &r[1],
-        errors,
+        &errors,
     );
     // The server's audit writer batches for 20 ms: give it a moment, then read its counters.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -368,6 +399,16 @@ fn cpu_secs(pid: u32) -> f64 {
         })
         .unwrap_or(100.0);
     ticks / per_sec
+}
+
+/// Where the server's stdout (its access log) goes: `BENCH_SERVER_LOG`, default
+/// `target/bench-llm-server.log`.
+fn log_file() -> std::process::Stdio {
+    let path = std::env::var("BENCH_SERVER_LOG")
+        .unwrap_or_else(|_| "target/bench-llm-server.log".to_owned());
+    std::fs::File::create(&path)
+        .map(std::process::Stdio::from)
+        .unwrap_or_else(|_| std::process::Stdio::null())
 }
 
 fn rss_kib(pid: u32) -> u64 {

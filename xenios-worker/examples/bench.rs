@@ -1,10 +1,13 @@
-//! Job queue benchmark (run by `scripts/bench-jobs.sh`, which also runs Celery on the same
-//! Redis): enqueue rate of one producer (batched; one call per job from 32 concurrent
-//! callers; one awaited call at a time), drain rate of no-op tasks by one `xenios-worker`
-//! process, enqueue-to-start latency (from task-started events), worker idle RSS.
+//! Job queue benchmark (run by `scripts/bench-jobs.sh`, which runs Celery's side,
+//! `tests/python/bench_celery.py`, on the same Redis with the same number of jobs and the same
+//! rules): enqueue rate of one producer, one awaited call per job (the compared figure; the
+//! batched API and 32 concurrent callers shown apart); drain rate of no-op jobs by one
+//! `xenios-worker` process started and warmed up before the clock, the clock stopped when all
+//! N results are stored; Redis commands and Postgres row writes per drained job;
+//! enqueue-to-start latency (from task-started events); worker RSS.
 //!
 //! `cargo run --release -p xenios-worker --example bench -- [jobs]` with `REDIS_URL` set to
-//! a Redis database the benchmark may flush.
+//! a Redis database the benchmark may flush. Prints `RESULT key=value` lines for the script.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -62,6 +65,99 @@ async fn wait_empty(conn: &mut redis::aio::MultiplexedConnection) {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Calls per Redis command since the server started (INFO commandstats).
+async fn commandstats(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+/// The benchmark's own commands, left out of the per-job counts (as in bench_celery.py).
+const OWN_COMMANDS: &[&str] = &[
+    "exists", "info", "rename", "flushdb", "llen", "hlen", "dbsize",
+];
+
+fn commands_per_job(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+    n: usize,
+) -> (f64, String) {
+    let mut calls: Vec<(String, u64)> = after
+        .iter()
+        .filter(|(k, _)| !OWN_COMMANDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    calls.sort_by_key(|c| std::cmp::Reverse(c.1));
+    let total: u64 = calls.iter().map(|(_, v)| v).sum();
+    let top = calls
+        .iter()
+        .take(6)
+        .map(|(k, v)| format!("{k} {:.2}", *v as f64 / n as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (total as f64 / n as f64, top)
+}
+
+/// Waits until every `celery-task-meta-<id>` exists, checking only the missing ones again.
+async fn wait_results(
+    conn: &mut redis::aio::MultiplexedConnection,
+    mut missing: Vec<String>,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    while !missing.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} results missing at the deadline",
+            missing.len()
+        );
+        let mut pipe = redis::pipe();
+        for id in &missing {
+            pipe.cmd("EXISTS").arg(format!("celery-task-meta-{id}"));
+        }
+        let found: Vec<bool> = pipe.query_async(conn).await.unwrap();
+        missing = missing
+            .into_iter()
+            .zip(found)
+            .filter_map(|(id, f)| (!f).then_some(id))
+            .collect();
+        if !missing.is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Inserts + updates of the `ai_backend` tables so far, as Postgres' statistics tell once
+/// every writer has flushed them: a backend idle for 10 s (PGSTAT_IDLE_INTERVAL) or gone has,
+/// hence the wait. `None` without psql or DATABASE_URL.
+async fn pg_row_writes() -> Option<u64> {
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let url = std::env::var("DATABASE_URL").ok()?;
+    let out = Command::new("psql")
+        .args([url.as_str(), "-Atc"])
+        .arg("SELECT coalesce(sum(n_tup_ins + n_tup_upd), 0) FROM pg_stat_user_tables WHERE schemaname = 'ai_backend'")
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
 #[tokio::main]
@@ -127,31 +223,30 @@ async fn main() {
     lat.sort_by(|a, b| a.total_cmp(b));
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
 
-    // Enqueue rate of one producer (batched API: pipelined LPUSHes).
+    // Enqueue, into a list no worker reads (deleted afterwards). One call per job, each
+    // awaited, as Celery's `send_task` loop in bench_celery.py: the compared figure.
+    let enq_queue = "bench-enqueue";
     let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
     let start = Instant::now();
-    for chunk in 0..n.div_ceil(1000) {
-        let batch = (chunk * 1000..((chunk + 1) * 1000).min(n))
-            .map(|_| EnqueueRequest::new("xenios.noop").queue("bench"))
-            .collect();
-        backend.enqueue_many(&ctx, batch).await.unwrap();
-    }
-    let enqueue_secs = start.elapsed().as_secs_f64();
-    // One at a time (a request handler's enqueue), for reference.
-    let single_n = 5000.min(n);
-    let start = Instant::now();
-    for _ in 0..single_n {
+    for _ in 0..n {
         backend
-            .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
+            .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue(enq_queue))
             .await
             .unwrap();
     }
     let single_secs = start.elapsed().as_secs_f64();
-    // One call per job from many tasks of the one producer at once (a server's request
-    // handlers): the calls share the producer connection and are pipelined together.
+    // Shown apart, not compared: the batched API (pipelined LPUSHes) and one call per job
+    // from 32 concurrent callers (a server's request handlers sharing the producer).
+    let start = Instant::now();
+    for chunk in 0..n.div_ceil(1000) {
+        let batch = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|_| EnqueueRequest::new("xenios.noop").queue(enq_queue))
+            .collect();
+        backend.enqueue_many(&ctx, batch).await.unwrap();
+    }
+    let batched_secs = start.elapsed().as_secs_f64();
     let callers = 32usize;
-    let concurrent_n = n.max(callers);
-    let per_caller = concurrent_n / callers;
+    let per_caller = n.div_ceil(callers);
     let start = Instant::now();
     let mut handles = Vec::with_capacity(callers);
     for _ in 0..callers {
@@ -159,7 +254,7 @@ async fn main() {
         handles.push(tokio::spawn(async move {
             for _ in 0..per_caller {
                 backend
-                    .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
+                    .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue(enq_queue))
                     .await
                     .unwrap();
             }
@@ -170,33 +265,78 @@ async fn main() {
     }
     let concurrent_secs = start.elapsed().as_secs_f64();
     let concurrent_n = per_caller * callers;
-    let total = n + single_n + concurrent_n;
 
-    // Drain rate of one worker process (results stored, acks_late).
-    let start = Instant::now();
+    // Drain, by the same rules as Celery's side: the worker is started and has finished a
+    // warm-up job before the clock; the N jobs wait in a staging list RENAMEd onto the
+    // worker's queue when the clock starts (the last job is enqueued normally, which also
+    // wakes a blocked pop); the clock stops when all N results are stored.
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
     let worker = spawn_worker("8");
-    wait_empty(&mut conn).await;
+    let warm = backend
+        .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
+        .await
+        .unwrap();
+    wait_results(
+        &mut conn,
+        vec![warm.as_str().to_owned()],
+        Duration::from_secs(120),
+    )
+    .await;
+    let mut ids = Vec::with_capacity(n);
+    for chunk in 0..(n - 1).div_ceil(1000) {
+        let batch = (chunk * 1000..((chunk + 1) * 1000).min(n - 1))
+            .map(|_| EnqueueRequest::new("xenios.noop").queue("bench-staging"))
+            .collect();
+        let batch_ids = backend.enqueue_many(&ctx, batch).await.unwrap();
+        ids.extend(batch_ids.iter().map(|id| id.as_str().to_owned()));
+    }
+    backend.flush_audit().await;
+    let rows_before = pg_row_writes().await;
+    let stats_before = commandstats(&mut conn).await;
+    let start = Instant::now();
+    let _: () = redis::cmd("RENAME")
+        .arg("bench-staging")
+        .arg("bench")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let last = backend
+        .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
+        .await
+        .unwrap();
+    ids.push(last.as_str().to_owned());
+    wait_results(&mut conn, ids, Duration::from_secs(600)).await;
     let drain_secs = start.elapsed().as_secs_f64();
+    let stats_after = commandstats(&mut conn).await;
     let busy_rss = rss_kib(worker.id());
     stop(worker);
-    let results: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    backend.flush_audit().await;
+    let rows_after = pg_row_writes().await;
+    let (per_job, top) = commands_per_job(&stats_before, &stats_after, n);
+    let drain_rate = n as f64 / drain_secs;
 
     println!(
-        "xenios enqueue (batched, 1 producer): {:.0} jobs/s ({n} jobs in {enqueue_secs:.3} s)",
-        n as f64 / enqueue_secs
+        "xenios enqueue (one call per job, 1 producer, each awaited): {:.0} jobs/s ({n} jobs)",
+        n as f64 / single_secs
     );
+    println!("RESULT xenios_enqueue={:.1}", n as f64 / single_secs);
     println!(
-        "xenios enqueue (one call per job, {callers} callers): {:.0} jobs/s ({concurrent_n} jobs)",
+        "xenios enqueue, shown apart: batched {:.0} jobs/s ({n} jobs); one call per job from {callers} callers {:.0} jobs/s ({concurrent_n} jobs)",
+        n as f64 / batched_secs,
         concurrent_n as f64 / concurrent_secs
     );
     println!(
-        "xenios enqueue (one call per job, one caller, each awaited): {:.0} jobs/s ({single_n} jobs)",
-        single_n as f64 / single_secs
+        "xenios drain (1 worker process, -c 8, no-op, results stored, job rows written): {drain_rate:.0} jobs/s ({n} jobs in {drain_secs:.3} s)"
     );
-    println!(
-        "xenios drain (1 worker process, -c 8, no-op, results stored): {:.0} jobs/s ({total} jobs in {drain_secs:.3} s; {results} keys after)",
-        total as f64 / drain_secs
-    );
+    println!("RESULT xenios_drain={drain_rate:.1}");
+    println!("xenios drain: {per_job:.1} Redis commands/job ({top})");
+    match (rows_before, rows_after) {
+        (Some(b), Some(a)) => println!(
+            "xenios drain: {:.2} Postgres row writes/job (inserts + updates of ai_backend tables)",
+            a.saturating_sub(b) as f64 / n as f64
+        ),
+        _ => println!("xenios drain: Postgres row writes not measured (psql unavailable)"),
+    }
     println!(
         "xenios enqueue-to-start latency: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({samples} samples)",
         p(0.50),
@@ -204,7 +344,7 @@ async fn main() {
         lat[lat.len() - 1]
     );
     println!(
-        "xenios worker RSS: idle {:.1} MB, after drain {:.1} MB",
+        "xenios worker RSS: idle {:.1} MB, during the drain {:.1} MB",
         idle_rss as f64 / 1024.0,
         busy_rss as f64 / 1024.0
     );
