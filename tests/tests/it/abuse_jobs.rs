@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use xenios_tests::process::CommandExt as _;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
@@ -66,7 +67,6 @@ async fn app_with(extra: &[(&str, &str)]) -> TestApp {
         v.extend(extra);
     })
     .await;
-    app.backend.migrate().await.unwrap();
     app
 }
 
@@ -220,8 +220,7 @@ async fn reserved_names_are_refused_by_the_library_the_config_and_the_worker() {
             .env("LOG_FORMAT", "pretty")
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null())
-            .output()
-            .unwrap();
+            .output_within_deadline();
         assert!(!out.status.success(), "-Q {queue} ran");
         let text = format!(
             "{}{}",

@@ -17,6 +17,7 @@ mod foundation;
 mod jobs;
 mod jobs_faults;
 mod jobs_interop;
+mod jobs_lifecycle;
 mod jobs_llm;
 mod llm;
 mod llm_only;
