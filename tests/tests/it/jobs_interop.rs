@@ -384,7 +384,9 @@ async fn a_task_message_captured_from_celery_runs_on_our_worker_as_sent() {
 
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
-    let backend = backend_on(&db, &redis, &[]).await;
+    // Celery's default queue is `celery`; our worker serves it for the task's name.
+    let routes = format!("tasks.={queue}");
+    let backend = backend_on(&db, &redis, &[("JOB_ROUTES", routes.as_str())]).await;
     let mut conn = redis.conn().await;
     let _: () = redis::cmd("LPUSH")
         .arg(&queue)
