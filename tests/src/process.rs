@@ -1,7 +1,8 @@
 //! Child processes run to the end within a deadline: a hung CLI, worker or Python peer fails
 //! its test (killed, with what it printed so far) instead of stalling the run.
 
-use std::io::{Read, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -101,4 +102,65 @@ pub async fn output_within_async(
     tokio::task::spawn_blocking(move || output_within(&mut cmd, input, deadline))
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// A real `xenios-server` process (JSON logs), killed when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: Child,
+    /// `host:port` it listens on.
+    pub addr: String,
+}
+
+impl ServerProcess {
+    /// Starts the server with exactly `vars` (plus `PATH`, and `LOG_FORMAT=json` to read
+    /// its address from the `listening` line) and waits for it to listen.
+    pub fn start(vars: &HashMap<String, String>) -> Self {
+        let mut child = Command::new(crate::jobs_support::server_bin())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(vars)
+            .env("LOG_FORMAT", "json")
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn xenios-server");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the log to the end, so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "listening"
+                    && let Some(t) = tx.take()
+                {
+                    let _ = t.send(v["addr"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not log `listening` within 60 s");
+            }
+        };
+        Self { child, addr }
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -11,8 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xenios_tests::process::CommandExt as _;
 
@@ -22,6 +21,7 @@ use poem::EndpointExt;
 use serde_json::{Value, json};
 use xenios_tests::FakeUpstream;
 use xenios_tests::fake_openrouter::{FakeOpenRouter, Replies, SECRET_MARK};
+use xenios_tests::process::ServerProcess;
 use xenios_tests::{API_KEY, RedisProcess, TestApp, TestDb, TestRedis, wait_for};
 
 const JWT_SECRET: &str = "abuse-llm-jwt-secret-0123456789abcdef";
@@ -398,51 +398,6 @@ async fn a_user_past_the_daily_budget_gets_429_until_utc_midnight() {
 }
 
 // ---- Item 6: rate limits shared by replicas ----------------------------------------------
-
-/// A real `xenios-server` process, killed when dropped.
-struct ServerProcess {
-    child: Child,
-    addr: String,
-}
-
-impl ServerProcess {
-    fn start(vars: &HashMap<String, String>) -> Self {
-        let mut child = Command::new(xenios_tests::jobs_support::server_bin())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(vars)
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the log to the end, so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "listening"
-                    && let Some(t) = tx.take()
-                {
-                    let _ = t.send(v["addr"].as_str().unwrap_or_default().to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server did not log `listening`");
-        Self { child, addr }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn two_server_processes_on_one_redis_enforce_one_limit() {

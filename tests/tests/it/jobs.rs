@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use xenios_tests::process::CommandExt as _;
+use xenios_tests::cli::run_cli;
 
 use serde_json::{Value, json};
 use xenios_core::jobs::protocol::TaskMessage;
@@ -887,45 +887,31 @@ async fn jobs_cli_enqueue_waits_for_the_result_and_job_prints_it() {
             let _ = rx.await;
         }),
     );
-    let cli = xenios_tests::jobs_support::cli_bin();
-    let run = move |args: Vec<String>| {
-        let mut cmd = std::process::Command::new(&cli);
-        cmd.args(args).envs(&vars).current_dir(std::env::temp_dir());
-        tokio::task::spawn_blocking(move || cmd.output_within_deadline())
-    };
-    let out = run([
-        "enqueue",
-        "xenios.echo",
-        "--args",
-        "[1, \"a\"]",
-        "--wait",
-        "--timeout",
-        "20",
-    ]
-    .map(String::from)
-    .to_vec())
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, out, err) = run_cli(
+        &vars,
+        &[
+            "enqueue",
+            "xenios.echo",
+            "--args",
+            "[1, \"a\"]",
+            "--wait",
+            "--timeout",
+            "20",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let printed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(printed["state"], "SUCCESS");
     assert_eq!(printed["result"], json!([1, "a"]));
     let id = printed["task_id"].as_str().unwrap().to_owned();
-    let out = run(vec!["job".into(), id.clone()]).await.unwrap();
-    assert!(out.status.success());
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, out, err) = run_cli(&vars, &["job", &id]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let printed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(printed["task_id"], id.as_str());
     // Bad JSON is refused with exit code 2, nothing enqueued.
-    let out = run(["enqueue", "xenios.echo", "--args", "{oops"]
-        .map(String::from)
-        .to_vec())
-    .await
-    .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let (code, _, _) = run_cli(&vars, &["enqueue", "xenios.echo", "--args", "{oops"]).await;
+    assert_eq!(code, Some(2));
     tx.send(()).unwrap();
     worker.await.unwrap().unwrap();
 }

@@ -39,7 +39,7 @@ async fn setup(extra: &[(&str, &str)]) -> Setup {
         ("LLM_TTFT_TIMEOUT_MS", "400"),
         ("LLM_TIMEOUT_MS", "1000"),
         // These tests name the fake upstream's behaviour models as the service; the default
-        // allow-list is the routing table's models (tests/tests/abuse_llm.rs covers it).
+        // allow-list is the routing table's models (`abuse_llm` covers it).
         ("LLM_ALLOWED_MODELS", "*"),
     ]
     .iter()

@@ -13,6 +13,7 @@ mod abuse_llm;
 mod auth;
 mod db;
 mod embedding;
+mod errors;
 mod foundation;
 mod jobs;
 mod jobs_faults;
