@@ -61,13 +61,12 @@ async fn app_with(extra: &[(&str, &str)]) -> TestApp {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    let app = TestApp::spawn_with(move |v| {
+    TestApp::spawn_with(move |v| {
         v.insert("SUPABASE_URL".into(), SUPABASE.into());
         v.insert("SUPABASE_JWT_SECRET".into(), SECRET.into());
         v.extend(extra);
     })
-    .await;
-    app
+    .await
 }
 
 /// The variables the app runs with, for a worker process on the same database and Redis.
