@@ -1,6 +1,7 @@
 //! Helpers of the fault tests: a private, durable `redis-server` that a test may SIGKILL and
 //! restart (never the shared one), and the worker's health check as a child process.
 
+use crate::process::CommandExt as _;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -126,6 +127,5 @@ pub fn run_worker(vars: &HashMap<String, String>, args: &[&str]) -> Output {
         .env("LOG_FORMAT", "pretty")
         .current_dir(std::env::temp_dir())
         .stdin(Stdio::null())
-        .output()
-        .expect("run xenios-worker")
+        .output_within_deadline()
 }

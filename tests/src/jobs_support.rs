@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, Config};
 
-use crate::{TestDb, TestRedis, test_vars};
+use crate::{TestDb, TestRedis, test_vars, workspace_root};
 
 /// The configuration variables of a test backend, with extra settings.
 pub fn vars_for(db: &TestDb, redis: &TestRedis, extra: &[(&str, &str)]) -> HashMap<String, String> {
@@ -39,13 +39,6 @@ pub async fn count(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u
         other => panic!("{key} is a {other}"),
     };
     redis::cmd(cmd).arg(key).query_async(conn).await.unwrap()
-}
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
 }
 
 /// The `xenios-worker` binary of this build (built first if needed).

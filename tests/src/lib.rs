@@ -18,9 +18,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, Config};
 
+pub mod cli;
 pub mod fake_openrouter;
 pub mod faults;
 pub mod jobs_support;
+pub mod process;
 
 pub const API_KEY: &str = "test-api-key-0123456789";
 
@@ -29,8 +31,35 @@ fn pg_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// The address of the test Postgres (host and port of `TEST_PG_ADMIN_URL`), for proxies.
+pub fn pg_addr() -> SocketAddr {
+    let url = url::Url::parse(&pg_admin_url()).expect("TEST_PG_ADMIN_URL is a URL");
+    let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
+    let port = url.port().unwrap_or(5432);
+    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .ok()
+        .and_then(|mut a| a.next())
+        .expect("TEST_PG_ADMIN_URL names a reachable host")
+}
+
 fn redis_base_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// For a test whose case this machine cannot run (no TLS on the test Postgres, no
+/// pgvector): says so on stderr as `SKIP <test>: <reason>` (shown even on success, see
+/// `.config/nextest.toml`) and returns true, so the test returns without claiming the case;
+/// with `XENIOS_TEST_NO_SKIP=1` (a machine that must run every case) it fails instead.
+pub fn skip(reason: &str) -> bool {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    if std::env::var("XENIOS_TEST_NO_SKIP").is_ok_and(|v| v == "1") {
+        panic!("{test} cannot run here: {reason} (XENIOS_TEST_NO_SKIP=1)");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    true
 }
 
 /// Polls `check` until it returns `Some`, or panics after `deadline` with `what`.
@@ -81,7 +110,20 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database with every migration applied: a clone of the migrated template database
+    /// (`CREATE DATABASE ... TEMPLATE`, as crates.io's test-db does), so no test pays for
+    /// the migrations.
     pub async fn new() -> Self {
+        let template = template_db().await;
+        Self::create(Some(&template)).await
+    }
+
+    /// An empty database, for tests of the migrations themselves.
+    pub async fn empty() -> Self {
+        Self::create(None).await
+    }
+
+    async fn create(template: Option<&str>) -> Self {
         let admin = pg_admin().await;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -112,17 +154,12 @@ impl TestDb {
             }
         }
         let name = format!("xenios_test_{now}_{}", uuid::Uuid::new_v4().simple());
-        admin
-            .execute(&format!("CREATE DATABASE \"{name}\""), &[])
-            .await
-            .unwrap();
-        let mut url = url_with_path(&pg_admin_url(), &name);
-        if !url.contains("application_name") {
-            url.push_str(if url.contains('?') { "&" } else { "?" });
-            // Plain TCP: tests run in parallel on a loaded box and TLS handshakes only add
-            // load; tests/tests/db.rs covers sslmode=require on its own.
-            url.push_str("application_name=xenios-tests&sslmode=disable");
-        }
+        let sql = match template {
+            Some(t) => format!("CREATE DATABASE \"{name}\" TEMPLATE \"{t}\""),
+            None => format!("CREATE DATABASE \"{name}\""),
+        };
+        admin.execute(&sql, &[]).await.unwrap();
+        let url = test_url(&name);
         Self { name, url }
     }
 
@@ -134,6 +171,156 @@ impl TestDb {
         tokio::spawn(conn);
         client
     }
+}
+
+/// The URL of test database `name`: plain TCP and a recognisable application name.
+fn test_url(name: &str) -> String {
+    let mut url = url_with_path(&pg_admin_url(), name);
+    if !url.contains("application_name") {
+        url.push_str(if url.contains('?') { "&" } else { "?" });
+        // Plain TCP: tests run in parallel on a loaded box and TLS handshakes only add
+        // load; tests/tests/it/db.rs covers sslmode=require on its own.
+        url.push_str("application_name=xenios-tests&sslmode=disable");
+    }
+    url
+}
+
+/// The migrations directory's contents as a hash: the template of one set of migrations is
+/// never used for another (another branch, an edited migration).
+fn migrations_digest() -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn walk(dir: &std::path::Path, h: &mut std::hash::DefaultHasher) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            p.file_name().hash(h);
+            if p.is_dir() {
+                walk(&p, h);
+            } else {
+                std::fs::read(&p).unwrap().hash(h);
+            }
+        }
+    }
+    let mut h = std::hash::DefaultHasher::new();
+    walk(&workspace_root().join("migrations"), &mut h);
+    h.finish()
+}
+
+/// The repository root (the parent of this crate).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+async fn template_ready(admin: &tokio_postgres::Client, name: &str) -> bool {
+    admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate AND NOT datallowconn",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// The name of the migrated template database, built on first use by whichever test process
+/// gets there first (under an advisory lock; the others wait for it). A template is ready
+/// once marked `IS_TEMPLATE` and closed to connections; one left half-built by a killed
+/// process is dropped and built again.
+async fn template_db() -> String {
+    static NAME: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    NAME.get_or_init(|| async {
+        let name = format!("xenios_tmpl_{:016x}", migrations_digest());
+        let admin = pg_admin().await;
+        if template_ready(&admin, &name).await {
+            return name;
+        }
+        // Session-level lock on the admin connection, released when it closes.
+        admin
+            .execute("SELECT pg_advisory_lock(7243530011)", &[])
+            .await
+            .unwrap();
+        if !template_ready(&admin, &name).await {
+            admin
+                .execute(
+                    &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            admin
+                .execute(&format!("CREATE DATABASE \"{name}\""), &[])
+                .await
+                .unwrap();
+            let mut vars = HashMap::new();
+            vars.insert("ENVIRONMENT".to_owned(), "development".to_owned());
+            vars.insert("DATABASE_URL".to_owned(), test_url(&name));
+            // Migrating needs no Redis; nothing listens on port 1.
+            vars.insert("REDIS_URL".to_owned(), "redis://127.0.0.1:1/0".to_owned());
+            vars.insert("XENIOS_BACKEND_API_KEY".to_owned(), API_KEY.to_owned());
+            let backend = AiBackend::builder(Config::from_map(&vars).expect("template config"))
+                .build()
+                .await
+                .expect("template backend");
+            backend
+                .migrate()
+                .await
+                .expect("migrating the template database");
+            drop(backend);
+            // Close it to connections (a template must have none while it is cloned), then
+            // end those the dropped backend's pool may still hold.
+            admin
+                .execute(
+                    &format!("ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false"),
+                    &[],
+                )
+                .await
+                .unwrap();
+            admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap();
+            wait_for(
+                "the template database's connections to close",
+                Duration::from_secs(10),
+                || async {
+                    let n: i64 = admin
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                            &[&name],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0);
+                    (n == 0).then_some(())
+                },
+            )
+            .await;
+            admin
+                .execute(
+                    &format!("ALTER DATABASE \"{name}\" WITH IS_TEMPLATE true"),
+                    &[],
+                )
+                .await
+                .unwrap();
+        }
+        admin
+            .execute("SELECT pg_advisory_unlock(7243530011)", &[])
+            .await
+            .unwrap();
+        name
+    })
+    .await
+    .clone()
 }
 
 fn url_with_path(base: &str, db: &str) -> String {

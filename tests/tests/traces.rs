@@ -21,7 +21,7 @@ use xenios_core::Config;
 use xenios_core::jobs::protocol::TaskMessage;
 use xenios_core::jobs::{Worker, WorkerOptions, tasks};
 use xenios_core::redis::redis;
-use xenios_tests::fake_openrouter::CannedOpenRouter;
+use xenios_tests::fake_openrouter::FakeOpenRouter;
 use xenios_tests::{API_KEY, FakeUpstream, TestApp, TestDb, TestRedis, test_vars, wait_for};
 
 /// A span as the receiver decoded it.
@@ -110,7 +110,7 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
             .data(collector.clone()),
     )
     .await;
-    let upstream = CannedOpenRouter::start().await;
+    let upstream = FakeOpenRouter::canned().await;
 
     let db = TestDb::new().await;
     let redis = TestRedis::new().await;
@@ -127,7 +127,6 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
     let telemetry = xenios_core::telemetry::init(&config);
     assert!(telemetry.exports_traces() && !telemetry.reports_errors());
     let app = TestApp::spawn_on(db, Some(redis), vars).await;
-    app.backend.migrate().await.unwrap();
 
     // 1. A request that joins the caller's trace: its span, its LLM attempt and the upstream
     //    call all carry the caller's trace id.

@@ -118,7 +118,6 @@ async fn faults_redis_sigkilled_and_restarted_under_http_enqueues_loses_no_accep
     vars.insert("RATE_LIMIT_PER_MINUTE".into(), "1000000".into());
     vars.insert("RATE_LIMIT_BURST".into(), "100000".into());
     let app = Arc::new(TestApp::spawn_on(db, None, vars.clone()).await);
-    app.backend.migrate().await.unwrap();
     let _worker = ChildWorker::spawn(&vars, &["-Q", "default", "-c", "8"]);
 
     let accepted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -195,7 +194,6 @@ async fn faults_network_cut_for_10s_between_worker_and_redis_then_the_queue_drai
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
     let backend = backend_on(&db, &redis, &[]).await;
-    backend.migrate().await.unwrap();
     let target: std::net::SocketAddr = {
         let u = url::Url::parse(&redis.url).unwrap();
         format!("{}:{}", u.host_str().unwrap(), u.port().unwrap_or(6379))
@@ -614,9 +612,11 @@ async fn faults_every_log_line_of_a_job_names_its_task_and_correlation_id() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        xenios_tests::process::wait_output_within(child, xenios_tests::process::DEADLINE)
+    })
+    .await
+    .unwrap();
     let logs = String::from_utf8_lossy(&out.stderr);
     let line = logs
         .lines()

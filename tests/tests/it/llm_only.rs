@@ -14,14 +14,14 @@ use xenios_core::backend::NO_DATABASE;
 use xenios_core::jobs::EnqueueRequest;
 use xenios_core::llm::{CompletionRequest, Message, StreamEvent, Task};
 use xenios_core::{AiBackend, Config, CorrelationId, Error, RequestContext};
-use xenios_tests::fake_openrouter::CannedOpenRouter;
+use xenios_tests::fake_openrouter::FakeOpenRouter;
 use xenios_tests::wait_for;
 
 /// What "at once" means below: far below any connect timeout (5 s by default).
 const PROMPTLY: Duration = Duration::from_secs(1);
 
 /// Only the LLM variables: no DATABASE_URL, no REDIS_URL, production rules.
-fn llm_vars(upstream: &CannedOpenRouter) -> HashMap<String, String> {
+fn llm_vars(upstream: &FakeOpenRouter) -> HashMap<String, String> {
     [
         ("ENVIRONMENT", "production"),
         ("XENIOS_BACKEND_API_KEY", "an-embedder-api-key-0123456789"),
@@ -62,7 +62,7 @@ async fn fails_promptly<T: std::fmt::Debug>(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_llm_only_backend_needs_no_database_or_redis() {
-    let upstream = CannedOpenRouter::start().await;
+    let upstream = FakeOpenRouter::canned().await;
     let vars = llm_vars(&upstream);
     // The server's way of reading the configuration still requires both stores.
     let err = Config::from_map(&vars).unwrap_err().to_string();
@@ -146,7 +146,7 @@ async fn an_llm_only_backend_needs_no_database_or_redis() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_database_and_redis_ignore_configured_urls_and_refuse_budgets() {
-    let upstream = CannedOpenRouter::start().await;
+    let upstream = FakeOpenRouter::canned().await;
     let mut vars = llm_vars(&upstream);
     // Addresses nothing answers: a connection attempt would hang until its timeout.
     vars.insert(

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use xenios_tests::process::CommandExt as _;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
@@ -60,14 +61,12 @@ async fn app_with(extra: &[(&str, &str)]) -> TestApp {
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    let app = TestApp::spawn_with(move |v| {
+    TestApp::spawn_with(move |v| {
         v.insert("SUPABASE_URL".into(), SUPABASE.into());
         v.insert("SUPABASE_JWT_SECRET".into(), SECRET.into());
         v.extend(extra);
     })
-    .await;
-    app.backend.migrate().await.unwrap();
-    app
+    .await
 }
 
 /// The variables the app runs with, for a worker process on the same database and Redis.
@@ -220,8 +219,7 @@ async fn reserved_names_are_refused_by_the_library_the_config_and_the_worker() {
             .env("LOG_FORMAT", "pretty")
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null())
-            .output()
-            .unwrap();
+            .output_within_deadline();
         assert!(!out.status.success(), "-Q {queue} ran");
         let text = format!(
             "{}{}",

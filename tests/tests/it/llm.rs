@@ -4,220 +4,32 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use xenios_tests::process::CommandExt as _;
 
 use futures::StreamExt;
-use poem::web::{Data, Json};
-use poem::{Body, EndpointExt, Response, handler};
 use serde_json::{Value, json};
-use xenios_tests::{API_KEY, FakeUpstream, TestApp, wait_for};
+use xenios_tests::cli::{run_cli, run_cli_stdin};
+use xenios_tests::fake_openrouter::{FakeOpenRouter, Replies, State};
+use xenios_tests::{API_KEY, TestApp, wait_for};
 
 const OK_TOKENS: [&str; 3] = ["Hello", " world", "!"];
-
-/// One request the fake saw: body, X-Request-ID, Authorization.
-type Seen = (Value, Option<String>, Option<String>);
-
-/// What the fake OpenRouter saw and how it behaves.
-#[derive(Default)]
-struct State {
-    /// Every request body, with its X-Request-ID and Authorization headers.
-    requests: Mutex<Vec<Seen>>,
-    /// Models that answer 503 (switchable at run time).
-    down: Mutex<HashSet<String>>,
-    /// Requests per model.
-    counts: Mutex<HashMap<String, usize>>,
-    /// Set when a `drip` stream's connection was closed by the client.
-    disconnected: AtomicBool,
-    /// Tokens a `drip` stream has sent.
-    dripped: AtomicUsize,
-}
-
-impl State {
-    fn models_seen(&self) -> Vec<String> {
-        self.requests
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(b, _, _)| b["model"].as_str().unwrap_or("").to_owned())
-            .collect()
-    }
-    fn count(&self, model: &str) -> usize {
-        self.counts.lock().unwrap().get(model).copied().unwrap_or(0)
-    }
-}
-
-fn error_response(status: u16, message: &str, retry_after: Option<&str>) -> Response {
-    let mut r = Response::builder()
-        .status(poem::http::StatusCode::from_u16(status).unwrap())
-        .content_type("application/json");
-    if let Some(after) = retry_after {
-        r = r.header("Retry-After", after);
-    }
-    r.body(json!({"error": {"code": status, "message": message}}).to_string())
-}
-
-fn sse(chunks: Vec<String>, pause: Duration, state: Option<Arc<State>>) -> Response {
-    struct Guard(Option<Arc<State>>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            if let Some(s) = &self.0 {
-                s.disconnected.store(true, Ordering::SeqCst);
-            }
-        }
-    }
-    let guard = Guard(state);
-    let stream = futures::stream::iter(chunks.into_iter().enumerate()).then(move |(i, c)| {
-        let counter = guard.0.clone();
-        async move {
-            if i > 0 && !pause.is_zero() {
-                tokio::time::sleep(pause).await;
-            }
-            if let Some(s) = counter {
-                s.dripped.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok::<_, std::io::Error>(c)
-        }
-    });
-    Response::builder()
-        .content_type("text/event-stream")
-        .body(Body::from_bytes_stream(stream))
-}
-
-fn chunk(model: &str, content: &str) -> String {
-    format!(
-        "data: {}\n\n",
-        json!({"id": "gen-1", "model": model, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": null}]})
-    )
-}
-
-fn final_chunks(model: &str) -> Vec<String> {
-    vec![
-        format!(
-            "data: {}\n\n",
-            json!({"id": "gen-1", "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        ),
-        format!(
-            "data: {}\n\n",
-            json!({"id": "gen-1", "model": model, "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "cost": 0.00042}})
-        ),
-        "data: [DONE]\n\n".to_owned(),
-    ]
-}
-
-fn mid_stream_error() -> String {
-    format!(
-        "data: {}\n\n",
-        json!({"id": "gen-1", "error": {"code": "server_error", "message": "provider disconnected"}, "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})
-    )
-}
-
-#[handler]
-async fn openrouter(req: &poem::Request, body: Json<Value>, state: Data<&Arc<State>>) -> Response {
-    let state: Arc<State> = state.0.clone();
-    let body = body.0;
-    let model = body["model"].as_str().unwrap_or("").to_owned();
-    let stream = body["stream"].as_bool().unwrap_or(false);
-    state.requests.lock().unwrap().push((
-        body.clone(),
-        req.header("x-request-id").map(str::to_owned),
-        req.header("authorization").map(str::to_owned),
-    ));
-    let n = {
-        let mut counts = state.counts.lock().unwrap();
-        let c = counts.entry(model.clone()).or_default();
-        *c += 1;
-        *c
-    };
-    if state.down.lock().unwrap().contains(&model) {
-        return error_response(503, "model down", None);
-    }
-    for (word, status) in [
-        ("fail-400", 400),
-        ("fail-401", 401),
-        ("fail-402", 402),
-        ("fail-403", 403),
-        ("fail-408", 408),
-        ("fail-500", 500),
-        ("fail-502", 502),
-        ("fail-503", 503),
-    ] {
-        if model.contains(word) {
-            return error_response(status, &format!("{word} says no"), None);
-        }
-    }
-    if model.contains("always-429") {
-        return error_response(429, "rate limited", Some("0"));
-    }
-    if model.contains("long-429") {
-        return error_response(429, "rate limited for a while", Some("30"));
-    }
-    if model.contains("flaky-429") && n == 1 {
-        return error_response(429, "rate limited", Some("1"));
-    }
-    if model.contains("slow") {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
-    if model.contains("late") {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-    }
-    if !stream {
-        return Response::builder().content_type("application/json").body(
-            json!({
-                "id": "gen-1",
-                "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": OK_TOKENS.concat()}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10, "cost": 0.00042}
-            })
-            .to_string(),
-        );
-    }
-    let mut chunks = vec![": OPENROUTER PROCESSING\n\n".to_owned()];
-    if model.contains("midstream-before") {
-        chunks.push(mid_stream_error());
-        return sse(chunks, Duration::ZERO, None);
-    }
-    if model.contains("midstream-after") {
-        chunks.push(chunk(&model, "partial"));
-        chunks.push(": OPENROUTER PROCESSING\n\n".to_owned());
-        chunks.push(mid_stream_error());
-        return sse(chunks, Duration::from_millis(10), None);
-    }
-    if model.contains("drip") {
-        // 500 tokens, 20 ms apart.
-        for i in 0..500 {
-            chunks.push(chunk(&model, &format!("t{i} ")));
-        }
-        chunks.extend(final_chunks(&model));
-        return sse(chunks, Duration::from_millis(20), Some(state));
-    }
-    for t in OK_TOKENS {
-        chunks.push(chunk(&model, t));
-        chunks.push(": OPENROUTER PROCESSING\n\n".to_owned());
-    }
-    chunks.extend(final_chunks(&model));
-    sse(chunks, Duration::from_millis(5), None)
-}
 
 struct Setup {
     app: TestApp,
     state: Arc<State>,
+    upstream: FakeOpenRouter,
     /// The variables `setup` added to the app's: fake upstream, retries, timeouts, extras.
     llm_vars: Vec<(String, String)>,
-    _upstream: FakeUpstream,
 }
 
 async fn setup(extra: &[(&str, &str)]) -> Setup {
-    let state = Arc::new(State::default());
-    let upstream = FakeUpstream::start(
-        poem::Route::new()
-            .at("/api/v1/chat/completions", poem::post(openrouter))
-            .data(state.clone()),
-    )
-    .await;
-    let base = format!("{}/api/v1", upstream.base);
+    let upstream = FakeOpenRouter::start(Replies::hello_world()).await;
+    let state = upstream.state();
+    let base = upstream.base_url();
     let llm_vars: Vec<(String, String)> = [
         ("OPENROUTER_API_KEY", "sk-or-test-key"),
         ("OPENROUTER_BASE_URL", base.as_str()),
@@ -227,7 +39,7 @@ async fn setup(extra: &[(&str, &str)]) -> Setup {
         ("LLM_TTFT_TIMEOUT_MS", "400"),
         ("LLM_TIMEOUT_MS", "1000"),
         // These tests name the fake upstream's behaviour models as the service; the default
-        // allow-list is the routing table's models (tests/tests/abuse_llm.rs covers it).
+        // allow-list is the routing table's models (`abuse_llm` covers it).
         ("LLM_ALLOWED_MODELS", "*"),
     ]
     .iter()
@@ -236,12 +48,11 @@ async fn setup(extra: &[(&str, &str)]) -> Setup {
     .collect();
     let added = llm_vars.clone();
     let app = TestApp::spawn_with(move |vars| vars.extend(added)).await;
-    app.backend.migrate().await.unwrap();
     Setup {
         app,
         state,
+        upstream,
         llm_vars,
-        _upstream: upstream,
     }
 }
 
@@ -342,9 +153,12 @@ async fn complete_answers_from_the_primary_sends_the_correlation_id_and_logs_a_r
 
     let reqs = s.state.requests.lock().unwrap().clone();
     assert_eq!(reqs.len(), 1);
-    let (sent, rid, auth) = &reqs[0];
-    assert_eq!(rid.as_deref(), Some("req-llm-complete-1"));
-    assert_eq!(auth.as_deref(), Some("Bearer sk-or-test-key"));
+    let sent = &reqs[0].body;
+    assert_eq!(reqs[0].request_id.as_deref(), Some("req-llm-complete-1"));
+    assert_eq!(
+        reqs[0].authorization.as_deref(),
+        Some("Bearer sk-or-test-key")
+    );
     // Sent as written (0.7), not widened from f32 (0.699999988...).
     assert_eq!(sent["temperature"], json!(0.7));
     assert_eq!(sent["max_tokens"], 1500);
@@ -563,7 +377,15 @@ async fn routing_table_is_the_spec_table_on_the_wire_for_primary_and_fallback() 
         assert_eq!(resp.status(), 200, "{task}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["model_used"], primary, "{task}");
-        let last = s.state.requests.lock().unwrap().last().unwrap().0.clone();
+        let last = s
+            .state
+            .requests
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .body
+            .clone();
         assert_eq!(last["model"], primary, "{task}");
         assert_eq!(last["max_tokens"], json!(max_tokens), "{task}");
         // Sent as the spec writes it (0.3), not widened from f32.
@@ -576,7 +398,15 @@ async fn routing_table_is_the_spec_table_on_the_wire_for_primary_and_fallback() 
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["model_used"], fallback, "{task}");
         assert_eq!(body["fallback_used"], true, "{task}");
-        let last = s.state.requests.lock().unwrap().last().unwrap().0.clone();
+        let last = s
+            .state
+            .requests
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .body
+            .clone();
         assert_eq!(last["model"], fallback, "{task}");
         assert_eq!(last["max_tokens"], json!(max_tokens), "{task}");
         assert_eq!(last["temperature"], json!(temperature), "{task}");
@@ -590,7 +420,15 @@ async fn routing_table_is_the_spec_table_on_the_wire_for_primary_and_fallback() 
     assert_eq!(resp.status(), 200);
     let mut sse = SseReader::new(resp);
     while sse.next().await.is_some() {}
-    let last = s.state.requests.lock().unwrap().last().unwrap().0.clone();
+    let last = s
+        .state
+        .requests
+        .lock()
+        .unwrap()
+        .last()
+        .unwrap()
+        .body
+        .clone();
     assert_eq!(last["model"], "anthropic/claude-opus-4.5");
     assert_eq!(last["stream"], true);
     assert_eq!(last["max_tokens"], 1500);
@@ -677,7 +515,7 @@ async fn stream_forwards_deltas_in_order_then_done_and_ignores_comments() {
     assert_eq!(done["usage"]["total_tokens"], 10);
     assert_eq!(done["usage"]["cost_usd"], 0.00042);
     assert!(sse.next().await.is_none());
-    let sent = s.state.requests.lock().unwrap()[0].0.clone();
+    let sent = s.state.requests.lock().unwrap()[0].body.clone();
     assert_eq!(sent["stream"], true);
     let rows = logs(&s.app, &rid).await;
     assert_eq!(rows[0].status, "success");
@@ -926,6 +764,105 @@ async fn openai_compatible_endpoint_complete_and_stream() {
     assert!(saw_done);
     assert_eq!(text, "Hello world!");
     assert_eq!(s.state.models_seen().last().unwrap(), "openai/gpt-4o-mini");
+    let sent = s.upstream.requests();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0].messages(), [("user".to_owned(), "hi".to_owned())]);
+    assert_eq!(sent[1].body["stream"], true);
+}
+
+fn conversation(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(r, c)| ((*r).to_owned(), (*c).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_upstream_receives_every_message_in_order_on_both_routes() {
+    let s = setup(&[]).await;
+    let turns = [
+        ("system", "You are a coach's assistant."),
+        ("user", "First question"),
+        ("assistant", "First answer"),
+        ("user", "Second question"),
+    ];
+    let messages: Vec<Value> = turns
+        .iter()
+        .map(|(r, c)| json!({"role": r, "content": c}))
+        .collect();
+    for path in ["/api/v1/llm/complete", "/api/v1/llm/stream"] {
+        let resp = post(&s.app, path, json!({"task": "chat", "messages": messages})).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let _ = resp.bytes().await.unwrap();
+        assert_eq!(
+            s.upstream.last().unwrap().messages(),
+            conversation(&turns),
+            "{path}"
+        );
+    }
+
+    // The OpenAI route: text parts are joined into one string (other parts dropped),
+    // `developer` is sent as `system`, and the order is kept.
+    let resp = post(
+        &s.app,
+        "/v1/chat/completions",
+        json!({"model": "chat", "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "Hel"},
+                {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}},
+                {"type": "text", "text": "lo"}
+            ]},
+            {"role": "assistant", "content": "Hi"},
+            {"role": "user", "content": [{"type": "text", "text": "Again"}]}
+        ]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let sent = s.upstream.last().unwrap();
+    assert_eq!(
+        sent.messages(),
+        conversation(&[
+            ("system", "Be brief."),
+            ("user", "Hello"),
+            ("assistant", "Hi"),
+            ("user", "Again"),
+        ])
+    );
+    assert!(
+        sent.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["content"].is_string()),
+        "content parts reach the upstream flattened: {}",
+        sent.body
+    );
+}
+
+#[tokio::test]
+async fn max_completion_tokens_wins_over_max_tokens_on_the_openai_route() {
+    let s = setup(&[]).await;
+    for (fields, expected) in [
+        (json!({"max_tokens": 50, "max_completion_tokens": 70}), 70),
+        (json!({"max_completion_tokens": 70, "max_tokens": 90}), 70),
+        (json!({"max_tokens": 50}), 50),
+        (json!({"max_completion_tokens": 60}), 60),
+    ] {
+        let mut body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in fields.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let resp = post(&s.app, "/v1/chat/completions", body).await;
+        assert_eq!(resp.status(), 200, "{fields}");
+        let sent = s.upstream.last().unwrap();
+        assert_eq!(sent.max_tokens(), Some(expected), "{fields}");
+        assert!(
+            sent.body.get("max_completion_tokens").is_none(),
+            "one limit goes upstream: {}",
+            sent.body
+        );
+    }
 }
 
 #[tokio::test]
@@ -934,7 +871,6 @@ async fn development_without_a_key_uses_the_fake_provider() {
         v.insert("LLM_ALLOWED_MODELS".into(), "fake/*".into());
     })
     .await;
-    app.backend.migrate().await.unwrap();
     assert!(app.backend.config().uses_fake_llm());
     assert_eq!(app.backend.llm().provider_name(), "fake");
     let resp = post(
@@ -982,8 +918,7 @@ async fn the_openai_python_sdk_completes_and_streams() {
         _ => {
             let out = std::process::Command::new("scripts/py-venv.sh")
                 .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .output()
-                .expect("scripts/py-venv.sh");
+                .output_within_deadline();
             assert!(
                 out.status.success(),
                 "py-venv.sh failed: {}",
@@ -999,8 +934,7 @@ async fn the_openai_python_sdk_completes_and_streams() {
             .arg(script)
             .env("XENIOS_BASE_URL", base)
             .env("XENIOS_API_KEY", API_KEY)
-            .output()
-            .unwrap()
+            .output_within_deadline()
     })
     .await
     .unwrap();
@@ -1023,54 +957,6 @@ fn cli_vars(s: &Setup) -> HashMap<String, String> {
     vars
 }
 
-/// Runs `xenios-cli` to the end: (exit code, stdout, stderr).
-async fn run_cli(vars: &HashMap<String, String>, args: &[&str]) -> (Option<i32>, String, String) {
-    let mut cmd = std::process::Command::new(xenios_tests::jobs_support::cli_bin());
-    cmd.args(args).envs(vars).current_dir(std::env::temp_dir());
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs `xenios-cli` to the end with `input` on its stdin: (exit code, stdout, stderr).
-async fn run_cli_stdin(
-    vars: &HashMap<String, String>,
-    args: &[&str],
-    input: &[u8],
-) -> (Option<i32>, String, String) {
-    use std::io::Write;
-    use std::process::Stdio;
-
-    let mut cmd = std::process::Command::new(xenios_tests::jobs_support::cli_bin());
-    cmd.args(args)
-        .envs(vars)
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let input = input.to_vec();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut child = cmd.spawn().unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        // The CLI may refuse before reading everything (a broken pipe is then fine).
-        let _ = stdin.write_all(&input);
-        drop(stdin);
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn the_cli_reads_the_prompt_from_stdin_when_it_is_dash_or_absent() {
     let s = setup(&[]).await;
@@ -1086,8 +972,11 @@ async fn the_cli_reads_the_prompt_from_stdin_when_it_is_dash_or_absent() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, "Hello world!\n");
     let seen = s.state.requests.lock().unwrap().last().cloned().unwrap();
-    assert_eq!(seen.0["model"], "d/ok");
-    assert_eq!(seen.0["messages"][0]["content"], "First line\nsecond line");
+    assert_eq!(seen.body["model"], "d/ok");
+    assert_eq!(
+        seen.body["messages"][0]["content"],
+        "First line\nsecond line"
+    );
 
     // `stream` without a prompt argument reads stdin too.
     let (code, out, err) = run_cli_stdin(
@@ -1099,10 +988,16 @@ async fn the_cli_reads_the_prompt_from_stdin_when_it_is_dash_or_absent() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, "Hello world!\n");
     let seen = s.state.requests.lock().unwrap().last().cloned().unwrap();
-    assert_eq!(seen.0["model"], "e/ok");
-    assert_eq!(seen.0["stream"], true);
-    assert_eq!(seen.0["messages"][0]["content"], "Be brief.");
-    assert_eq!(seen.0["messages"][1]["content"], "Piped prompt");
+    assert_eq!(seen.body["model"], "e/ok");
+    assert_eq!(seen.body["stream"], true);
+    assert_eq!(
+        seen.messages(),
+        [
+            ("system".to_owned(), "Be brief.".to_owned()),
+            ("user".to_owned(), "Piped prompt".to_owned()),
+        ],
+        "--system goes first, as the system message"
+    );
     let rows = logs(&s.app, &upstream_request_id(&s, "e/ok")).await;
     assert_eq!(rows.len(), 1);
     assert!(rows[0].streaming && rows[0].status == "success");
@@ -1116,7 +1011,7 @@ async fn the_cli_reads_the_prompt_from_stdin_when_it_is_dash_or_absent() {
     .await;
     assert_eq!(code, Some(0), "{err}");
     let seen = s.state.requests.lock().unwrap().last().cloned().unwrap();
-    assert_eq!(seen.0["messages"][0]["content"], "Arg prompt");
+    assert_eq!(seen.body["messages"][0]["content"], "Arg prompt");
 
     // Hostile stdin: empty, blank, not UTF-8, larger than 1 MiB: exit 2, nothing sent.
     let sent_before = s.state.requests.lock().unwrap().len();
@@ -1143,8 +1038,8 @@ fn upstream_request_id(s: &Setup, model: &str) -> String {
         .unwrap()
         .iter()
         .rev()
-        .find(|(b, _, _)| b["model"] == model)
-        .and_then(|(_, id, _)| id.clone())
+        .find(|r| r.model() == model)
+        .and_then(|r| r.request_id.clone())
         .unwrap_or_else(|| panic!("the upstream saw no request for {model}"))
 }
 
@@ -1172,8 +1067,8 @@ async fn the_cli_completes_and_streams_through_the_backend_with_its_audit_rows()
     assert!(err.contains("[model c/ok (fallback), 10 tokens"), "{err}");
     assert!(!err.contains("fake LLM"), "{err}");
     let seen = s.state.requests.lock().unwrap().last().cloned().unwrap();
-    assert_eq!(seen.0["messages"][0]["content"], "How was it?");
-    assert_eq!(seen.2.as_deref(), Some("Bearer sk-or-test-key"));
+    assert_eq!(seen.body["messages"][0]["content"], "How was it?");
+    assert_eq!(seen.authorization.as_deref(), Some("Bearer sk-or-test-key"));
     let rows = logs(&s.app, &upstream_request_id(&s, "c/ok")).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(
@@ -1275,7 +1170,6 @@ async fn the_cli_prints_stream_tokens_as_they_arrive() {
 #[tokio::test]
 async fn the_cli_says_when_the_fake_llm_answers() {
     let app = TestApp::spawn().await;
-    app.backend.migrate().await.unwrap();
     let redis = app.redis.as_ref().unwrap();
     let mut vars = xenios_tests::test_vars(&app.db, &redis.url);
     vars.insert("LLM_ALLOWED_MODELS".into(), "fake/*".into());

@@ -37,7 +37,6 @@ async fn llm_task_runs_a_routed_completion_and_logs_it_under_the_jobs_correlatio
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
     let backend = backend_on(&db, &redis, &[]).await;
-    backend.migrate().await.unwrap();
     let ctx = RequestContext::new(
         CorrelationId::parse("req-llm-job").unwrap(),
         xenios_core::auth::Principal::Service,

@@ -6,9 +6,13 @@
 
 use std::process::Command;
 use std::time::Duration;
+use xenios_tests::process::CommandExt as _;
 
 use serde_json::{Value, json};
-use xenios_core::jobs::{EnqueueRequest, TaskState, Worker, WorkerOptions, tasks};
+use xenios_core::jobs::{
+    EnqueueRequest, TaskContext, TaskRegistry, TaskState, Worker, WorkerOptions, tasks,
+};
+use xenios_core::redis::redis;
 use xenios_core::{AiBackend, CorrelationId, RequestContext};
 use xenios_tests::jobs_support::{ChildProcess, backend_on, python, python_dir};
 use xenios_tests::{TestDb, TestRedis, free_port, wait_for};
@@ -64,7 +68,7 @@ async fn python_send(redis: &TestRedis, task: &str, queue: &str, args: Value) ->
         &args.to_string(),
         "30",
     ]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    let out = tokio::task::spawn_blocking(move || cmd.output_within_deadline())
         .await
         .unwrap();
     assert!(
@@ -287,7 +291,7 @@ async fn jobs_interop_celery_remote_control_terminates_limits_and_shuts_down_our
     let handle = tokio::spawn(worker.run(std::future::pending::<()>()));
     let mut cmd = python_cmd(&redis);
     cmd.args(["celery_interop.py", "control", &host]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    let out = tokio::task::spawn_blocking(move || cmd.output_within_deadline())
         .await
         .unwrap();
     assert!(
@@ -356,4 +360,85 @@ async fn jobs_interop_celery_remote_control_terminates_limits_and_shuts_down_our
     assert_eq!(summary.revoked, 1, "{summary:?}");
     assert_eq!(summary.failed, 1, "{summary:?}");
     assert_eq!(summary.succeeded, 4, "{summary:?}");
+}
+
+/// A file of the Celery traffic captured from real Celery 5.6.3 (`tests/fixtures/celery`).
+fn celery_fixture(name: &str) -> String {
+    let path = xenios_tests::workspace_root()
+        .join("tests/fixtures/celery")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test]
+async fn a_task_message_captured_from_celery_runs_on_our_worker_as_sent() {
+    // The message exactly as Celery's `apply_async` LPUSHed it (protocol 2, base64 body).
+    let raw = celery_fixture("task-message.json");
+    let captured: Value = serde_json::from_str(&raw).unwrap();
+    let id = captured["headers"]["id"].as_str().unwrap().to_owned();
+    let queue = captured["properties"]["delivery_info"]["routing_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(captured["headers"]["task"], "tasks.add");
+
+    let redis = TestRedis::new().await;
+    let db = TestDb::new().await;
+    // Celery's default queue is `celery`; our worker serves it for the task's name.
+    let routes = format!("tasks.={queue}");
+    let backend = backend_on(&db, &redis, &[("JOB_ROUTES", routes.as_str())]).await;
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("LPUSH")
+        .arg(&queue)
+        .arg(raw.trim_end())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let got = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let mut reg = TaskRegistry::new();
+    let g = got.clone();
+    reg.register(
+        "tasks.add",
+        move |ctx: TaskContext, args: Vec<Value>, kwargs| {
+            let g = g.clone();
+            async move {
+                *g.lock().unwrap() =
+                    Some((ctx.task_id.clone(), args.clone(), Value::Object(kwargs)));
+                let sum = args.iter().filter_map(Value::as_i64).sum::<i64>();
+                Ok(json!(sum))
+            }
+        },
+    );
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        Worker::new(
+            backend.clone(),
+            reg,
+            WorkerOptions {
+                queues: vec![queue.clone()],
+                concurrency: 1,
+                hostname: Some("fixture@%h".to_owned()),
+                prefetch_multiplier: 1,
+            },
+        )
+        .run_until_idle(),
+    )
+    .await
+    .expect("worker did not go idle in time")
+    .unwrap();
+
+    let (task_id, args, kwargs) = got.lock().unwrap().clone().expect("tasks.add never ran");
+    assert_eq!(task_id, id);
+    assert_eq!(args, [json!(2), json!(3)]);
+    assert_eq!(kwargs, json!({}));
+    let meta: String = redis::cmd("GET")
+        .arg(format!("celery-task-meta-{id}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let meta: Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["status"], "SUCCESS", "{meta}");
+    assert_eq!(meta["result"], 5, "{meta}");
+    assert_eq!(meta["task_id"], id.as_str(), "{meta}");
 }

@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use xenios_tests::cli::run_cli;
 
 use serde_json::{Value, json};
 use xenios_core::jobs::protocol::TaskMessage;
@@ -58,7 +59,6 @@ async fn jobs_route_by_prefix_onto_kombu_priority_lists_with_correlation_ids() {
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
     let backend = backend_on(&db, &redis, &[]).await;
-    backend.migrate().await.unwrap();
     let c = ctx("req-route-1");
     let ids: Vec<_> = [
         EnqueueRequest::new("xenios.llm.complete"),
@@ -131,7 +131,6 @@ async fn jobs_worker_runs_echo_and_stores_celerys_result_shape_and_job_rows() {
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
     let backend = backend_on(&db, &redis, &[]).await;
-    backend.migrate().await.unwrap();
     let id = backend
         .enqueue(
             &ctx("req-echo"),
@@ -217,10 +216,13 @@ async fn jobs_priority_zero_is_served_first_then_fifo() {
     });
     let mut o = opts(&["default"], 1);
     o.prefetch_multiplier = 1;
-    Worker::new(backend.clone(), reg, o)
-        .run_until_idle()
-        .await
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        Worker::new(backend.clone(), reg, o).run_until_idle(),
+    )
+    .await
+    .expect("worker did not go idle in time")
+    .unwrap();
     assert_eq!(
         *seen.lock().unwrap(),
         ["high-a", "high-b", "mid", "low-a", "low-b"]
@@ -272,7 +274,6 @@ async fn jobs_retries_are_counted_in_the_message_until_success_or_max() {
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
     let backend = backend_on(&db, &redis, &[]).await;
-    backend.migrate().await.unwrap();
     let c = ctx("req-retry");
     let ok = backend
         .enqueue(
@@ -475,7 +476,6 @@ async fn jobs_revoked_jobs_are_skipped_and_wait_result_sees_results_arrive() {
     let redis = TestRedis::new().await;
     let db = TestDb::new().await;
     let backend = backend_on(&db, &redis, &[]).await;
-    backend.migrate().await.unwrap();
     let c = ctx("req-revoke");
     let revoked = backend
         .enqueue(&c, EnqueueRequest::new("xenios.echo"))
@@ -599,7 +599,6 @@ async fn jobs_http_enqueue_and_get_with_422_on_bad_input() {
 #[tokio::test]
 async fn jobs_http_delete_revokes_and_terminate_stops_a_running_handler() {
     let app = TestApp::spawn().await;
-    app.backend.migrate().await.unwrap();
     let started = Arc::new(tokio::sync::Notify::new());
     let dropped = Arc::new(AtomicBool::new(false));
     struct SetOnDrop(Arc<AtomicBool>);
@@ -888,45 +887,31 @@ async fn jobs_cli_enqueue_waits_for_the_result_and_job_prints_it() {
             let _ = rx.await;
         }),
     );
-    let cli = xenios_tests::jobs_support::cli_bin();
-    let run = move |args: Vec<String>| {
-        let mut cmd = std::process::Command::new(&cli);
-        cmd.args(args).envs(&vars).current_dir(std::env::temp_dir());
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
-    };
-    let out = run([
-        "enqueue",
-        "xenios.echo",
-        "--args",
-        "[1, \"a\"]",
-        "--wait",
-        "--timeout",
-        "20",
-    ]
-    .map(String::from)
-    .to_vec())
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, out, err) = run_cli(
+        &vars,
+        &[
+            "enqueue",
+            "xenios.echo",
+            "--args",
+            "[1, \"a\"]",
+            "--wait",
+            "--timeout",
+            "20",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let printed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(printed["state"], "SUCCESS");
     assert_eq!(printed["result"], json!([1, "a"]));
     let id = printed["task_id"].as_str().unwrap().to_owned();
-    let out = run(vec!["job".into(), id.clone()]).await.unwrap();
-    assert!(out.status.success());
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, out, err) = run_cli(&vars, &["job", &id]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let printed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(printed["task_id"], id.as_str());
     // Bad JSON is refused with exit code 2, nothing enqueued.
-    let out = run(["enqueue", "xenios.echo", "--args", "{oops"]
-        .map(String::from)
-        .to_vec())
-    .await
-    .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let (code, _, _) = run_cli(&vars, &["enqueue", "xenios.echo", "--args", "{oops"]).await;
+    assert_eq!(code, Some(2));
     tx.send(()).unwrap();
     worker.await.unwrap().unwrap();
 }

@@ -11,117 +11,32 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use xenios_tests::process::CommandExt as _;
 
 use futures::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use poem::web::{Data, Json};
-use poem::{Body, EndpointExt, Response, handler};
+use poem::EndpointExt;
 use serde_json::{Value, json};
-use xenios_tests::{API_KEY, FakeUpstream, RedisProcess, TestApp, TestDb, TestRedis, wait_for};
+use xenios_tests::FakeUpstream;
+use xenios_tests::fake_openrouter::{FakeOpenRouter, Replies, SECRET_MARK};
+use xenios_tests::process::ServerProcess;
+use xenios_tests::{API_KEY, RedisProcess, TestApp, TestDb, TestRedis, wait_for};
 
 const JWT_SECRET: &str = "abuse-llm-jwt-secret-0123456789abcdef";
-/// Text a provider might put in an error body: never for a client's eyes.
-const SECRET_TEXT: &str = "Insufficient credits: balance $0.12 on key sk-or-v1-LEAKME-0000";
-const SECRET_MARK: &str = "LEAKME";
-
-/// What the fake OpenRouter saw: (model, max_tokens) of each request.
-#[derive(Default)]
-struct Seen(Mutex<Vec<(String, Option<u64>)>>);
-
-impl Seen {
-    fn models(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(m, _)| m.clone())
-            .collect()
-    }
-    fn last_max_tokens(&self) -> Option<u64> {
-        self.0.lock().unwrap().last().and_then(|(_, t)| *t)
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-}
-
-fn data(v: Value) -> String {
-    format!("data: {v}\n\n")
-}
-
-#[handler]
-async fn openrouter(body: Json<Value>, seen: Data<&Arc<Seen>>) -> Response {
-    let model = body["model"].as_str().unwrap_or("").to_owned();
-    seen.0
-        .0
-        .lock()
-        .unwrap()
-        .push((model.clone(), body["max_tokens"].as_u64()));
-    let usage = json!({"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10});
-    if model.contains("secret-402") {
-        return Response::builder()
-            .status(poem::http::StatusCode::PAYMENT_REQUIRED)
-            .content_type("application/json")
-            .body(json!({"error": {"code": 402, "message": SECRET_TEXT}}).to_string());
-    }
-    if !body["stream"].as_bool().unwrap_or(false) {
-        return Response::builder().content_type("application/json").body(
-            json!({
-                "id": "gen-1", "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-                "usage": usage,
-            })
-            .to_string(),
-        );
-    }
-    let delta = |c: &str| {
-        data(
-            json!({"id": "gen-1", "model": model, "choices": [{"index": 0, "delta": {"content": c}, "finish_reason": null}]}),
-        )
-    };
-    let mut chunks = vec![delta("o"), delta("k")];
-    if model.contains("secret-mid") {
-        chunks.push(data(json!({"id": "gen-1", "error": {"code": "server_error", "message": SECRET_TEXT}, "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]})));
-    } else {
-        chunks.push(data(
-            json!({"id": "gen-1", "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
-        ));
-        chunks.push(data(
-            json!({"id": "gen-1", "model": model, "choices": [], "usage": usage}),
-        ));
-        chunks.push("data: [DONE]\n\n".to_owned());
-    }
-    let stream = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
-    Response::builder()
-        .content_type("text/event-stream")
-        .body(Body::from_bytes_stream(stream))
-}
-
 struct Setup {
     app: TestApp,
-    seen: Arc<Seen>,
-    _upstream: FakeUpstream,
+    /// The fake OpenRouter: every request it was sent.
+    seen: FakeOpenRouter,
 }
 
 /// The server with the fake OpenRouter, HS256 user tokens and `extra` variables.
 async fn setup(extra: &[(&str, &str)]) -> Setup {
-    let seen = Arc::new(Seen::default());
-    let upstream = FakeUpstream::start(
-        poem::Route::new()
-            .at("/api/v1/chat/completions", poem::post(openrouter))
-            .data(seen.clone()),
-    )
-    .await;
+    let seen = FakeOpenRouter::start(Replies::ok()).await;
     let mut vars: Vec<(String, String)> = vec![
         ("OPENROUTER_API_KEY".into(), "sk-or-test-key".into()),
-        (
-            "OPENROUTER_BASE_URL".into(),
-            format!("{}/api/v1", upstream.base),
-        ),
+        ("OPENROUTER_BASE_URL".into(), seen.base_url()),
         ("LLM_MAX_RETRIES".into(), "0".into()),
         ("SUPABASE_JWT_SECRET".into(), JWT_SECRET.into()),
     ];
@@ -131,12 +46,7 @@ async fn setup(extra: &[(&str, &str)]) -> Setup {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
     let app = TestApp::spawn_with(move |v| v.extend(vars)).await;
-    app.backend.migrate().await.unwrap();
-    Setup {
-        app,
-        seen,
-        _upstream: upstream,
-    }
+    Setup { app, seen }
 }
 
 fn now() -> u64 {
@@ -376,7 +286,7 @@ async fn max_tokens_lowers_a_route_but_never_raises_it() {
         }
         let r = post(&s.app, "/api/v1/llm/complete", None, body).await;
         assert_eq!(r.status(), 200);
-        assert_eq!(s.seen.last_max_tokens(), Some(expected));
+        assert_eq!(s.seen.last().and_then(|r| r.max_tokens()), Some(expected));
     }
 }
 
@@ -488,51 +398,6 @@ async fn a_user_past_the_daily_budget_gets_429_until_utc_midnight() {
 }
 
 // ---- Item 6: rate limits shared by replicas ----------------------------------------------
-
-/// A real `xenios-server` process, killed when dropped.
-struct ServerProcess {
-    child: Child,
-    addr: String,
-}
-
-impl ServerProcess {
-    fn start(vars: &HashMap<String, String>) -> Self {
-        let mut child = Command::new(xenios_tests::jobs_support::server_bin())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(vars)
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the log to the end, so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "listening"
-                    && let Some(t) = tx.take()
-                {
-                    let _ = t.send(v["addr"].as_str().unwrap_or_default().to_owned());
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server did not log `listening`");
-        Self { child, addr }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn two_server_processes_on_one_redis_enforce_one_limit() {
@@ -789,8 +654,7 @@ fn a_wildcard_origin_is_a_startup_error_in_staging_and_production() {
             .env("XENIOS_BACKEND_API_KEY", API_KEY)
             .env("SUPABASE_URL", "https://abc.supabase.co")
             .env("OPENROUTER_API_KEY", "sk-or-x")
-            .output()
-            .unwrap();
+            .output_within_deadline();
         assert_eq!(out.status.code(), Some(2), "{env}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(

@@ -141,6 +141,11 @@ impl Jwks {
         self.keys.lock().unwrap().push(key.jwk.clone());
     }
 
+    /// Stops publishing the key `kid` (Supabase revoking a signing key).
+    fn retire(&self, kid: &str) {
+        self.keys.lock().unwrap().retain(|k| k["kid"] != kid);
+    }
+
     fn issuer(&self) -> String {
         format!("{}/auth/v1", self.up.base)
     }
@@ -521,6 +526,52 @@ async fn a_rotated_key_is_accepted_without_restart_and_refetches_are_rate_limite
         extra <= allowed,
         "{extra} fetches for 30 unknown kids, at most {allowed}"
     );
+}
+
+#[tokio::test]
+async fn a_key_removed_from_the_jwks_is_refused_once_the_key_set_is_refetched() {
+    let kept = ec_key("kept");
+    let revoked = ec_key("revoked");
+    let jwks = Jwks::start(&[&kept, &revoked]).await;
+    // The key set is trusted for 1 s; refetches at most every 200 ms.
+    let app = app(
+        &jwks,
+        &[
+            ("SUPABASE_JWKS_CACHE_TTL_SECS", "1"),
+            ("SUPABASE_JWKS_MIN_REFRESH_MS", "200"),
+        ],
+    )
+    .await;
+    let iss = jwks.issuer();
+    let by_revoked = sign(&revoked, &claims(&iss, "u-revoked"));
+    let by_kept = sign(&kept, &claims(&iss, "u-kept"));
+    assert_eq!(me(&app, Some(&by_revoked)).await.0, 200);
+    assert_eq!(me(&app, Some(&by_kept)).await.0, 200);
+    let fetched = jwks.fetches();
+
+    // Supabase revokes the key: once the cached set expires and is fetched again, a token
+    // it signed (still unexpired, signature still valid) is refused.
+    jwks.retire("revoked");
+    let (status, body) = wait_for(
+        "the revoked key's token to be refused",
+        Duration::from_secs(15),
+        || async {
+            let (status, body, _) = me(&app, Some(&by_revoked)).await;
+            (status != 200).then_some((status, body))
+        },
+    )
+    .await;
+    assert_invalid_token("a token signed by a removed key", status, &body);
+    assert!(
+        jwks.fetches() > fetched,
+        "refused without refetching the key set"
+    );
+    // For good, not once: later calls are refused too, and the other key still works.
+    for _ in 0..3 {
+        let (status, body, _) = me(&app, Some(&by_revoked)).await;
+        assert_invalid_token("a token signed by a removed key, again", status, &body);
+    }
+    assert_eq!(me(&app, Some(&by_kept)).await.0, 200);
 }
 
 #[tokio::test]

@@ -7,8 +7,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use xenios_tests::process::CommandExt as _;
 
-use xenios_tests::fake_openrouter::CannedOpenRouter;
+use xenios_tests::fake_openrouter::FakeOpenRouter;
 use xenios_tests::{TestDb, TestRedis, test_vars};
 
 const SECRET: &str = "example-test-jwt-secret-0123456789abcdef";
@@ -39,7 +40,7 @@ fn example_bin() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_embedding_example_completes_streams_runs_a_job_verifies_a_token_and_shuts_down() {
-    let upstream = CannedOpenRouter::start().await;
+    let upstream = FakeOpenRouter::canned().await;
     let db = TestDb::new().await;
     let redis = TestRedis::new().await;
     let mut vars = test_vars(&db, &redis.url);
@@ -56,8 +57,7 @@ async fn the_embedding_example_completes_streams_runs_a_job_verifies_a_token_and
             .envs(&vars)
             // No `.env` from the repository: only the variables above.
             .current_dir(std::env::temp_dir())
-            .output()
-            .unwrap()
+            .output_within_deadline()
     })
     .await
     .unwrap();

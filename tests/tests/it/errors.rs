@@ -1,0 +1,128 @@
+//! The server's one error mapping, over HTTP from the real `xenios-server` process: a
+//! refused caller is 403, a dependency that is down is 503 (and the same request succeeds
+//! once it is back), each as `{"error": {"code", "message", "correlation_id"}}` whose
+//! correlation ID is the request's. (The 500 of a route mounted without its authentication
+//! layer has no trigger a client can reach in the shipped server; `abuse_llm` mounts the
+//! routes bare to check it.)
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use xenios_tests::fake_openrouter::{FakeOpenRouter, Replies};
+use xenios_tests::process::ServerProcess;
+use xenios_tests::{API_KEY, RedisProcess, TestDb, test_vars, wait_for};
+
+const JWT_SECRET: &str = "errors-jwt-secret-0123456789abcdefghij";
+
+fn user_token() -> String {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({
+        "iss": "https://errors.supabase.test/auth/v1", "aud": "authenticated",
+        "sub": uuid::Uuid::new_v4().to_string(), "exp": now + 3600, "iat": now,
+        "role": "authenticated", "is_anonymous": false,
+    });
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Sends `req` with a correlation ID and checks the error: status, code, and the body's
+/// shape with that correlation ID in body and header. Returns the error object.
+async fn expect_error(req: reqwest::RequestBuilder, status: u16, code: &str) -> Value {
+    let rid = format!("req-errors-{}", uuid::Uuid::new_v4().simple());
+    let resp = req.header("x-request-id", &rid).send().await.unwrap();
+    let got = resp.status().as_u16();
+    let header = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(got, status, "{body}");
+    let e = &body["error"];
+    assert_eq!(e["code"], code, "{body}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(e["correlation_id"], rid.as_str(), "{body}");
+    assert_eq!(header.as_deref(), Some(rid.as_str()));
+    assert_eq!(body.as_object().unwrap().len(), 1, "only `error`: {body}");
+    e.clone()
+}
+
+#[tokio::test]
+async fn the_real_server_maps_refusals_to_403_and_a_dependency_down_to_503() {
+    let db = TestDb::new().await;
+    let mut redis = RedisProcess::start().await;
+    let upstream = FakeOpenRouter::start(Replies::ok()).await;
+    let mut vars = test_vars(&db, &redis.url());
+    vars.insert("SUPABASE_JWT_SECRET".into(), JWT_SECRET.into());
+    vars.insert("OPENROUTER_API_KEY".into(), "sk-or-test-key".into());
+    vars.insert("OPENROUTER_BASE_URL".into(), upstream.base_url());
+    let server = ServerProcess::start(&vars);
+    let client = reqwest::Client::new();
+    let token = user_token();
+
+    // 403: a user may not choose models, on either LLM route.
+    let ask = json!({"task": "chat", "models": ["openai/o1-pro"],
+        "messages": [{"role": "user", "content": "hi"}]});
+    for path in ["/api/v1/llm/complete", "/api/v1/llm/stream"] {
+        let req = client
+            .post(server.url(path))
+            .header("x-api-key", API_KEY)
+            .bearer_auth(&token)
+            .json(&ask);
+        expect_error(req, 403, "model_choice_forbidden").await;
+    }
+    let openai = json!({"model": "openai/o1-pro", "messages": [{"role": "user", "content": "hi"}]});
+    let req = client
+        .post(server.url("/v1/chat/completions"))
+        .header("x-api-key", API_KEY)
+        .bearer_auth(&token)
+        .json(&openai);
+    expect_error(req, 403, "model_choice_forbidden").await;
+    assert!(upstream.is_empty(), "a refused call reached the upstream");
+
+    // 503: Redis (the broker) is down; enqueue and result reads say so, and may be retried.
+    let enqueue = || {
+        client
+            .post(server.url("/api/v1/jobs"))
+            .header("x-api-key", API_KEY)
+            .json(&json!({"task": "xenios.echo", "args": [1]}))
+    };
+    let accepted = enqueue().send().await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    let id = accepted.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    redis.stop();
+    expect_error(enqueue(), 503, "queue_unavailable").await;
+    let get = client
+        .get(server.url(&format!("/api/v1/jobs/{id}")))
+        .header("x-api-key", API_KEY);
+    expect_error(get, 503, "queue_unavailable").await;
+    let ready = client
+        .get(server.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
+    // Redis back: the same requests succeed, without a restart.
+    redis.restart().await;
+    wait_for(
+        "enqueue to succeed again",
+        Duration::from_secs(30),
+        || async {
+            let r = enqueue().send().await.ok()?;
+            (r.status() == 202).then_some(())
+        },
+    )
+    .await;
+}
