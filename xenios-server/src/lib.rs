@@ -68,11 +68,24 @@ pub fn openapi(backend: &AiBackend) -> OpenApiService<Apis, ()> {
     .description("AI-heavy work for the Xenios coaching platform: LLM routing, jobs, auth.")
 }
 
+/// The OpenAPI document served at `/openapi.json` (and committed as `openapi.json`).
+pub fn document(backend: &AiBackend) -> String {
+    api::document::finish(&openapi(backend).spec())
+}
+
 /// The whole HTTP application, with middleware, for a backend.
 pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
     let api = openapi(backend);
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
+    let raw = api.spec();
+    let document = api::document::finish(&raw);
+    // Swagger UI embeds the document it shows: the finished one, in place of poem's.
+    let docs_html = api.swagger_ui_html().replacen(&raw, &document, 1);
+    let spec = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json")
+            .body(document.clone())
+    });
+    let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs_html.clone()));
     let cors = cors(backend.config());
     // No configured origin: no CORS layer at all, so no `Access-Control-Allow-Origin` is ever
     // sent (poem's Cors with an empty list would reflect any origin).

@@ -1,5 +1,6 @@
 //! HTTP routes. Each maps onto one [`xenios_core::AiBackend`] call.
 
+pub mod document;
 pub mod health;
 pub mod jobs;
 pub mod llm;
