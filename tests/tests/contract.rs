@@ -38,7 +38,8 @@ fn user_token() -> String {
         .unwrap()
         .as_secs();
     let claims = json!({
-        "aud": "authenticated", "sub": uuid::Uuid::new_v4().to_string(),
+        "iss": "https://contract.supabase.test/auth/v1", "aud": "authenticated",
+        "sub": uuid::Uuid::new_v4().to_string(),
         "exp": now + 3600, "iat": now, "email": "coach@example.com",
         "role": "authenticated", "is_anonymous": false,
     });
@@ -120,7 +121,10 @@ async fn undeclared_methods_are_405_in_the_error_shape() {
             .unwrap();
         assert_eq!(r.status(), 405, "{method} {path}");
         let body: Value = r.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "method_not_allowed", "{method} {path}");
+        assert_eq!(
+            body["error"]["code"], "method_not_allowed",
+            "{method} {path}"
+        );
         assert!(body["error"]["correlation_id"].is_string());
     }
 }
@@ -131,11 +135,20 @@ async fn schemathesis_finds_nothing() {
     let mut cmd = Command::new(python());
     cmd.args(["-m", "schemathesis.cli", "run"])
         .arg(app.url("/openapi.json"))
-        .args(["--checks", "all", "--mode", "all"])
+        // Every check but one: `DELETE /api/v1/jobs/{id}` is Celery's revoke, not a deletion;
+        // the job stays readable (PENDING, then REVOKED), so a read after it is the contract
+        // and not a use after free.
+        .args(["--checks", "all", "--exclude-checks", "use_after_free"])
+        .args(["--mode", "all"])
+        // Only the API key (the service): a generated bearer token is refused before the
+        // route runs, which would leave the routes themselves untested.
+        .args(["--generation-with-security-parameters", "false"])
+        .args(["--generation-database", "none"])
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
-        .args(["--max-examples", "25", "--seed", "1", "--workers", "2"])
+        .args(["--max-examples", "25", "--seed", "1", "--workers", "1"])
         .args(["--header", &format!("X-API-Key: {API_KEY}")])
         .args(["--no-color"])
+        .current_dir(std::env::temp_dir())
         .stdin(Stdio::null());
     // The server runs on this test's runtime: wait for the child off it.
     let out = tokio::task::spawn_blocking(move || cmd.output())
@@ -176,4 +189,52 @@ async fn typescript_client_tests_pass_against_the_server() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn every_error_code_is_in_the_documented_enum() {
+    use std::time::Duration;
+    use xenios_core::Error;
+    use xenios_core::auth::AuthError;
+    use xenios_server::error::ErrorCode;
+    let errors = [
+        Error::Validation("x".into()),
+        Error::NotFound("x".into()),
+        Error::UnknownTask("x".into()),
+        Error::RateLimited {
+            retry_after: Duration::from_secs(1),
+        },
+        Error::Unavailable {
+            component: "redis",
+            message: "x".into(),
+        },
+        Error::Unavailable {
+            component: "postgres",
+            message: "x".into(),
+        },
+        Error::Internal("x".into()),
+        Error::BudgetExceeded {
+            limit: 1,
+            retry_after: Duration::from_secs(1),
+        },
+        Error::Auth(AuthError::MissingApiKey),
+        Error::Auth(AuthError::InvalidApiKey),
+        Error::Auth(AuthError::MissingToken),
+        Error::Auth(AuthError::InvalidToken { detail: "x".into() }),
+        Error::Auth(AuthError::Forbidden("x".into())),
+    ];
+    let mut codes: Vec<&str> = errors.iter().map(Error::code).collect();
+    // Codes whose errors need a live engine to build (LLM failures, policy refusals, config).
+    codes.extend([
+        "upstream_refused",
+        "upstream_timeout",
+        "all_models_failed",
+        "model_choice_forbidden",
+        "model_not_allowed",
+        "config_error",
+    ]);
+    for code in codes {
+        let parsed = ErrorCode::parse(code).unwrap_or_else(|| panic!("{code} is not documented"));
+        assert_eq!(parsed.name(), code);
+    }
 }

@@ -278,17 +278,25 @@ impl<S: Send> IntoResponse for Errors<S> {
 fn status_description(status: u16) -> &'static str {
     match status {
         400 => "A query parameter is malformed (`bad_request`).",
-        401 => "`X-API-Key` missing or wrong, or the bearer token invalid (`missing_api_key`, \
-                `invalid_api_key`, `missing_token`, `invalid_token`).",
-        403 => "Authenticated but not allowed (`forbidden`, `model_choice_forbidden`, \
-                `model_not_allowed`).",
+        401 => {
+            "`X-API-Key` missing or wrong, or the bearer token invalid (`missing_api_key`, \
+                `invalid_api_key`, `missing_token`, `invalid_token`)."
+        }
+        403 => {
+            "Authenticated but not allowed (`forbidden`, `model_choice_forbidden`, \
+                `model_not_allowed`)."
+        }
         404 => "No such job for this caller (`not_found`).",
         413 => "The body is larger than `MAX_BODY_BYTES` (`payload_too_large`).",
         415 => "The body is not `application/json` (`unsupported_media_type`).",
-        422 => "The request is invalid; the message names the field (`validation_error`, \
-                `unknown_task`).",
-        429 => "Rate limit or daily token budget exceeded; retry after `Retry-After` seconds \
-                (`rate_limited`, `budget_exceeded`).",
+        422 => {
+            "The request is invalid; the message names the field (`validation_error`, \
+                `unknown_task`)."
+        }
+        429 => {
+            "Rate limit or daily token budget exceeded; retry after `Retry-After` seconds \
+                (`rate_limited`, `budget_exceeded`)."
+        }
         502 => "Every model of the route failed (`all_models_failed`, `upstream_refused`).",
         503 => "Postgres or Redis is unreachable (`service_unavailable`, `queue_unavailable`).",
         504 => "Every model of the route timed out (`upstream_timeout`).",

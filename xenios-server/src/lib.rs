@@ -70,16 +70,17 @@ pub fn openapi(backend: &AiBackend) -> OpenApiService<Apis, ()> {
 
 /// The OpenAPI document served at `/openapi.json` (and committed as `openapi.json`).
 pub fn document(backend: &AiBackend) -> String {
-    api::document::finish(&openapi(backend).spec())
+    api::document::finish(&openapi(backend).spec(), &api::document::Facts::of(backend))
 }
 
 /// The whole HTTP application, with middleware, for a backend.
 pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
     let api = openapi(backend);
     let raw = api.spec();
-    let document = api::document::finish(&raw);
+    let document = api::document::finish(&raw, &api::document::Facts::of(backend));
     // Swagger UI embeds the document it shows: the finished one, in place of poem's.
     let docs_html = api.swagger_ui_html().replacen(&raw, &document, 1);
+    let allowed = middleware::allowed_methods(&document);
     let spec = poem::endpoint::make_sync(move |_| {
         poem::Response::builder()
             .content_type("application/json")
@@ -102,6 +103,7 @@ pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
         .around(move |ep, req| middleware::authenticate(auth_backend.clone(), ep, req))
         .around(move |ep, req| middleware::body_limit(max_body, ep, req))
         .around(middleware::error_bodies)
+        .around(move |ep, req| middleware::allow_header(allowed.clone(), ep, req))
         .with_if(cross_origin, cors)
         .around(middleware::correlation)
 }

@@ -23,6 +23,14 @@ export type CompletionBody = Schemas["CompletionBody"];
 export type ChatCompletionRequest = Schemas["ChatCompletionRequest"];
 export type ChatCompletionBody = Schemas["ChatCompletionBody"];
 export type EnqueueBody = Schemas["EnqueueBody"];
+/**
+ * A job to enqueue. `task` is typed with the tasks of the committed document (the built-in
+ * catalog); a deployment's `JOB_EXTRA_TASKS` add more, so any task name is accepted too.
+ * `queue` is left out: the catalog decides it, and a request naming one is refused.
+ */
+export type JobRequest = Omit<EnqueueBody, "task" | "queue"> & {
+  task: EnqueueBody["task"] | (string & {});
+};
 export type EnqueuedBody = Schemas["EnqueuedBody"];
 export type JobBody = Schemas["JobBody"];
 export type RevokedBody = Schemas["RevokedBody"];
@@ -149,7 +157,7 @@ export interface XeniosClient {
    */
   stream(request: LlmRequest, init?: { signal?: AbortSignal }): AsyncGenerator<StreamEvent>;
   chatCompletions(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletionBody>;
-  enqueue(job: EnqueueBody): Promise<EnqueuedBody>;
+  enqueue(job: JobRequest): Promise<EnqueuedBody>;
   job(id: string): Promise<JobBody>;
   revoke(id: string, options?: { terminate?: boolean }): Promise<RevokedBody>;
 }
@@ -190,11 +198,16 @@ export function createXeniosClient(options: XeniosOptions): XeniosClient {
         yield JSON.parse(json) as StreamEvent;
       }
     },
-    chatCompletions: (body) =>
-      unwrap(raw.POST("/v1/chat/completions", { body: { ...body, stream: false } })) as Promise<
-        ChatCompletionBody
-      >,
-    enqueue: (body) => unwrap(raw.POST("/api/v1/jobs", { body })),
+    async chatCompletions(body) {
+      // The 200 has two media types (JSON, and SSE chunks when `stream` is true);
+      // openapi-fetch types the union, and `stream: false` selects the JSON one.
+      const data: unknown = await unwrap(
+        raw.POST("/v1/chat/completions", { body: { ...body, stream: false } }),
+      );
+      return data as ChatCompletionBody;
+    },
+    enqueue: (job) =>
+      unwrap(raw.POST("/api/v1/jobs", { body: job as Omit<EnqueueBody, "queue"> })),
     job: (id) => unwrap(raw.GET("/api/v1/jobs/{id}", { params: { path: { id } } })),
     revoke: (id, opts) =>
       unwrap(

@@ -16,6 +16,7 @@ use xenios_core::jobs::{EnqueueRequest, JobResult, TaskState};
 
 use super::ApiTags;
 use super::security::Caller;
+use super::text::Text;
 use crate::error::{ApiError, EnqueueErrors, Errors, JobErrors, RevokeErrors};
 
 /// Job routes.
@@ -31,14 +32,14 @@ pub struct JobsApi {
 pub struct EnqueueBody {
     /// Task name, e.g. `xenios.echo`: a task of the catalog this caller may enqueue (built-in
     /// tasks and `JOB_EXTRA_TASKS`), else 422 `unknown_task`.
-    pub task: String,
+    pub task: Text,
     /// Positional arguments (a JSON array).
     pub args: Option<Value>,
     /// Keyword arguments (a JSON object).
     pub kwargs: Option<Value>,
     /// Not accepted: each task's queue is set by the catalog, and a request naming one is
     /// refused (422).
-    pub queue: Option<String>,
+    pub queue: Option<Text>,
     /// Seconds to wait before the job may run.
     pub countdown: Option<f64>,
     /// Priority 0-9; 0 is served first.
@@ -167,7 +168,7 @@ fn validation_err<S>(msg: impl Into<String>) -> Errors<S> {
 impl Example for EnqueueBody {
     fn example() -> Self {
         EnqueueBody {
-            task: "xenios.echo".to_owned(),
+            task: "xenios.echo".into(),
             args: Some(json!([1, "a"])),
             kwargs: Some(json!({})),
             queue: None,
@@ -228,7 +229,7 @@ impl JobsApi {
     ) -> Result<EnqueueResponse, Errors<EnqueueErrors>> {
         let ctx = caller.context();
         let body = body.0;
-        let mut job = EnqueueRequest::new(body.task.clone());
+        let mut job = EnqueueRequest::new(body.task.0);
         match body.args {
             None | Some(Value::Null) => {}
             Some(Value::Array(a)) => job.args = a,
@@ -245,11 +246,9 @@ impl JobsApi {
             }
             job.countdown = Some(Duration::from_secs_f64(c));
         }
-        job.queue = body.queue;
+        job.queue = body.queue.map(|q| q.0);
         job.priority = body.priority;
-        let message = self
-            .backend
-            .caller_job_message(ctx, job)?;
+        let message = self.backend.caller_job_message(ctx, job)?;
         self.backend
             .publish_messages(std::slice::from_ref(&message))
             .await?;

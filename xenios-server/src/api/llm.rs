@@ -10,6 +10,7 @@ use xenios_core::llm::{CompletionRequest, Message, Role, StreamEvent, Task, Usag
 
 use super::ApiTags;
 use super::security::Caller;
+use super::text::Text;
 use crate::error::{Errors, KeyOnlyErrors, LlmErrors};
 
 /// LLM routes.
@@ -75,7 +76,7 @@ pub struct ChatMessage {
     /// Who wrote it.
     pub role: ChatRole,
     /// The text.
-    pub content: String,
+    pub content: Text,
 }
 
 /// An LLM call.
@@ -92,7 +93,7 @@ pub struct LlmRequest {
     pub max_tokens: Option<u32>,
     /// Service only (403 `model_choice_forbidden` for users): overrides the route's models,
     /// tried in order; at most 5, each in `LLM_ALLOWED_MODELS` (403 `model_not_allowed`).
-    pub models: Option<Vec<String>>,
+    pub models: Option<Vec<Text>>,
 }
 
 /// Token counts and cost.
@@ -242,11 +243,13 @@ impl LlmRequest {
             messages: self
                 .messages
                 .into_iter()
-                .map(|m| Message::new(m.role.into(), m.content))
+                .map(|m| Message::new(m.role.into(), m.content.0))
                 .collect(),
             temperature: self.temperature,
             max_tokens: self.max_tokens,
-            models: self.models,
+            models: self
+                .models
+                .map(|models| models.into_iter().map(|m| m.0).collect()),
         }
     }
 }
@@ -258,11 +261,11 @@ impl poem_openapi::types::Example for LlmRequest {
             messages: vec![
                 ChatMessage {
                     role: ChatRole::System,
-                    content: "You are a concise coaching assistant.".to_owned(),
+                    content: "You are a concise coaching assistant.".into(),
                 },
                 ChatMessage {
                     role: ChatRole::User,
-                    content: "Suggest one habit for better sleep.".to_owned(),
+                    content: "Suggest one habit for better sleep.".into(),
                 },
             ],
             temperature: Some(0.7),

@@ -86,10 +86,7 @@ impl MeApi {
         let correlation_id = ctx.correlation_id.to_string();
         Ok(Json(match &ctx.principal {
             Principal::User(u) => {
-                let usage = self
-                    .backend
-                    .user_token_usage(&u.user_id)
-                    .await?;
+                let usage = self.backend.user_token_usage(&u.user_id).await?;
                 MeBody {
                     principal: PrincipalKind::User,
                     user_id: Some(u.user_id.clone()),

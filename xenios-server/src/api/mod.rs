@@ -8,6 +8,7 @@ pub mod me;
 pub mod openai;
 pub mod security;
 pub mod status;
+pub mod text;
 
 use poem_openapi::Tags;
 

@@ -14,6 +14,7 @@ use xenios_core::llm::{CompletionRequest, Message, Role, StreamEvent, Task};
 
 use super::ApiTags;
 use super::security::Caller;
+use super::text::Text;
 use crate::error::{ApiError, Errors, LlmErrors};
 
 /// OpenAI-compatible routes.
@@ -61,7 +62,7 @@ pub struct OpenAiMessage {
 #[oai(example)]
 pub struct ChatCompletionRequest {
     /// A task name (`chat`, `session_summary`...) or, for the service only, a model id.
-    pub model: String,
+    pub model: Text,
     /// The conversation.
     pub messages: Vec<OpenAiMessage>,
     /// Stream the answer as server-sent chunks.
@@ -77,10 +78,12 @@ pub struct ChatCompletionRequest {
 impl Example for ChatCompletionRequest {
     fn example() -> Self {
         ChatCompletionRequest {
-            model: "chat".to_owned(),
+            model: "chat".into(),
             messages: vec![OpenAiMessage {
                 role: OpenAiRole::User,
-                content: Some(Value::String("Suggest one habit for better sleep.".to_owned())),
+                content: Some(Value::String(
+                    "Suggest one habit for better sleep.".to_owned(),
+                )),
             }],
             stream: Some(false),
             temperature: Some(0.7),
@@ -210,9 +213,9 @@ fn to_core(body: ChatCompletionRequest) -> Result<(CompletionRequest, bool), Api
         .enumerate()
         .map(|(i, m)| Ok(Message::new(m.role.into(), text_of(m.content, i)?)))
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let (task, models) = match body.model.parse::<Task>() {
+    let (task, models) = match body.model.0.parse::<Task>() {
         Ok(task) => (task, None),
-        Err(_) => (Task::Chat, Some(vec![body.model])),
+        Err(_) => (Task::Chat, Some(vec![body.model.0])),
     };
     Ok((
         CompletionRequest {
