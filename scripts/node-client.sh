@@ -15,7 +15,7 @@ stamp="$dir/.lock.sha256"
 want=$(cat "$pkg/package.json" "$pkg/package-lock.json" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -d "$dir/node_modules" ]; then
   cp "$pkg/package.json" "$pkg/package-lock.json" "$dir/"
-  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >&2
+  (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) >&2
   echo "$want" >"$stamp"
 fi
 ln -sfn "../../$dir/node_modules" "$pkg/node_modules"
