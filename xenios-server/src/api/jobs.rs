@@ -227,7 +227,7 @@ impl JobsApi {
         caller: Caller,
         body: Json<EnqueueBody>,
     ) -> Result<EnqueueResponse, Errors<EnqueueErrors>> {
-        let ctx = caller.context();
+        let ctx = caller.context()?;
         let body = body.0;
         let mut job = EnqueueRequest::new(body.task.0);
         match body.args {
@@ -271,7 +271,7 @@ impl JobsApi {
     ) -> Result<Json<JobBody>, Errors<JobErrors>> {
         Ok(Json(
             self.backend
-                .job_result_for(caller.context(), &id.0)
+                .job_result_for(caller.context()?, &id.0)
                 .await?
                 .into(),
         ))
@@ -289,7 +289,7 @@ impl JobsApi {
     ) -> Result<RevokeResponse, Errors<RevokeErrors>> {
         let terminate = terminate.0.unwrap_or(false);
         self.backend
-            .revoke_for(caller.context(), &id.0, terminate)
+            .revoke_for(caller.context()?, &id.0, terminate)
             .await?;
         Ok(RevokeResponse::Accepted(Json(RevokedBody {
             id: id.0,

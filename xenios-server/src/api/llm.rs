@@ -330,7 +330,7 @@ impl LlmApi {
     ) -> Result<Json<CompletionBody>, Errors<LlmErrors>> {
         let c = self
             .backend
-            .complete(caller.context(), body.0.into_core())
+            .complete(caller.context()?, body.0.into_core())
             .await?;
         Ok(Json(CompletionBody {
             content: c.content,
@@ -348,7 +348,8 @@ impl LlmApi {
     /// errors and a latency histogram (seconds); audit rows; the shared rate limiter (Redis
     /// up, leases, fallback checks); uses of the previous API key.
     #[oai(path = "/metrics", method = "get")]
-    async fn metrics(&self, _caller: Caller) -> Result<PlainText<String>, Errors<KeyOnlyErrors>> {
+    async fn metrics(&self, caller: Caller) -> Result<PlainText<String>, Errors<KeyOnlyErrors>> {
+        caller.context()?;
         let mut text = prometheus_text(&self.backend.llm().metrics(), &self.backend.audit_stats());
         security_metrics(&mut text, &self.backend);
         Ok(PlainText(text))
@@ -366,7 +367,7 @@ impl LlmApi {
     ) -> Result<EventStream<EventBodies>, Errors<LlmErrors>> {
         let stream = self
             .backend
-            .stream(caller.context(), body.0.into_core())
+            .stream(caller.context()?, body.0.into_core())
             .await?;
         let events = stream.map(StreamEventBody::from).boxed();
         Ok(EventStream::new(events)

@@ -82,7 +82,7 @@ impl MeApi {
     /// for API-key-only calls.
     #[oai(path = "/me", method = "get")]
     async fn me(&self, caller: Caller) -> Result<Json<MeBody>, Errors<MeErrors>> {
-        let ctx = caller.context();
+        let ctx = caller.context()?;
         let correlation_id = ctx.correlation_id.to_string();
         Ok(Json(match &ctx.principal {
             Principal::User(u) => {

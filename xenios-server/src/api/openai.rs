@@ -246,7 +246,7 @@ impl OpenAiApi {
         caller: Caller,
         body: Json<ChatCompletionRequest>,
     ) -> Result<ChatCompletionResponse, Errors<LlmErrors>> {
-        let ctx = caller.context();
+        let ctx = caller.context()?;
         let (core, stream) = to_core(body.0)?;
         let id = format!("chatcmpl-{}", ctx.correlation_id);
         let created = now_secs();

@@ -62,7 +62,8 @@ pub struct StatusBody {
 impl StatusApi {
     /// Service name, version, git commit, environment, uptime and component status.
     #[oai(path = "/status", method = "get")]
-    async fn status(&self, _caller: Caller) -> Result<Json<StatusBody>, Errors<ReadErrors>> {
+    async fn status(&self, caller: Caller) -> Result<Json<StatusBody>, Errors<ReadErrors>> {
+        caller.context()?;
         let s = self.backend.status().await;
         Ok(Json(StatusBody {
             service: s.service.to_owned(),
