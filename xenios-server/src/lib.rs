@@ -8,6 +8,8 @@
 //! - [`middleware`]: correlation IDs, access log, body size limit, authentication (API key
 //!   and Supabase bearer token) and rate limits.
 //! - [`api::security`]: how handlers get the authenticated caller ([`api::security::Caller`]).
+//! - [`api::document`]: what the served document adds to poem-openapi's (core's limits,
+//!   security, event streams); committed as `openapi.json`, checked by `tests/tests/contract.rs`.
 //! - [`error`]: the one place that turns errors into `{"error": {...}}` responses.
 //!
 //! [`serve`] is what `main` calls; [`run`] takes a bound listener so tests can use port 0.

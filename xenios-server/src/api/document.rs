@@ -13,6 +13,10 @@
 //!   each LLM route's `max_tokens`. The committed `openapi.json` is the document of the
 //!   default development configuration.
 //! - At least one message must have text (core refuses a conversation of blank messages).
+//! - Optional request fields are nullable (poem-openapi reads `null` as absent); response
+//!   fields that can be absent are left out, never `null`.
+//! - Event streams: one `{event, data}` per server-sent event, `data` the JSON of the item;
+//!   `/v1/chat/completions` answers JSON as well.
 
 use serde_json::{Value, json};
 use xenios_core::jobs::{MAX_DELAY, MAX_TASK_NAME_LEN};
