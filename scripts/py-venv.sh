@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) the Python venv with the pinned real peers of the interop tests
-# (Celery, Flower, the OpenAI SDK) under target/py-venv, and prints its python's path.
+# (Celery, Flower, the OpenAI SDK) and schemathesis (the contract test) under
+# target/py-venv, and prints its python's path.
 # Reinstalls only when tests/python/requirements.txt changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,9 +8,13 @@ source scripts/toolchain.sh
 scripts/services.sh
 export TEST_PG_ADMIN_URL=${TEST_PG_ADMIN_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}
 export TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
-# Real Python peers (Celery, Flower, OpenAI SDK) for the interoperability tests.
+# Real Python peers (Celery, Flower, OpenAI SDK) for the interoperability tests, and
+# schemathesis for the contract test.
 XENIOS_PYTHON=$(scripts/py-venv.sh)
 export XENIOS_PYTHON
+# The TypeScript client's pinned packages (npm ci under target/ts-client); the contract test
+# (tests/tests/contract.rs) runs its node tests against a server it starts.
+scripts/node-client.sh >/dev/null
 # Build every target first, the binaries the job tests start included, with one feature set.
 # (nextest builds test harnesses only; a test that then had to build xenios-cli itself would
 # compile the workspace again, with other features, inside its own time.)

@@ -8,6 +8,8 @@
 //! - [`middleware`]: correlation IDs, access log, body size limit, authentication (API key
 //!   and Supabase bearer token) and rate limits.
 //! - [`api::security`]: how handlers get the authenticated caller ([`api::security::Caller`]).
+//! - [`api::document`]: what the served document adds to poem-openapi's (core's limits,
+//!   security, event streams); committed as `openapi.json`, checked by `tests/tests/contract.rs`.
 //! - [`error`]: the one place that turns errors into `{"error": {...}}` responses.
 //!
 //! [`serve`] is what `main` calls; [`run`] takes a bound listener so tests can use port 0.
@@ -68,11 +70,25 @@ pub fn openapi(backend: &AiBackend) -> OpenApiService<Apis, ()> {
     .description("AI-heavy work for the Xenios coaching platform: LLM routing, jobs, auth.")
 }
 
+/// The OpenAPI document served at `/openapi.json` (and committed as `openapi.json`).
+pub fn document(backend: &AiBackend) -> String {
+    api::document::finish(&openapi(backend).spec(), &api::document::Facts::of(backend))
+}
+
 /// The whole HTTP application, with middleware, for a backend.
 pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
     let api = openapi(backend);
-    let spec = api.spec_endpoint();
-    let docs = api.swagger_ui();
+    let raw = api.spec();
+    let document = api::document::finish(&raw, &api::document::Facts::of(backend));
+    // Swagger UI embeds the document it shows: the finished one, in place of poem's.
+    let docs_html = api.swagger_ui_html().replacen(&raw, &document, 1);
+    let allowed = middleware::allowed_methods(&document);
+    let spec = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json")
+            .body(document.clone())
+    });
+    let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs_html.clone()));
     let cors = cors(backend.config());
     // No configured origin: no CORS layer at all, so no `Access-Control-Allow-Origin` is ever
     // sent (poem's Cors with an empty list would reflect any origin).
@@ -89,6 +105,7 @@ pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
         .around(move |ep, req| middleware::authenticate(auth_backend.clone(), ep, req))
         .around(move |ep, req| middleware::body_limit(max_body, ep, req))
         .around(middleware::error_bodies)
+        .around(move |ep, req| middleware::allow_header(allowed.clone(), ep, req))
         .with_if(cross_origin, cors)
         .around(middleware::correlation)
 }

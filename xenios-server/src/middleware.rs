@@ -187,3 +187,56 @@ pub async fn body_limit<E: Endpoint>(
     }
     next.call(req).await.map(IntoResponse::into_response)
 }
+
+/// The methods of each path of the document, as `(template, "GET, POST")`.
+pub type AllowedMethods = std::sync::Arc<Vec<(String, String)>>;
+
+/// The methods each path of an OpenAPI document declares.
+pub fn allowed_methods(document: &str) -> AllowedMethods {
+    let doc: serde_json::Value = serde_json::from_str(document).unwrap_or_default();
+    let routes = doc["paths"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(path, item)| {
+            let methods: Vec<String> = item
+                .as_object()
+                .into_iter()
+                .flat_map(|o| o.keys())
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
+            (path.clone(), methods.join(", "))
+        })
+        .collect();
+    std::sync::Arc::new(routes)
+}
+
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut t = template.split('/');
+    let mut p = path.split('/');
+    loop {
+        match (t.next(), p.next()) {
+            (None, None) => return true,
+            (Some(ts), Some(ps)) if ts.starts_with('{') && !ps.is_empty() => {}
+            (Some(ts), Some(ps)) if ts == ps => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Adds `Allow` (RFC 9110) to 405 answers: the methods the document declares for the path.
+pub async fn allow_header<E: Endpoint>(
+    routes: AllowedMethods,
+    next: E,
+    req: Request,
+) -> poem::Result<Response> {
+    let path = req.uri().path().to_owned();
+    let mut resp = next.call(req).await?.into_response();
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some((_, allow)) = routes.iter().find(|(t, _)| template_matches(t, &path))
+        && let Ok(v) = HeaderValue::from_str(allow)
+    {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    Ok(resp)
+}

@@ -1,7 +1,8 @@
 //! `/health`, `/health/live`, `/health/ready`: open probes for load balancers and Compose.
 
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::types::Example;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use xenios_core::health::{ComponentHealth, Readiness};
 use xenios_core::{AiBackend, Environment};
 
@@ -14,23 +15,63 @@ pub struct HealthApi {
     pub backend: AiBackend,
 }
 
+/// A probe's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum ProbeStatus {
+    /// `/health`.
+    Healthy,
+    /// `/health/live`.
+    Alive,
+}
+
 /// A simple status body.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct HealthBody {
-    /// `healthy` or `alive`.
-    pub status: String,
+    /// `healthy` (`/health`) or `alive` (`/health/live`).
+    pub status: ProbeStatus,
+}
+
+impl Example for HealthBody {
+    fn example() -> Self {
+        HealthBody {
+            status: ProbeStatus::Healthy,
+        }
+    }
+}
+
+/// A dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum ComponentName {
+    /// Postgres.
+    Postgres,
+    /// Redis.
+    Redis,
+}
+
+/// A dependency's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum ComponentStatus {
+    /// It answered in time.
+    Healthy,
+    /// It failed or timed out.
+    Unhealthy,
 }
 
 /// One dependency's health.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ComponentBody {
-    /// `postgres` or `redis`.
-    pub name: String,
-    /// `healthy` or `unhealthy`.
-    pub status: String,
+    /// The dependency.
+    pub name: ComponentName,
+    /// Its state.
+    pub status: ComponentStatus,
     /// Probe round trip in milliseconds.
     pub latency_ms: u64,
-    /// The failure, when there is one: the driver's text in development, a fixed text in
+    /// The failure, absent when healthy: the driver's text in development, a fixed text in
     /// staging and production (the details are in the server log).
     pub error: Option<String>,
 }
@@ -47,19 +88,38 @@ impl ComponentBody {
             other => other,
         };
         Self {
-            name: c.name.to_owned(),
-            status: if c.healthy { "healthy" } else { "unhealthy" }.to_owned(),
+            name: if c.name == "redis" {
+                ComponentName::Redis
+            } else {
+                ComponentName::Postgres
+            },
+            status: if c.healthy {
+                ComponentStatus::Healthy
+            } else {
+                ComponentStatus::Unhealthy
+            },
             latency_ms: c.latency_ms,
             error,
         }
     }
 }
 
+/// Readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    /// Every dependency answered.
+    Ready,
+    /// At least one did not.
+    NotReady,
+}
+
 /// Readiness body.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct ReadinessBody {
-    /// `ready` or `not_ready`.
-    pub status: String,
+    /// Whether the server can serve.
+    pub status: ReadyStatus,
     /// Each dependency.
     pub components: Vec<ComponentBody>,
 }
@@ -67,12 +127,38 @@ pub struct ReadinessBody {
 impl ReadinessBody {
     fn new(r: Readiness, environment: Environment) -> Self {
         Self {
-            status: if r.ready { "ready" } else { "not_ready" }.to_owned(),
+            status: if r.ready {
+                ReadyStatus::Ready
+            } else {
+                ReadyStatus::NotReady
+            },
             components: r
                 .components
                 .into_iter()
                 .map(|c| ComponentBody::new(c, environment))
                 .collect(),
+        }
+    }
+}
+
+impl Example for ReadinessBody {
+    fn example() -> Self {
+        ReadinessBody {
+            status: ReadyStatus::Ready,
+            components: vec![
+                ComponentBody {
+                    name: ComponentName::Postgres,
+                    status: ComponentStatus::Healthy,
+                    latency_ms: 2,
+                    error: None,
+                },
+                ComponentBody {
+                    name: ComponentName::Redis,
+                    status: ComponentStatus::Healthy,
+                    latency_ms: 1,
+                    error: None,
+                },
+            ],
         }
     }
 }
@@ -94,7 +180,7 @@ impl HealthApi {
     #[oai(path = "/health", method = "get")]
     async fn health(&self) -> Json<HealthBody> {
         Json(HealthBody {
-            status: "healthy".to_owned(),
+            status: ProbeStatus::Healthy,
         })
     }
 
@@ -102,7 +188,7 @@ impl HealthApi {
     #[oai(path = "/health/live", method = "get")]
     async fn live(&self) -> Json<HealthBody> {
         Json(HealthBody {
-            status: "alive".to_owned(),
+            status: ProbeStatus::Alive,
         })
     }
 

@@ -6,17 +6,18 @@
 
 use std::time::Duration;
 
-use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi};
-use serde_json::Value;
+use poem_openapi::types::Example;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use serde_json::{Value, json};
 use xenios_core::AiBackend;
-use xenios_core::jobs::{EnqueueRequest, JobResult};
+use xenios_core::jobs::{EnqueueRequest, JobResult, TaskState};
 
 use super::ApiTags;
-use super::llm::request_context;
-use crate::error::ApiError;
+use super::security::Caller;
+use super::text::Text;
+use crate::error::{ApiError, EnqueueErrors, Errors, JobErrors, RevokeErrors};
 
 /// Job routes.
 #[derive(Debug)]
@@ -27,25 +28,58 @@ pub struct JobsApi {
 
 /// A job to enqueue.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct EnqueueBody {
     /// Task name, e.g. `xenios.echo`: a task of the catalog this caller may enqueue (built-in
     /// tasks and `JOB_EXTRA_TASKS`), else 422 `unknown_task`.
-    pub task: String,
+    pub task: Text,
     /// Positional arguments (a JSON array).
     pub args: Option<Value>,
     /// Keyword arguments (a JSON object).
     pub kwargs: Option<Value>,
     /// Not accepted: each task's queue is set by the catalog, and a request naming one is
     /// refused (422).
-    pub queue: Option<String>,
+    pub queue: Option<Text>,
     /// Seconds to wait before the job may run.
     pub countdown: Option<f64>,
     /// Priority 0-9; 0 is served first.
     pub priority: Option<u8>,
 }
 
+/// A job's state, as Celery names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "UPPERCASE")]
+pub enum JobState {
+    /// Unknown or waiting (Celery reports unknown ids as PENDING too).
+    Pending,
+    /// Taken by a worker.
+    Started,
+    /// Failed, another attempt is scheduled.
+    Retry,
+    /// Finished successfully.
+    Success,
+    /// Finished with an error.
+    Failure,
+    /// Revoked (or expired) before it ran.
+    Revoked,
+}
+
+impl From<TaskState> for JobState {
+    fn from(s: TaskState) -> Self {
+        match s {
+            TaskState::Pending => Self::Pending,
+            TaskState::Started => Self::Started,
+            TaskState::Retry => Self::Retry,
+            TaskState::Success => Self::Success,
+            TaskState::Failure => Self::Failure,
+            TaskState::Revoked => Self::Revoked,
+        }
+    }
+}
+
 /// An enqueued job.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct EnqueuedBody {
     /// Task id (Celery's).
     pub id: String,
@@ -56,16 +90,17 @@ pub struct EnqueuedBody {
     /// Correlation ID carried in the message.
     pub correlation_id: String,
     /// `PENDING`.
-    pub state: String,
+    pub state: JobState,
 }
 
-/// A job's state and result.
+/// A job's state and result; fields not known yet are absent.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none, example)]
 pub struct JobBody {
     /// Task id.
     pub id: String,
-    /// PENDING, STARTED, RETRY, SUCCESS, FAILURE or REVOKED (PENDING also for unknown ids).
-    pub state: String,
+    /// The state (PENDING also for unknown ids).
+    pub state: JobState,
     /// Return value, or `{exc_type, exc_message, exc_module}` for a failure.
     pub result: Option<Value>,
     /// Traceback of a failure.
@@ -86,7 +121,7 @@ impl From<JobResult> for JobBody {
     fn from(r: JobResult) -> Self {
         Self {
             id: r.task_id,
-            state: r.state.as_str().to_owned(),
+            state: r.state.into(),
             result: (!r.result.is_null()).then_some(r.result),
             traceback: r.traceback,
             date_done: r.date_done.map(|d| d.to_rfc3339()),
@@ -100,6 +135,7 @@ impl From<JobResult> for JobBody {
 
 /// A revocation.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct RevokedBody {
     /// Task id.
     pub id: String,
@@ -125,8 +161,61 @@ pub enum EnqueueResponse {
     Accepted(Json<EnqueuedBody>),
 }
 
-fn validation_err(msg: impl Into<String>) -> poem::Error {
+fn validation_err<S>(msg: impl Into<String>) -> Errors<S> {
     ApiError(xenios_core::Error::Validation(msg.into())).into()
+}
+
+impl Example for EnqueueBody {
+    fn example() -> Self {
+        EnqueueBody {
+            task: "xenios.echo".into(),
+            args: Some(json!([1, "a"])),
+            kwargs: Some(json!({})),
+            queue: None,
+            countdown: Some(5.0),
+            priority: Some(0),
+        }
+    }
+}
+
+const EXAMPLE_ID: &str = "0b6d2f7e-3c1a-4e5b-9f8d-7a6c5b4e3d21";
+
+impl Example for EnqueuedBody {
+    fn example() -> Self {
+        EnqueuedBody {
+            id: EXAMPLE_ID.to_owned(),
+            task: "xenios.echo".to_owned(),
+            queue: "default".to_owned(),
+            correlation_id: "9b2f0c1e-5d7a-4c1b-8f3e-2a6d4e8b1c90".to_owned(),
+            state: JobState::Pending,
+        }
+    }
+}
+
+impl Example for JobBody {
+    fn example() -> Self {
+        JobBody {
+            id: EXAMPLE_ID.to_owned(),
+            state: JobState::Success,
+            result: Some(json!([1, "a"])),
+            traceback: None,
+            date_done: Some("2026-01-05T09:30:00.120000+00:00".to_owned()),
+            task: Some("xenios.echo".to_owned()),
+            retries: Some(0),
+            worker: Some("celery@worker-1".to_owned()),
+            queue: Some("default".to_owned()),
+        }
+    }
+}
+
+impl Example for RevokedBody {
+    fn example() -> Self {
+        RevokedBody {
+            id: EXAMPLE_ID.to_owned(),
+            revoked: true,
+            terminate: false,
+        }
+    }
 }
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Jobs")]
@@ -135,12 +224,12 @@ impl JobsApi {
     #[oai(path = "/jobs", method = "post")]
     async fn enqueue(
         &self,
-        req: &Request,
+        caller: Caller,
         body: Json<EnqueueBody>,
-    ) -> poem::Result<EnqueueResponse> {
-        let ctx = request_context(req)?;
+    ) -> Result<EnqueueResponse, Errors<EnqueueErrors>> {
+        let ctx = caller.context()?;
         let body = body.0;
-        let mut job = EnqueueRequest::new(body.task.clone());
+        let mut job = EnqueueRequest::new(body.task.0);
         match body.args {
             None | Some(Value::Null) => {}
             Some(Value::Array(a)) => job.args = a,
@@ -157,35 +246,33 @@ impl JobsApi {
             }
             job.countdown = Some(Duration::from_secs_f64(c));
         }
-        job.queue = body.queue;
+        job.queue = body.queue.map(|q| q.0);
         job.priority = body.priority;
-        let message = self
-            .backend
-            .caller_job_message(&ctx, job)
-            .map_err(ApiError)?;
+        let message = self.backend.caller_job_message(ctx, job)?;
         self.backend
             .publish_messages(std::slice::from_ref(&message))
-            .await
-            .map_err(ApiError)?;
+            .await?;
         Ok(EnqueueResponse::Accepted(Json(EnqueuedBody {
             id: message.id,
             task: message.task,
             queue: message.queue,
             correlation_id: ctx.correlation_id.to_string(),
-            state: "PENDING".to_owned(),
+            state: JobState::Pending,
         })))
     }
 
     /// A job's state and result. A user gets 404 for any job that is not theirs (unknown
     /// ids included); the service sees every job, PENDING while unknown as in Celery.
     #[oai(path = "/jobs/:id", method = "get")]
-    async fn get(&self, req: &Request, id: Path<String>) -> poem::Result<Json<JobBody>> {
-        let ctx = request_context(req)?;
+    async fn get(
+        &self,
+        caller: Caller,
+        id: Path<String>,
+    ) -> Result<Json<JobBody>, Errors<JobErrors>> {
         Ok(Json(
             self.backend
-                .job_result_for(&ctx, &id.0)
-                .await
-                .map_err(ApiError)?
+                .job_result_for(caller.context()?, &id.0)
+                .await?
                 .into(),
         ))
     }
@@ -196,16 +283,14 @@ impl JobsApi {
     #[oai(path = "/jobs/:id", method = "delete")]
     async fn revoke(
         &self,
-        req: &Request,
+        caller: Caller,
         id: Path<String>,
         terminate: Query<Option<bool>>,
-    ) -> poem::Result<RevokeResponse> {
-        let ctx = request_context(req)?;
+    ) -> Result<RevokeResponse, Errors<RevokeErrors>> {
         let terminate = terminate.0.unwrap_or(false);
         self.backend
-            .revoke_for(&ctx, &id.0, terminate)
-            .await
-            .map_err(ApiError)?;
+            .revoke_for(caller.context()?, &id.0, terminate)
+            .await?;
         Ok(RevokeResponse::Accepted(Json(RevokedBody {
             id: id.0,
             revoked: true,

@@ -4,29 +4,14 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use poem::web::sse::Event;
 use poem_openapi::payload::{EventStream, Json, PlainText};
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::{Enum, Object, OpenApi};
+use xenios_core::AiBackend;
 use xenios_core::llm::{CompletionRequest, Message, Role, StreamEvent, Task, Usage};
-use xenios_core::{AiBackend, RequestContext};
 
 use super::ApiTags;
-use crate::error::ApiError;
-
-/// The caller's context, as the auth layer stored it in the request.
-///
-/// Its absence is a bug (a route outside the authenticated paths, a middleware order gone
-/// wrong): it fails closed with a 500, logged once by the error layer, never a guessed
-/// principal.
-pub fn request_context(req: &poem::Request) -> Result<RequestContext, ApiError> {
-    req.extensions()
-        .get::<RequestContext>()
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::from(xenios_core::Error::Internal(format!(
-                "{} reached a handler without an auth context",
-                req.uri().path()
-            )))
-        })
-}
+use super::security::Caller;
+use super::text::Text;
+use crate::error::{Errors, KeyOnlyErrors, LlmErrors};
 
 /// LLM routes.
 #[derive(Debug)]
@@ -35,21 +20,71 @@ pub struct LlmApi {
     pub backend: AiBackend,
 }
 
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum ChatRole {
+    /// Instructions for the model.
+    System,
+    /// The end user.
+    User,
+    /// The model.
+    Assistant,
+}
+
+impl From<ChatRole> for Role {
+    fn from(r: ChatRole) -> Self {
+        match r {
+            ChatRole::System => Role::System,
+            ChatRole::User => Role::User,
+            ChatRole::Assistant => Role::Assistant,
+        }
+    }
+}
+
+/// An LLM task: picks the route (models, temperature, max_tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum TaskName {
+    /// Summary of a coaching session.
+    SessionSummary,
+    /// Insights across sessions.
+    InsightGeneration,
+    /// Conversational replies.
+    Chat,
+    /// A message's intent.
+    IntentClassification,
+    /// Entities in a text.
+    EntityExtraction,
+}
+
+impl From<TaskName> for Task {
+    fn from(t: TaskName) -> Self {
+        match t {
+            TaskName::SessionSummary => Task::SessionSummary,
+            TaskName::InsightGeneration => Task::InsightGeneration,
+            TaskName::Chat => Task::Chat,
+            TaskName::IntentClassification => Task::IntentClassification,
+            TaskName::EntityExtraction => Task::EntityExtraction,
+        }
+    }
+}
+
 /// One chat message.
 #[derive(Debug, Clone, Object)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
+    /// Who wrote it.
+    pub role: ChatRole,
     /// The text.
-    pub content: String,
+    pub content: Text,
 }
 
 /// An LLM call.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct LlmRequest {
-    /// `session_summary`, `insight_generation`, `chat`, `intent_classification` or
-    /// `entity_extraction`: picks the models and defaults.
-    pub task: String,
+    /// The task: picks the models and defaults.
+    pub task: TaskName,
     /// The conversation, oldest first.
     pub messages: Vec<ChatMessage>,
     /// Overrides the route's temperature (0 to 2).
@@ -58,11 +93,12 @@ pub struct LlmRequest {
     pub max_tokens: Option<u32>,
     /// Service only (403 `model_choice_forbidden` for users): overrides the route's models,
     /// tried in order; at most 5, each in `LLM_ALLOWED_MODELS` (403 `model_not_allowed`).
-    pub models: Option<Vec<String>>,
+    pub models: Option<Vec<Text>>,
 }
 
 /// Token counts and cost.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct UsageBody {
     /// Prompt tokens.
     pub prompt_tokens: u32,
@@ -70,7 +106,7 @@ pub struct UsageBody {
     pub completion_tokens: u32,
     /// Both.
     pub total_tokens: u32,
-    /// Cost in USD, as OpenRouter reports it.
+    /// Cost in USD, as OpenRouter reports it; absent when not reported.
     pub cost_usd: Option<f64>,
 }
 
@@ -87,6 +123,7 @@ impl From<Usage> for UsageBody {
 
 /// A completion.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none, example)]
 pub struct CompletionBody {
     /// The generated text.
     pub content: String,
@@ -109,11 +146,11 @@ pub struct CompletionBody {
 /// One server-sent event of `/api/v1/llm/stream`; the SSE event name is its `type`. Fields
 /// that do not apply to the event's type are left out.
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
+#[oai(skip_serializing_if_is_none, example)]
 pub struct StreamEventBody {
-    /// `delta`, `done` or `error`.
+    /// The event's type, also its SSE event name.
     #[oai(rename = "type")]
-    pub kind: String,
+    pub kind: StreamEventType,
     /// `delta`: the new text.
     pub content: Option<String>,
     /// `done`: the model that answered.
@@ -134,10 +171,33 @@ pub struct StreamEventBody {
     pub message: Option<String>,
 }
 
+/// The type of a stream event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum StreamEventType {
+    /// New text.
+    Delta,
+    /// The end of a successful stream.
+    Done,
+    /// The stream failed after it started.
+    Error,
+}
+
+impl StreamEventType {
+    /// The SSE event name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delta => "delta",
+            Self::Done => "done",
+            Self::Error => "error",
+        }
+    }
+}
+
 impl StreamEventBody {
-    fn empty(kind: &str) -> Self {
+    fn empty(kind: StreamEventType) -> Self {
         Self {
-            kind: kind.to_owned(),
+            kind,
             content: None,
             model_used: None,
             fallback_used: None,
@@ -156,7 +216,7 @@ impl From<StreamEvent> for StreamEventBody {
         match e {
             StreamEvent::Delta { content } => Self {
                 content: Some(content),
-                ..Self::empty("delta")
+                ..Self::empty(StreamEventType::Delta)
             },
             StreamEvent::Done(s) => Self {
                 model_used: Some(s.model_used),
@@ -165,47 +225,91 @@ impl From<StreamEvent> for StreamEventBody {
                 usage: Some(s.usage.into()),
                 latency_ms: Some(s.latency_ms),
                 ttft_ms: s.ttft_ms,
-                ..Self::empty("done")
+                ..Self::empty(StreamEventType::Done)
             },
             StreamEvent::Error { code, message } => Self {
                 code: Some(code),
                 message: Some(message),
-                ..Self::empty("error")
+                ..Self::empty(StreamEventType::Error)
             },
         }
     }
 }
 
-/// Turns API messages into core messages, refusing unknown roles.
-pub fn core_messages(messages: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
-    messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = Role::parse(&m.role).ok_or_else(|| {
-                xenios_core::Error::Validation(format!(
-                    "messages[{i}].role: `{}` is not system, user or assistant",
-                    m.role.chars().take(32).collect::<String>()
-                ))
-            })?;
-            Ok(Message::new(role, m.content))
-        })
-        .collect()
-}
-
 impl LlmRequest {
-    fn into_core(self) -> Result<CompletionRequest, ApiError> {
-        let task: Task = self
-            .task
-            .parse()
-            .map_err(|e: String| xenios_core::Error::Validation(format!("task: {e}")))?;
-        Ok(CompletionRequest {
-            task,
-            messages: core_messages(self.messages)?,
+    fn into_core(self) -> CompletionRequest {
+        CompletionRequest {
+            task: self.task.into(),
+            messages: self
+                .messages
+                .into_iter()
+                .map(|m| Message::new(m.role.into(), m.content.0))
+                .collect(),
             temperature: self.temperature,
             max_tokens: self.max_tokens,
-            models: self.models,
-        })
+            models: self
+                .models
+                .map(|models| models.into_iter().map(|m| m.0).collect()),
+        }
+    }
+}
+
+impl poem_openapi::types::Example for LlmRequest {
+    fn example() -> Self {
+        LlmRequest {
+            task: TaskName::Chat,
+            messages: vec![
+                ChatMessage {
+                    role: ChatRole::System,
+                    content: "You are a concise coaching assistant.".into(),
+                },
+                ChatMessage {
+                    role: ChatRole::User,
+                    content: "Suggest one habit for better sleep.".into(),
+                },
+            ],
+            temperature: Some(0.7),
+            max_tokens: Some(256),
+            models: None,
+        }
+    }
+}
+
+fn example_usage() -> UsageBody {
+    UsageBody {
+        prompt_tokens: 24,
+        completion_tokens: 18,
+        total_tokens: 42,
+        cost_usd: Some(0.00042),
+    }
+}
+
+impl poem_openapi::types::Example for CompletionBody {
+    fn example() -> Self {
+        CompletionBody {
+            content: "Go to bed at the same time every night.".to_owned(),
+            model_used: "anthropic/claude-sonnet-4.5".to_owned(),
+            model_requested: "anthropic/claude-sonnet-4.5".to_owned(),
+            fallback_used: false,
+            finish_reason: Some("stop".to_owned()),
+            usage: example_usage(),
+            cost_usd: Some(0.00042),
+            latency_ms: 840,
+        }
+    }
+}
+
+impl poem_openapi::types::Example for StreamEventBody {
+    fn example() -> Self {
+        Self {
+            model_used: Some("anthropic/claude-sonnet-4.5".to_owned()),
+            fallback_used: Some(false),
+            finish_reason: Some("stop".to_owned()),
+            usage: Some(example_usage()),
+            latency_ms: Some(840),
+            ttft_ms: Some(210),
+            ..Self::empty(StreamEventType::Done)
+        }
     }
 }
 
@@ -221,15 +325,13 @@ impl LlmApi {
     #[oai(path = "/api/v1/llm/complete", method = "post")]
     async fn complete(
         &self,
-        req: &poem::Request,
+        caller: Caller,
         body: Json<LlmRequest>,
-    ) -> poem::Result<Json<CompletionBody>> {
-        let ctx = request_context(req)?;
+    ) -> Result<Json<CompletionBody>, Errors<LlmErrors>> {
         let c = self
             .backend
-            .complete(&ctx, body.0.into_core()?)
-            .await
-            .map_err(ApiError::from)?;
+            .complete(caller.context()?, body.0.into_core())
+            .await?;
         Ok(Json(CompletionBody {
             content: c.content,
             model_used: c.model_used,
@@ -246,10 +348,11 @@ impl LlmApi {
     /// errors and a latency histogram (seconds); audit rows; the shared rate limiter (Redis
     /// up, leases, fallback checks); uses of the previous API key.
     #[oai(path = "/metrics", method = "get")]
-    async fn metrics(&self) -> PlainText<String> {
+    async fn metrics(&self, caller: Caller) -> Result<PlainText<String>, Errors<KeyOnlyErrors>> {
+        caller.context()?;
         let mut text = prometheus_text(&self.backend.llm().metrics(), &self.backend.audit_stats());
         security_metrics(&mut text, &self.backend);
-        PlainText(text)
+        Ok(PlainText(text))
     }
 
     /// Stream: the same as server-sent events. `delta` events carry text as it arrives, then
@@ -259,21 +362,19 @@ impl LlmApi {
     #[oai(path = "/api/v1/llm/stream", method = "post")]
     async fn stream(
         &self,
-        req: &poem::Request,
+        caller: Caller,
         body: Json<LlmRequest>,
-    ) -> poem::Result<EventStream<EventBodies>> {
-        let ctx = request_context(req)?;
+    ) -> Result<EventStream<EventBodies>, Errors<LlmErrors>> {
         let stream = self
             .backend
-            .stream(&ctx, body.0.into_core()?)
-            .await
-            .map_err(ApiError::from)?;
+            .stream(caller.context()?, body.0.into_core())
+            .await?;
         let events = stream.map(StreamEventBody::from).boxed();
         Ok(EventStream::new(events)
             .keep_alive(std::time::Duration::from_secs(15))
             .to_event(|e| {
                 let json = poem_openapi::types::ToJSON::to_json_string(&e);
-                Event::message(json).event_type(e.kind)
+                Event::message(json).event_type(e.kind.as_str())
             }))
     }
 }

@@ -1,13 +1,13 @@
 //! `/api/v1/me`: who the backend thinks is calling. Proves the auth wiring end to end.
 
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::{Enum, Object, OpenApi};
 use xenios_core::AiBackend;
 use xenios_core::auth::Principal;
 
 use super::ApiTags;
 use super::security::Caller;
-use crate::error::ApiError;
+use crate::error::{Errors, MeErrors};
 
 /// The `/me` route.
 #[derive(Debug)]
@@ -22,35 +22,57 @@ pub struct MeApi {
 /// "is_anonymous", "correlation_id"}`. For an API-key-only (backend-to-backend) call:
 /// `{"principal": "service", "correlation_id"}`, the user fields absent.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none, example)]
 pub struct MeBody {
-    /// `user` (a signed-in Supabase user) or `service` (API key only).
-    pub principal: String,
+    /// Who is calling.
+    pub principal: PrincipalKind,
     /// The user's UUID (`sub`).
-    #[oai(skip_serializing_if_is_none)]
     pub user_id: Option<String>,
     /// The token's `role`, usually `authenticated`.
-    #[oai(skip_serializing_if_is_none)]
     pub role: Option<String>,
     /// The user's email, when the token has one.
-    #[oai(skip_serializing_if_is_none)]
     pub email: Option<String>,
     /// The Supabase session ID.
-    #[oai(skip_serializing_if_is_none)]
     pub session_id: Option<String>,
     /// Authenticator assurance level, `aal1` or `aal2`.
-    #[oai(skip_serializing_if_is_none)]
     pub aal: Option<String>,
     /// True for anonymous sign-ins.
-    #[oai(skip_serializing_if_is_none)]
     pub is_anonymous: Option<bool>,
     /// For a user: LLM tokens spent today (UTC).
-    #[oai(skip_serializing_if_is_none)]
     pub tokens_used_today: Option<u64>,
     /// For a user: the daily token limit (`LLM_USER_DAILY_TOKENS`, 0: none).
-    #[oai(skip_serializing_if_is_none)]
     pub daily_token_limit: Option<u64>,
     /// This request's correlation ID.
     pub correlation_id: String,
+}
+
+/// The kind of caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum PrincipalKind {
+    /// A signed-in Supabase user (API key and bearer token).
+    User,
+    /// A backend-to-backend call (API key only).
+    Service,
+    /// The backend itself.
+    System,
+}
+
+impl poem_openapi::types::Example for MeBody {
+    fn example() -> Self {
+        MeBody {
+            principal: PrincipalKind::User,
+            user_id: Some("5f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b".to_owned()),
+            role: Some("authenticated".to_owned()),
+            email: Some("coach@example.com".to_owned()),
+            session_id: Some("c0ffee00-1234-4abc-8def-0123456789ab".to_owned()),
+            aal: Some("aal1".to_owned()),
+            is_anonymous: Some(false),
+            tokens_used_today: Some(1200),
+            daily_token_limit: Some(200_000),
+            correlation_id: "9b2f0c1e-5d7a-4c1b-8f3e-2a6d4e8b1c90".to_owned(),
+        }
+    }
 }
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Auth")]
@@ -59,18 +81,14 @@ impl MeApi {
     /// aal, is_anonymous) with today's LLM token use and limit, or `{"principal": "service"}`
     /// for API-key-only calls.
     #[oai(path = "/me", method = "get")]
-    async fn me(&self, caller: Caller) -> poem::Result<Json<MeBody>> {
-        let ctx = caller.context();
+    async fn me(&self, caller: Caller) -> Result<Json<MeBody>, Errors<MeErrors>> {
+        let ctx = caller.context()?;
         let correlation_id = ctx.correlation_id.to_string();
         Ok(Json(match &ctx.principal {
             Principal::User(u) => {
-                let usage = self
-                    .backend
-                    .user_token_usage(&u.user_id)
-                    .await
-                    .map_err(ApiError::from)?;
+                let usage = self.backend.user_token_usage(&u.user_id).await?;
                 MeBody {
-                    principal: "user".to_owned(),
+                    principal: PrincipalKind::User,
                     user_id: Some(u.user_id.clone()),
                     role: Some(u.role.clone()),
                     email: u.email.clone(),
@@ -84,10 +102,9 @@ impl MeApi {
             }
             other => MeBody {
                 principal: match other {
-                    Principal::System => "system",
-                    _ => "service",
-                }
-                .to_owned(),
+                    Principal::System => PrincipalKind::System,
+                    _ => PrincipalKind::Service,
+                },
                 user_id: None,
                 role: None,
                 email: None,

@@ -1,5 +1,6 @@
 //! HTTP routes. Each maps onto one [`xenios_core::AiBackend`] call.
 
+pub mod document;
 pub mod health;
 pub mod jobs;
 pub mod llm;
@@ -7,6 +8,7 @@ pub mod me;
 pub mod openai;
 pub mod security;
 pub mod status;
+pub mod text;
 
 use poem_openapi::Tags;
 

@@ -55,31 +55,40 @@ async fn context_of_bearer(req: &Request, _token: Bearer) -> Option<RequestConte
     req.extensions().get::<RequestContext>().cloned()
 }
 
-/// The authenticated caller of an `/api/v1` route: a user (API key and bearer token) or the
-/// service (API key only).
+/// The authenticated caller of an authenticated route: a user (API key and bearer token) or
+/// the service (API key only).
 #[derive(Debug, SecurityScheme)]
 pub enum Caller {
     /// The request carried a bearer token (and the API key).
     User(BearerAuth),
     /// The request carried the API key only.
     Service(ApiKeyAuth),
+    /// No context from the authentication layer: a route outside the authenticated paths or
+    /// a middleware order gone wrong. [`Caller::context`] fails closed with a 500 (logged
+    /// once by the error layer), never a guessed principal. (The document's security comes
+    /// from the two schemes above: `api::document` leaves this one out.)
+    #[oai(fallback)]
+    Missing,
 }
 
 impl Caller {
-    /// The request context: correlation ID and principal.
-    pub fn context(&self) -> &RequestContext {
+    /// The request context: correlation ID and principal; a 500 without one.
+    pub fn context(&self) -> Result<&RequestContext, ApiError> {
         match self {
-            Caller::User(BearerAuth(ctx)) | Caller::Service(ApiKeyAuth(ctx)) => ctx,
+            Caller::User(BearerAuth(ctx)) | Caller::Service(ApiKeyAuth(ctx)) => Ok(ctx),
+            Caller::Missing => Err(ApiError(xenios_core::Error::Internal(
+                "a handler was reached without an auth context".to_owned(),
+            ))),
         }
     }
 
     /// The signed-in user; 401 `missing_token` for API-key-only calls.
     pub fn require_user(&self) -> Result<&UserContext, ApiError> {
-        Ok(self.context().require_user()?)
+        Ok(self.context()?.require_user()?)
     }
 
     /// The signed-in, non-anonymous user; 401 without one, 403 for an anonymous sign-in.
     pub fn require_registered_user(&self) -> Result<&UserContext, ApiError> {
-        Ok(self.context().require_registered_user()?)
+        Ok(self.context()?.require_registered_user()?)
     }
 }
