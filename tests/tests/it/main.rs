@@ -11,6 +11,7 @@
 mod abuse_jobs;
 mod abuse_llm;
 mod auth;
+mod contract;
 mod db;
 mod embedding;
 mod errors;

@@ -3,8 +3,6 @@
 //! nothing against the real server, and the TypeScript client's tests (node's test runner)
 //! pass against it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,7 +13,7 @@ use xenios_tests::jobs_support::python;
 use xenios_tests::{API_KEY, TestApp};
 
 const JWT_SECRET: &str = "contract-test-jwt-secret-0123456789abcdef";
-const REGENERATE: &str = "XENIOS_WRITE_OPENAPI=1 cargo nextest run -p xenios-tests --test contract -E 'test(served_document)'";
+const REGENERATE: &str = "XENIOS_WRITE_OPENAPI=1 cargo nextest run -p xenios-tests --test it -E 'test(contract::served_document)'";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
