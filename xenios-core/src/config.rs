@@ -217,6 +217,49 @@ pub struct ServerConfig {
     pub rate_limit: RateLimitConfig,
 }
 
+/// What cross-origin requests the server allows ([`ServerConfig::cors`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsPolicy {
+    /// Allowed origins; empty means any origin (`CORS_ORIGINS=*`, development only).
+    pub origins: Vec<String>,
+    /// Allowed methods.
+    pub methods: &'static [&'static str],
+    /// Allowed request headers.
+    pub headers: &'static [&'static str],
+    /// Response headers a browser may read.
+    pub expose_headers: &'static [&'static str],
+    /// How long a browser may cache a preflight answer.
+    pub max_age: Duration,
+}
+
+impl ServerConfig {
+    /// The CORS policy: None without configured origins, and then no CORS header is ever
+    /// sent (an empty allow-list would mean any origin). `*` allows any origin.
+    pub fn cors(&self) -> Option<CorsPolicy> {
+        if self.cors_origins.is_empty() {
+            return None;
+        }
+        Some(CorsPolicy {
+            origins: self
+                .cors_origins
+                .iter()
+                .filter(|o| o.as_str() != "*")
+                .cloned()
+                .collect(),
+            methods: &["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            headers: &[
+                "authorization",
+                "content-type",
+                "x-api-key",
+                "x-request-id",
+                "x-correlation-id",
+            ],
+            expose_headers: &["x-request-id", "retry-after"],
+            max_age: Duration::from_secs(600),
+        })
+    }
+}
+
 /// Job queue settings (Celery-compatible queues on Redis, see [`crate::jobs`]).
 #[derive(Debug, Clone)]
 pub struct JobsConfig {
@@ -703,6 +746,33 @@ impl Config {
     /// True when the built-in fake LLM stands in for OpenRouter (no key, not production).
     pub fn uses_fake_llm(&self) -> bool {
         self.openrouter.api_key.is_none()
+    }
+
+    /// What a process should warn about at startup: settings that are valid but probably
+    /// not what an operator wants (the fake LLM, the development API key, bearer tokens that
+    /// can never be verified, an unchecked token issuer).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.uses_fake_llm() {
+            out.push("OPENROUTER_API_KEY is not set: using the built-in fake LLM".to_owned());
+        }
+        if self.environment == Environment::Development
+            && self.api_key.expose_secret() == DEV_API_KEY
+        {
+            out.push(format!(
+                "XENIOS_BACKEND_API_KEY is not set: development accepts the key `{DEV_API_KEY}`"
+            ));
+        }
+        if self.supabase.jwt_secret.is_none() && self.supabase.jwks_url().is_none() {
+            out.push(
+                "neither SUPABASE_JWT_SECRET nor SUPABASE_URL is set: every bearer token is \
+                 refused"
+                    .to_owned(),
+            );
+        } else if self.supabase.url.is_none() {
+            out.push("SUPABASE_URL is not set: the `iss` of user tokens is not checked".to_owned());
+        }
+        out
     }
 
     /// The socket address the server binds, `HOST:PORT`.

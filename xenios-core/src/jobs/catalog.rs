@@ -211,7 +211,7 @@ pub fn parse_extra_tasks(raw: &str, builtin: &[&str]) -> (Vec<TaskDecl>, Vec<Str
             fail("declared twice".to_owned());
         }
         if let Err(e) = check_queue_name(queue) {
-            fail(e);
+            fail(e.to_string());
         }
         let callers = match *callers {
             "users" => Callers::Users,

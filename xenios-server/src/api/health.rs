@@ -41,13 +41,13 @@ impl ComponentBody {
     pub fn new(c: ComponentHealth, environment: Environment) -> Self {
         let error = match c.error {
             Some(e) if environment != Environment::Development => {
-                tracing::warn!(component = c.name, error = %e, "dependency unhealthy");
+                tracing::warn!(component = c.name.as_str(), error = %e, "dependency unhealthy");
                 Some("unhealthy (details in the server log)".to_owned())
             }
             other => other,
         };
         Self {
-            name: c.name.to_owned(),
+            name: c.name.as_str().to_owned(),
             status: if c.healthy { "healthy" } else { "unhealthy" }.to_owned(),
             latency_ms: c.latency_ms,
             error,

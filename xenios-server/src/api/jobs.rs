@@ -4,8 +4,6 @@
 //! accepted, on the catalog's queue. A user sees and revokes only their own jobs: any
 //! other id, unknown or someone else's, is the same 404. The service sees all.
 
-use std::time::Duration;
-
 use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -125,10 +123,6 @@ pub enum EnqueueResponse {
     Accepted(Json<EnqueuedBody>),
 }
 
-fn validation_err(msg: impl Into<String>) -> poem::Error {
-    ApiError(xenios_core::Error::Validation(msg.into())).into()
-}
-
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Jobs")]
 impl JobsApi {
     /// Enqueues a job as a Celery message; returns its id at once (202).
@@ -140,39 +134,27 @@ impl JobsApi {
     ) -> poem::Result<EnqueueResponse> {
         let ctx = request_context(req)?;
         let body = body.0;
-        let mut job = EnqueueRequest::new(body.task.clone());
-        match body.args {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(a)) => job.args = a,
-            Some(_) => return Err(validation_err("args must be a JSON array")),
-        }
-        match body.kwargs {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(k)) => job.kwargs = k,
-            Some(_) => return Err(validation_err("kwargs must be a JSON object")),
-        }
+        let mut job = EnqueueRequest::new(body.task)
+            .args(body.args)
+            .and_then(|j| j.kwargs(body.kwargs))
+            .map_err(ApiError)?;
         if let Some(c) = body.countdown {
-            if !(c.is_finite() && (0.0..=xenios_core::jobs::MAX_DELAY.as_secs_f64()).contains(&c)) {
-                return Err(validation_err("countdown must be 0 to 31536000 seconds"));
-            }
-            job.countdown = Some(Duration::from_secs_f64(c));
+            job = job.countdown_secs(c).map_err(ApiError)?;
         }
         job.queue = body.queue;
         job.priority = body.priority;
-        let message = self
+        let e = self
             .backend
-            .caller_job_message(&ctx, job)
-            .map_err(ApiError)?;
-        self.backend
-            .publish_messages(std::slice::from_ref(&message))
+            .jobs()
+            .enqueue_for_caller(&ctx, job)
             .await
             .map_err(ApiError)?;
         Ok(EnqueueResponse::Accepted(Json(EnqueuedBody {
-            id: message.id,
-            task: message.task,
-            queue: message.queue,
-            correlation_id: ctx.correlation_id.to_string(),
-            state: "PENDING".to_owned(),
+            id: e.id.to_string(),
+            task: e.task,
+            queue: e.queue,
+            correlation_id: e.correlation_id,
+            state: e.state.as_str().to_owned(),
         })))
     }
 
@@ -183,6 +165,7 @@ impl JobsApi {
         let ctx = request_context(req)?;
         Ok(Json(
             self.backend
+                .jobs()
                 .job_result_for(&ctx, &id.0)
                 .await
                 .map_err(ApiError)?
@@ -203,6 +186,7 @@ impl JobsApi {
         let ctx = request_context(req)?;
         let terminate = terminate.0.unwrap_or(false);
         self.backend
+            .jobs()
             .revoke_for(&ctx, &id.0, terminate)
             .await
             .map_err(ApiError)?;

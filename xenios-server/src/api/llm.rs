@@ -5,7 +5,7 @@ use futures::stream::BoxStream;
 use poem::web::sse::Event;
 use poem_openapi::payload::{EventStream, Json, PlainText};
 use poem_openapi::{Object, OpenApi};
-use xenios_core::llm::{CompletionRequest, Message, Role, StreamEvent, Task, Usage};
+use xenios_core::llm::{CompletionRequest, Message, StreamEvent, Usage, input};
 use xenios_core::{AiBackend, RequestContext};
 
 use super::ApiTags;
@@ -176,31 +176,17 @@ impl From<StreamEvent> for StreamEventBody {
     }
 }
 
-/// Turns API messages into core messages, refusing unknown roles.
+/// Turns API messages into core messages (core's rules: [`xenios_core::llm::input`]).
 pub fn core_messages(messages: Vec<ChatMessage>) -> Result<Vec<Message>, ApiError> {
-    messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = Role::parse(&m.role).ok_or_else(|| {
-                xenios_core::Error::Validation(format!(
-                    "messages[{i}].role: `{}` is not system, user or assistant",
-                    m.role.chars().take(32).collect::<String>()
-                ))
-            })?;
-            Ok(Message::new(role, m.content))
-        })
-        .collect()
+    Ok(input::messages(
+        messages.into_iter().map(|m| (m.role, m.content)),
+    )?)
 }
 
 impl LlmRequest {
     fn into_core(self) -> Result<CompletionRequest, ApiError> {
-        let task: Task = self
-            .task
-            .parse()
-            .map_err(|e: String| xenios_core::Error::Validation(format!("task: {e}")))?;
         Ok(CompletionRequest {
-            task,
+            task: input::task(&self.task)?,
             messages: core_messages(self.messages)?,
             temperature: self.temperature,
             max_tokens: self.max_tokens,
@@ -227,6 +213,7 @@ impl LlmApi {
         let ctx = request_context(req)?;
         let c = self
             .backend
+            .llm()
             .complete(&ctx, body.0.into_core()?)
             .await
             .map_err(ApiError::from)?;
@@ -247,7 +234,10 @@ impl LlmApi {
     /// up, leases, fallback checks); uses of the previous API key.
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self) -> PlainText<String> {
-        let mut text = prometheus_text(&self.backend.llm().metrics(), &self.backend.audit_stats());
+        let mut text = prometheus_text(
+            &self.backend.llm().metrics(),
+            &self.backend.database().audit_stats(),
+        );
         security_metrics(&mut text, &self.backend);
         PlainText(text)
     }
@@ -265,6 +255,7 @@ impl LlmApi {
         let ctx = request_context(req)?;
         let stream = self
             .backend
+            .llm()
             .stream(&ctx, body.0.into_core()?)
             .await
             .map_err(ApiError::from)?;
@@ -281,7 +272,7 @@ impl LlmApi {
 /// Appends the rate limiter's and the API key rotation's metrics.
 pub fn security_metrics(out: &mut String, backend: &AiBackend) {
     use std::fmt::Write;
-    let rl = backend.rate_limit_stats();
+    let rl = backend.auth().rate_limit_stats();
     for (name, kind, help, value) in [
         (
             "xenios_rate_limit_redis_up",
@@ -311,7 +302,7 @@ pub fn security_metrics(out: &mut String, backend: &AiBackend) {
             "xenios_api_key_previous_uses_total",
             "counter",
             "Requests authenticated with XENIOS_BACKEND_API_KEY_PREVIOUS.",
-            backend.previous_api_key_uses(),
+            backend.auth().previous_api_key_uses(),
         ),
     ] {
         let _ = writeln!(
@@ -324,7 +315,7 @@ pub fn security_metrics(out: &mut String, backend: &AiBackend) {
 /// Renders the LLM and audit-writer counters in the Prometheus text format.
 pub fn prometheus_text(
     m: &xenios_core::llm::LlmMetricsSnapshot,
-    audit: &xenios_core::db::audit::AuditStatsSnapshot,
+    audit: &xenios_core::db::AuditStatsSnapshot,
 ) -> String {
     use std::fmt::Write;
     let mut out = String::new();

@@ -9,7 +9,7 @@ use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::{Value, json};
 use xenios_core::AiBackend;
-use xenios_core::llm::{CompletionRequest, Message, Role, StreamEvent, Task};
+use xenios_core::llm::{CompletionRequest, StreamEvent, input};
 
 use super::ApiTags;
 use super::llm::request_context;
@@ -68,41 +68,15 @@ impl std::fmt::Debug for ChatCompletionResponse {
     }
 }
 
-fn text_of(content: Option<Value>, i: usize) -> Result<String, ApiError> {
-    match content {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s),
-        Some(Value::Array(parts)) => Ok(parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("")),
-        Some(_) => Err(xenios_core::Error::Validation(format!(
-            "messages[{i}].content: expected a string or text parts"
-        ))
-        .into()),
-    }
-}
-
 fn to_core(body: ChatCompletionRequest) -> Result<(CompletionRequest, bool), ApiError> {
-    let messages = body
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = Role::parse(&m.role).ok_or_else(|| {
-                ApiError::from(xenios_core::Error::Validation(format!(
-                    "messages[{i}].role: `{}` is not supported",
-                    m.role.chars().take(32).collect::<String>()
-                )))
-            })?;
-            Ok(Message::new(role, text_of(m.content, i)?))
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    let (task, models) = match body.model.parse::<Task>() {
-        Ok(task) => (task, None),
-        Err(_) => (Task::Chat, Some(vec![body.model])),
-    };
+    let messages = input::messages(
+        body.messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| Ok((m.role, input::openai_content(m.content, i)?)))
+            .collect::<xenios_core::Result<Vec<_>>>()?,
+    )?;
+    let (task, models) = input::task_or_model(body.model);
     Ok((
         CompletionRequest {
             task,
@@ -139,6 +113,7 @@ impl OpenAiApi {
         if !stream {
             let c = self
                 .backend
+                .llm()
                 .complete(&ctx, core)
                 .await
                 .map_err(ApiError::from)?;
@@ -167,6 +142,7 @@ impl OpenAiApi {
             .unwrap_or_else(|| core.task.to_string());
         let events = self
             .backend
+            .llm()
             .stream(&ctx, core)
             .await
             .map_err(ApiError::from)?;
