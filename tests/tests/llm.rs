@@ -236,7 +236,7 @@ async fn setup(extra: &[(&str, &str)]) -> Setup {
     .collect();
     let added = llm_vars.clone();
     let app = TestApp::spawn_with(move |vars| vars.extend(added)).await;
-    app.backend.migrate().await.unwrap();
+    app.backend.database().migrate().await.unwrap();
     Setup {
         app,
         state,
@@ -306,8 +306,9 @@ impl SseReader {
 }
 
 async fn logs(app: &TestApp, correlation_id: &str) -> Vec<xenios_core::db::models::InferenceLog> {
-    app.backend.flush_audit().await;
+    app.backend.database().flush_audit().await;
     app.backend
+        .database()
         .inference_logs_for(correlation_id)
         .await
         .unwrap()
@@ -934,7 +935,7 @@ async fn development_without_a_key_uses_the_fake_provider() {
         v.insert("LLM_ALLOWED_MODELS".into(), "fake/*".into());
     })
     .await;
-    app.backend.migrate().await.unwrap();
+    app.backend.database().migrate().await.unwrap();
     assert!(app.backend.config().uses_fake_llm());
     assert_eq!(app.backend.llm().provider_name(), "fake");
     let resp = post(
@@ -948,7 +949,7 @@ async fn development_without_a_key_uses_the_fake_provider() {
     assert_eq!(body["model_used"], "fake/ok");
     assert_eq!(body["fallback_used"], true);
 
-    app.backend.flush_audit().await;
+    app.backend.database().flush_audit().await;
     let metrics = app
         .client
         .get(app.url("/metrics"))
@@ -1275,7 +1276,7 @@ async fn the_cli_prints_stream_tokens_as_they_arrive() {
 #[tokio::test]
 async fn the_cli_says_when_the_fake_llm_answers() {
     let app = TestApp::spawn().await;
-    app.backend.migrate().await.unwrap();
+    app.backend.database().migrate().await.unwrap();
     let redis = app.redis.as_ref().unwrap();
     let mut vars = xenios_tests::test_vars(&app.db, &redis.url);
     vars.insert("LLM_ALLOWED_MODELS".into(), "fake/*".into());

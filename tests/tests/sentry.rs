@@ -113,7 +113,7 @@ async fn errors_panics_failed_jobs_and_failed_llm_calls_reach_sentry_tagged_and_
     let telemetry = xenios_core::telemetry::init(&config);
     assert!(telemetry.reports_errors() && !telemetry.exports_traces());
     let app = TestApp::spawn_on(db, Some(redis), vars).await;
-    app.backend.migrate().await.unwrap();
+    app.backend.database().migrate().await.unwrap();
 
     // 1. An LLM call on which every model fails: a 502 answer.
     let resp = app

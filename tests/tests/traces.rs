@@ -127,7 +127,7 @@ async fn one_trace_runs_through_request_llm_attempt_upstream_enqueue_and_job() {
     let telemetry = xenios_core::telemetry::init(&config);
     assert!(telemetry.exports_traces() && !telemetry.reports_errors());
     let app = TestApp::spawn_on(db, Some(redis), vars).await;
-    app.backend.migrate().await.unwrap();
+    app.backend.database().migrate().await.unwrap();
 
     // 1. A request that joins the caller's trace: its span, its LLM attempt and the upstream
     //    call all carry the caller's trace id.

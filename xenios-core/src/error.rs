@@ -151,6 +151,15 @@ impl Error {
         }
     }
 
+    /// The dependency that is down, for an [`ErrorKind::Unavailable`] error.
+    pub fn component(&self) -> Option<Component> {
+        match self {
+            Error::Unavailable { component, .. } => Some(*component),
+            Error::Db(e) if e.kind() == ErrorKind::Unavailable => Some(Component::Postgres),
+            _ => None,
+        }
+    }
+
     /// The classification of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {

@@ -96,9 +96,11 @@ async fn main() {
     for _ in 0..samples {
         let sent = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
         let id = backend
+            .jobs()
             .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
             .await
-            .unwrap();
+            .unwrap()
+            .id;
         'wait: loop {
             let msg = tokio::time::timeout(Duration::from_secs(5), events.next())
                 .await
@@ -134,7 +136,7 @@ async fn main() {
         let batch = (chunk * 1000..((chunk + 1) * 1000).min(n))
             .map(|_| EnqueueRequest::new("xenios.noop").queue("bench"))
             .collect();
-        backend.enqueue_many(&ctx, batch).await.unwrap();
+        backend.jobs().enqueue_many(&ctx, batch).await.unwrap();
     }
     let enqueue_secs = start.elapsed().as_secs_f64();
     // One at a time (a request handler's enqueue), for reference.
@@ -142,9 +144,11 @@ async fn main() {
     let start = Instant::now();
     for _ in 0..single_n {
         backend
+            .jobs()
             .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
             .await
-            .unwrap();
+            .unwrap()
+            .id;
     }
     let single_secs = start.elapsed().as_secs_f64();
     // One call per job from many tasks of the one producer at once (a server's request
@@ -159,9 +163,11 @@ async fn main() {
         handles.push(tokio::spawn(async move {
             for _ in 0..per_caller {
                 backend
+                    .jobs()
                     .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
                     .await
-                    .unwrap();
+                    .unwrap()
+                    .id;
             }
         }));
     }
@@ -208,5 +214,5 @@ async fn main() {
         idle_rss as f64 / 1024.0,
         busy_rss as f64 / 1024.0
     );
-    backend.flush_audit().await;
+    backend.database().flush_audit().await;
 }
