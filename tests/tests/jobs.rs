@@ -216,8 +216,7 @@ async fn jobs_priority_zero_is_served_first_then_fifo() {
                     .priority(p),
             )
             .await
-            .unwrap()
-            .id;
+            .unwrap();
     }
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut reg = TaskRegistry::new();

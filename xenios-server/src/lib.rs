@@ -78,7 +78,7 @@ pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
     // sent (poem's Cors with an empty list would reflect any origin).
     let policy = backend.config().server.cors();
     let cross_origin = policy.is_some();
-    let cors = policy.map(cors).unwrap_or_else(Cors::new);
+    let cors = policy.map(cors).unwrap_or_default();
     let auth_backend = backend.clone();
     let max_body = backend.config().server.max_body_bytes;
     // Outermost first: correlation ID and access log, CORS (answers preflights before any

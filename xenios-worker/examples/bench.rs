@@ -147,8 +147,7 @@ async fn main() {
             .jobs()
             .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
             .await
-            .unwrap()
-            .id;
+            .unwrap();
     }
     let single_secs = start.elapsed().as_secs_f64();
     // One call per job from many tasks of the one producer at once (a server's request
@@ -166,8 +165,7 @@ async fn main() {
                     .jobs()
                     .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
                     .await
-                    .unwrap()
-                    .id;
+                    .unwrap();
             }
         }));
     }
