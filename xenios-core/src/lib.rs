@@ -46,7 +46,7 @@
 //! let config = xenios_core::Config::from_env()?;
 //! let backend = xenios_core::AiBackend::builder(config).build().await?;
 //! println!("ready: {}", backend.readiness().await.ready);
-backend.shutdown(std::time::Duration::from_secs(5)).await;
+//! backend.shutdown(std::time::Duration::from_secs(5)).await;
 //! # Ok(()) }
 //! ```
 
