@@ -269,6 +269,7 @@ async fn template_db() -> String {
                 .await
                 .expect("template backend");
             backend
+                .database()
                 .migrate()
                 .await
                 .expect("migrating the template database");

@@ -1,4 +1,4 @@
-//! `enqueue` and `job` subcommands.
+//! `enqueue`, `job` and `revoke`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -6,8 +6,22 @@ use std::time::Duration;
 use xenios_core::jobs::{EnqueueRequest, JobResult, TaskState};
 use xenios_core::{AiBackend, RequestContext};
 
-/// The job row is best effort here: the CLI does not hang when Postgres is down.
-const AUDIT_FLUSH: Duration = Duration::from_secs(3);
+/// The flags of `enqueue` that describe the job.
+#[derive(Debug)]
+pub struct JobArgs {
+    /// Task name.
+    pub task: String,
+    /// `--args`, JSON.
+    pub args: String,
+    /// `--kwargs`, JSON.
+    pub kwargs: String,
+    /// `--queue`.
+    pub queue: Option<String>,
+    /// `--countdown`, seconds.
+    pub countdown: Option<f64>,
+    /// `--priority`.
+    pub priority: Option<u8>,
+}
 
 fn print_result(r: &JobResult) -> ExitCode {
     match serde_json::to_string_pretty(r) {
@@ -24,39 +38,29 @@ fn print_result(r: &JobResult) -> ExitCode {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub async fn enqueue(
-    backend: &AiBackend,
-    task: String,
-    args: &str,
-    kwargs: &str,
-    queue: Option<String>,
-    countdown: Option<f64>,
-    priority: Option<u8>,
-    wait: bool,
-    timeout: f64,
-) -> ExitCode {
-    let parsed = (|| -> Result<EnqueueRequest, String> {
-        let args: serde_json::Value =
-            serde_json::from_str(args).map_err(|e| format!("--args is not JSON: {e}"))?;
-        let kwargs: serde_json::Value =
-            serde_json::from_str(kwargs).map_err(|e| format!("--kwargs is not JSON: {e}"))?;
-        let mut req = EnqueueRequest::new(task)
-            .args(args)
-            .map_err(|e| format!("--args: {e}"))?
-            .kwargs(kwargs)
-            .map_err(|e| format!("--kwargs: {e}"))?;
-        req.queue = queue;
-        req.priority = priority;
-        if let Some(c) = countdown {
-            if !(c.is_finite() && (0.0..3.2e7).contains(&c)) {
-                return Err("--countdown must be 0 to 31536000 seconds".to_owned());
-            }
-            req.countdown = Some(Duration::from_secs_f64(c));
-        }
-        Ok(req)
-    })();
-    let req = match parsed {
+/// The request of the flags; the rules (arguments, countdown) are core's.
+fn request(job: JobArgs) -> Result<EnqueueRequest, String> {
+    let args: serde_json::Value =
+        serde_json::from_str(&job.args).map_err(|e| format!("--args is not JSON: {e}"))?;
+    let kwargs: serde_json::Value =
+        serde_json::from_str(&job.kwargs).map_err(|e| format!("--kwargs is not JSON: {e}"))?;
+    let mut req = EnqueueRequest::new(job.task)
+        .args(args)
+        .map_err(|e| format!("--args: {e}"))?
+        .kwargs(kwargs)
+        .map_err(|e| format!("--kwargs: {e}"))?;
+    req.queue = job.queue;
+    req.priority = job.priority;
+    if let Some(c) = job.countdown {
+        req = req.countdown_secs(c).map_err(|e| format!("--{e}"))?;
+    }
+    Ok(req)
+}
+
+/// `enqueue`: prints the job id, or with `wait` (seconds) waits for the result and prints it
+/// (exit 1 unless SUCCESS).
+pub async fn enqueue(backend: &AiBackend, job: JobArgs, wait: Option<f64>) -> ExitCode {
+    let req = match request(job) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("xenios-cli: {e}");
@@ -64,27 +68,24 @@ pub async fn enqueue(
         }
     };
     let ctx = RequestContext::system();
-    let id = match backend.enqueue(&ctx, req).await {
-        Ok(id) => id,
+    let id = match backend.jobs().enqueue(&ctx, req).await {
+        Ok(e) => e.id,
         Err(e) => {
             eprintln!("xenios-cli: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if !wait {
+    let Some(timeout) = wait else {
         println!("{id}");
-        backend.flush_audit_within(AUDIT_FLUSH).await;
         return ExitCode::SUCCESS;
-    }
+    };
     eprintln!("enqueued {id}; waiting");
     let timeout = Duration::from_secs_f64(if timeout.is_finite() {
         timeout.clamp(0.0, 86_400.0)
     } else {
         60.0
     });
-    let result = backend.wait_result(id.as_str(), timeout).await;
-    backend.flush_audit_within(AUDIT_FLUSH).await;
-    match result {
+    match backend.jobs().wait_result(id.as_str(), timeout).await {
         Ok(r) => print_result(&r),
         Err(e) => {
             eprintln!("xenios-cli: {e}");
@@ -93,8 +94,9 @@ pub async fn enqueue(
     }
 }
 
+/// `job`: a job's state and result as JSON.
 pub async fn show(backend: &AiBackend, id: &str) -> ExitCode {
-    match backend.job_result(id).await {
+    match backend.jobs().job_result(id).await {
         Ok(r) => print_result(&r),
         Err(e) => {
             eprintln!("xenios-cli: {e}");
@@ -103,9 +105,9 @@ pub async fn show(backend: &AiBackend, id: &str) -> ExitCode {
     }
 }
 
-/// `xenios-cli revoke`.
+/// `revoke`.
 pub async fn revoke(backend: &AiBackend, id: &str, terminate: bool) -> ExitCode {
-    match backend.revoke(id, terminate).await {
+    match backend.jobs().revoke(id, terminate).await {
         Ok(()) => {
             println!(
                 "{id} revoked{}",

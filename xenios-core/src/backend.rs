@@ -1,27 +1,26 @@
-//! [`AiBackend`]: the one typed entry point of the engine.
+//! [`AiBackend`]: the one typed entry point of the engine, and its builder.
+//!
+//! The facade owns what every domain shares (the configuration, the pools, the background
+//! tasks) and hands out one small handle per domain: [`AiBackend::llm`],
+//! [`AiBackend::jobs`], [`AiBackend::auth`], [`AiBackend::database`]. What a caller does
+//! lives on the handle of its domain; what concerns the whole backend (readiness, status,
+//! shutdown) lives here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use diesel_async::RunQueryDsl;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use crate::auth::{
-    self, ApiKeyVerifier, AuthError, JwtVerifier, Principal, SharedLimiterStats, SharedRateLimiter,
-};
+use crate::auth::{Auth, Principal, UserContext};
 use crate::config::Config;
 use crate::context::RequestContext;
-use crate::db::audit::{AuditStatsSnapshot, AuditWriter};
-use crate::db::migrate::{self, Action};
-use crate::db::models::{ExtractionCacheEntry, InferenceLog, JobRecord, Profile};
-use crate::db::{self, PgPool, pool_error, query_error};
-use crate::error::{Error, Result};
+use crate::db::audit::AuditWriter;
+use crate::db::{self, Database, PgPool};
+use crate::error::{Component, Error, Result};
 use crate::health::{self, ComponentHealth, Readiness};
-use crate::llm::{
-    Completion, CompletionRequest, FakeProvider, Llm, LlmStream, OpenRouterProvider, Provider,
-    TokenBudget, TokenUsage,
-};
+use crate::jobs::Jobs;
+use crate::llm::{FakeProvider, Llm, OpenRouterProvider, Provider, TokenBudget, TokenUsage};
 use crate::redis::{self as xredis, RedisPool};
 
 /// Name reported by `/api/v1/status`.
@@ -40,18 +39,13 @@ pub struct AiBackend {
 #[derive(Debug)]
 struct Inner {
     config: Config,
-    /// None when built without a database.
-    db: Option<PgPool>,
+    /// Built without Redis: a pool that never connects, see [`unconfigured_redis_pool`].
     redis: RedisPool,
-    /// False when built without Redis (then `redis` is a pool that never connects).
     has_redis: bool,
-    http: reqwest::Client,
-    api_keys: ApiKeyVerifier,
-    audit: AuditWriter,
-    jwt: JwtVerifier,
-    rate_limiter: SharedRateLimiter,
+    database: Database,
+    auth: Auth,
     llm: Llm,
-    jobs: crate::jobs::JobsState,
+    jobs: Jobs,
     started_at: Instant,
 }
 
@@ -66,11 +60,6 @@ pub struct AiBackendBuilder {
     http: Option<reqwest::Client>,
     llm_provider: Option<Arc<dyn Provider>>,
 }
-
-/// The message of the [`Error::Unavailable`] returned by what needs Postgres on a backend
-/// built without a database.
-pub const NO_DATABASE: &str =
-    "no database configured (this backend was built without one: DATABASE_URL unset)";
 
 /// Where a backend built without Redis points its (never used) Redis pool: a path that
 /// cannot exist, so an accidental checkout fails locally, at once.
@@ -93,10 +82,10 @@ impl AiBackendBuilder {
 
     /// Builds without Postgres, whatever `DATABASE_URL` says (also the default when it is
     /// empty, see [`Config::llm_only_from_env`]): for an embedder that only routes LLM calls.
-    /// Audit rows are then dropped and counted in [`AiBackend::audit_stats`]
-    /// (`dropped`), flushes return at once, readiness reports `postgres` as not configured,
-    /// and what needs Postgres (migrations, job records, profiles, the extraction cache)
-    /// fails at once with [`Error::Unavailable`] ([`NO_DATABASE`]).
+    /// Audit rows are then dropped and counted in [`Database::audit_stats`] (`dropped`),
+    /// flushes return at once, readiness reports `postgres` as not configured, and what
+    /// needs Postgres (migrations, job records, profiles, the extraction cache) fails at
+    /// once with [`db::DbError::NotConfigured`].
     pub fn without_database(mut self) -> Self {
         self.db = None;
         self.without_database = true;
@@ -106,8 +95,8 @@ impl AiBackendBuilder {
     /// Builds without Redis, whatever `REDIS_URL` says (also the default when it is empty):
     /// for an embedder that only routes LLM calls. LLM calls work; the job queue (enqueue,
     /// results, workers) fails at once with [`Error::Unavailable`] for `redis`;
-    /// [`AiBackend::check_rate_limit`] counts in this process only; readiness reports
-    /// `redis` as not configured. Daily user token budgets need Redis: with
+    /// [`Auth::check_rate_limit`] counts in this process only; readiness reports `redis`
+    /// as not configured. Daily user token budgets need Redis: with
     /// `LLM_USER_DAILY_TOKENS` set, [`AiBackendBuilder::build`] refuses.
     pub fn without_redis(mut self) -> Self {
         self.redis = None;
@@ -127,7 +116,9 @@ impl AiBackendBuilder {
         self
     }
 
-    /// Builds the backend. Pools are lazy: this does not wait for Postgres or Redis, so the
+    /// Builds the backend. Everything that can be wrong with the configuration fails here
+    /// (a `DATABASE_URL` or `REDIS_URL` that cannot be used, a budget without Redis), not
+    /// on first use. Pools are lazy: this does not wait for Postgres or Redis, so the
     /// process can start (and report itself not ready) while they are down.
     pub async fn build(self) -> Result<AiBackend> {
         let mut config = self.config;
@@ -160,7 +151,14 @@ impl AiBackendBuilder {
             Some(c) => c,
             None => upstream_http_client(config.llm.connect_timeout)?,
         };
-        AiBackend::assemble(config, db, redis, http, self.llm_provider)
+        Parts {
+            config,
+            db,
+            redis,
+            http,
+            llm_provider: self.llm_provider,
+        }
+        .assemble()
     }
 }
 
@@ -193,10 +191,22 @@ pub struct ServiceStatus {
     pub environment: &'static str,
     /// Seconds since the backend was built.
     pub uptime_secs: u64,
-    /// Whether the fake LLM stands in for OpenRouter.
+    /// Whether the built-in fake LLM answers (no `OPENROUTER_API_KEY` and no provider
+    /// given to the builder).
     pub fake_llm: bool,
     /// Health of each dependency.
     pub components: Vec<ComponentHealth>,
+}
+
+/// Who is calling, as `/api/v1/me` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Whoami {
+    /// `user`, `service` or `system` ([`Principal::kind_name`]).
+    pub principal: &'static str,
+    /// The signed-in user, for a user.
+    pub user: Option<UserContext>,
+    /// For a user: today's LLM token spending and the daily limit.
+    pub tokens: Option<TokenUsage>,
 }
 
 impl AiBackend {
@@ -214,54 +224,29 @@ impl AiBackend {
     }
 
     /// Assembles a backend from ready-made parts (tests and embedders). Call it inside a
-    /// Tokio runtime: it starts the audit writer task.
+    /// Tokio runtime: it starts the audit writer and event sender tasks.
     pub fn from_parts(
         config: Config,
         db: PgPool,
         redis: RedisPool,
         http: reqwest::Client,
-    ) -> AiBackend {
-        let parts = AssembledParts {
+    ) -> Result<AiBackend> {
+        Parts {
             config,
             db: Some(db),
-            redis,
-            has_redis: true,
+            redis: Some(redis),
             http,
             llm_provider: None,
-        };
-        parts.assemble()
-    }
-
-    fn assemble(
-        config: Config,
-        db: Option<PgPool>,
-        redis: Option<RedisPool>,
-        http: reqwest::Client,
-        llm_provider: Option<Arc<dyn Provider>>,
-    ) -> Result<AiBackend> {
-        let has_redis = redis.is_some();
-        let redis = match redis {
-            Some(p) => p,
-            None => unconfigured_redis_pool()?,
-        };
-        let parts = AssembledParts {
-            config,
-            db,
-            redis,
-            has_redis,
-            http,
-            llm_provider,
-        };
-        Ok(parts.assemble())
+        }
+        .assemble()
     }
 }
 
 /// Everything [`AiBackend`] is assembled from.
-struct AssembledParts {
+struct Parts {
     config: Config,
     db: Option<PgPool>,
-    redis: RedisPool,
-    has_redis: bool,
+    redis: Option<RedisPool>,
     http: reqwest::Client,
     llm_provider: Option<Arc<dyn Provider>>,
 }
@@ -279,18 +264,25 @@ fn unconfigured_redis_pool() -> Result<RedisPool> {
         .build_unchecked(manager))
 }
 
-impl AssembledParts {
-    fn assemble(self) -> AiBackend {
-        let AssembledParts {
+impl Parts {
+    fn assemble(self) -> Result<AiBackend> {
+        let Parts {
             config,
             db,
             redis,
-            has_redis,
             http,
             llm_provider,
         } = self;
-        let api_keys =
-            ApiKeyVerifier::with_previous(&config.api_key, config.api_key_previous.as_ref());
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::Internal(
+                "AiBackend must be built inside a Tokio runtime".to_owned(),
+            ));
+        }
+        let has_redis = redis.is_some();
+        let redis = match redis {
+            Some(p) => p,
+            None => unconfigured_redis_pool()?,
+        };
         let audit = match &db {
             Some(pool) => AuditWriter::start(
                 pool.clone(),
@@ -299,8 +291,7 @@ impl AssembledParts {
             ),
             None => AuditWriter::discarding(),
         };
-        let jwt = JwtVerifier::new(&config.supabase, http.clone());
-        let rate_limiter = SharedRateLimiter::new(&config.server.rate_limit, &config.redis);
+        let auth = Auth::new(&config, http.clone());
         let provider: Arc<dyn Provider> = match (llm_provider, &config.openrouter.api_key) {
             (Some(p), _) => p,
             (None, Some(key)) => Arc::new(OpenRouterProvider::new(
@@ -319,23 +310,20 @@ impl AssembledParts {
             config.database.audit_store_payloads,
             budget,
         );
-        let jobs = crate::jobs::JobsState::new(&config, redis.clone());
-        AiBackend {
+        let jobs = Jobs::new(&config, redis.clone(), has_redis, audit.clone())?;
+        let database = Database::new(db, config.database.clone(), audit);
+        Ok(AiBackend {
             inner: Arc::new(Inner {
                 config,
-                db,
                 redis,
                 has_redis,
-                http,
-                api_keys,
-                audit,
-                jwt,
-                rate_limiter,
+                database,
+                auth,
                 llm,
                 jobs,
                 started_at: Instant::now(),
             }),
-        }
+        })
     }
 }
 
@@ -345,23 +333,31 @@ impl AiBackend {
         &self.inner.config
     }
 
-    /// The Postgres pool; None when built without a database
-    /// ([`AiBackendBuilder::without_database`]).
-    pub fn db(&self) -> Option<&PgPool> {
-        self.inner.db.as_ref()
+    /// LLM calls: [`Llm::complete`] and [`Llm::stream`] along a task's route with retries
+    /// and fallback, daily user budgets ([`Llm::budget`]), counters ([`Llm::metrics`]).
+    pub fn llm(&self) -> &Llm {
+        &self.inner.llm
     }
 
-    /// The Postgres pool, or [`Error::Unavailable`] ([`NO_DATABASE`]) without a database.
-    fn pg(&self) -> Result<&PgPool> {
-        self.inner.db.as_ref().ok_or_else(|| Error::Unavailable {
-            component: "postgres",
-            message: NO_DATABASE.to_owned(),
-        })
+    /// The job queue's producer: enqueue, results, revocation.
+    pub fn jobs(&self) -> &Jobs {
+        &self.inner.jobs
+    }
+
+    /// Authentication (API key, Supabase tokens) and rate limits.
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    /// Postgres: migrations, job and inference rows, the extraction cache, profiles, and
+    /// the audit writer's counters.
+    pub fn database(&self) -> &Database {
+        &self.inner.database
     }
 
     /// True unless built without a database.
     pub fn has_database(&self) -> bool {
-        self.inner.db.is_some()
+        self.inner.database.is_configured()
     }
 
     /// True unless built without Redis.
@@ -369,193 +365,14 @@ impl AiBackend {
         self.inner.has_redis
     }
 
-    /// The Redis pool. Built without Redis ([`AiBackendBuilder::without_redis`]), a pool
-    /// that never connects: every checkout fails within 100 ms.
-    pub fn redis(&self) -> &RedisPool {
+    /// The Redis pool (the worker runtime's, inside the crate).
+    pub(crate) fn redis_pool(&self) -> &RedisPool {
         &self.inner.redis
     }
 
-    /// The shared HTTP client for upstream calls.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.inner.http
-    }
-
-    /// The background writer of audit rows (inference logs, job state changes).
-    pub fn audit(&self) -> &AuditWriter {
-        &self.inner.audit
-    }
-
-    /// The LLM engine: routing table, provider, counters.
-    pub fn llm(&self) -> &Llm {
-        &self.inner.llm
-    }
-
-    /// One LLM completion along the request's task route, with retries and fallback; writes
-    /// an `inference_logs` row and sends the correlation ID upstream.
-    pub async fn complete(
-        &self,
-        ctx: &RequestContext,
-        req: CompletionRequest,
-    ) -> Result<Completion> {
-        self.inner.llm.complete(ctx, req).await
-    }
-
-    /// A streamed LLM completion (see [`Llm::stream`]): resolves at the first token, fails
-    /// like [`AiBackend::complete`] when no model produced one; dropping the stream cancels
-    /// the upstream request.
-    pub async fn stream(&self, ctx: &RequestContext, req: CompletionRequest) -> Result<LlmStream> {
-        self.inner.llm.stream(ctx, req).await
-    }
-
-    /// Job queue state (router, dedicated Redis client, producer events).
-    pub(crate) fn jobs_state(&self) -> &crate::jobs::JobsState {
-        &self.inner.jobs
-    }
-
-    /// Counters of the audit writer.
-    pub fn audit_stats(&self) -> AuditStatsSnapshot {
-        self.inner.audit.stats()
-    }
-
-    /// Applies pending migrations (idempotent, safe to race with other processes) and
-    /// returns the versions applied.
-    pub async fn migrate(&self) -> Result<Vec<String>> {
-        self.migration(Action::Run).await
-    }
-
-    /// Reverts the most recent migration and returns its version.
-    pub async fn revert_last_migration(&self) -> Result<Vec<String>> {
-        self.migration(Action::RevertLast).await
-    }
-
-    /// Names of the migrations not yet applied.
-    pub async fn pending_migrations(&self) -> Result<Vec<String>> {
-        self.migration(Action::Pending).await
-    }
-
-    async fn migration(&self, action: Action) -> Result<Vec<String>> {
-        self.pg()?;
-        let db = &self.inner.config.database;
-        let (url, options) = db::connect::parse_url(db.url.expose_secret(), db.prepared_statements)
-            .map_err(|e| Error::Validation(format!("DATABASE_URL: {e}")))?;
-        migrate::execute(url, options, action)
-            .await
-            .map_err(|message| Error::Unavailable {
-                component: "postgres",
-                message: format!("migration failed: {message}"),
-            })
-    }
-
-    /// Flushes queued audit rows and waits for them to be written (shutdown, tests).
-    pub async fn flush_audit(&self) {
-        self.inner.audit.flush().await;
-    }
-
-    /// [`AiBackend::flush_audit`] bounded by `timeout` (for shutdowns); false when rows
-    /// were still queued at the deadline (the count is logged).
-    pub async fn flush_audit_within(&self, timeout: std::time::Duration) -> bool {
-        self.inner.audit.flush_within(timeout).await
-    }
-
-    /// The stored metadata of one job.
-    pub async fn job_record(&self, task_id: &str) -> Result<Option<JobRecord>> {
-        use crate::db::schema::job_queue_metadata::dsl;
-        use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
-        let mut conn = self.pg()?.get().await.map_err(pool_error)?;
-        dsl::job_queue_metadata
-            .filter(dsl::task_id.eq(task_id))
-            .select(JobRecord::as_select())
-            .first(&mut conn)
-            .await
-            .optional()
-            .map_err(query_error)
-    }
-
-    /// Inference log rows of one correlation ID, oldest first.
-    pub async fn inference_logs_for(&self, correlation_id: &str) -> Result<Vec<InferenceLog>> {
-        use crate::db::schema::inference_logs::dsl;
-        use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
-        let mut conn = self.pg()?.get().await.map_err(pool_error)?;
-        dsl::inference_logs
-            .filter(dsl::correlation_id.eq(correlation_id))
-            .order(dsl::created_at.asc())
-            .select(InferenceLog::as_select())
-            .load(&mut conn)
-            .await
-            .map_err(query_error)
-    }
-
-    /// A cached extraction of a document, unless it expired.
-    pub async fn cached_extraction(
-        &self,
-        content_hash: &str,
-        extractor: &str,
-        extractor_version: &str,
-    ) -> Result<Option<ExtractionCacheEntry>> {
-        use crate::db::schema::extraction_cache::dsl;
-        use diesel::{
-            BoolExpressionMethods, ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper,
-        };
-        let mut conn = self.pg()?.get().await.map_err(pool_error)?;
-        dsl::extraction_cache
-            .filter(dsl::content_hash.eq(content_hash))
-            .filter(dsl::extractor.eq(extractor))
-            .filter(dsl::extractor_version.eq(extractor_version))
-            .filter(
-                dsl::expires_at
-                    .is_null()
-                    .or(dsl::expires_at.gt(diesel::dsl::now)),
-            )
-            .select(ExtractionCacheEntry::as_select())
-            .first(&mut conn)
-            .await
-            .optional()
-            .map_err(query_error)
-    }
-
-    /// Stores (or replaces) an extraction result. The hash must be lower-case SHA-256 hex.
-    pub async fn store_extraction(&self, entry: &ExtractionCacheEntry) -> Result<()> {
-        use crate::db::schema::extraction_cache::dsl;
-        use diesel::ExpressionMethods;
-        use diesel::upsert::excluded;
-        let valid_hash = entry.content_hash.len() == 64
-            && entry
-                .content_hash
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !valid_hash {
-            return Err(Error::Validation(
-                "content_hash must be 64 lower-case hex characters (SHA-256)".to_owned(),
-            ));
-        }
-        let mut conn = self.pg()?.get().await.map_err(pool_error)?;
-        diesel::insert_into(dsl::extraction_cache)
-            .values(entry)
-            .on_conflict((dsl::content_hash, dsl::extractor, dsl::extractor_version))
-            .do_update()
-            .set((
-                dsl::result.eq(excluded(dsl::result)),
-                dsl::created_at.eq(excluded(dsl::created_at)),
-                dsl::expires_at.eq(excluded(dsl::expires_at)),
-            ))
-            .execute(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(query_error)
-    }
-
-    /// Reads a profile from the app's shared `public.profiles` table.
-    pub async fn profile(&self, user_id: uuid::Uuid) -> Result<Option<Profile>> {
-        use crate::db::schema::profiles::dsl;
-        use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
-        let mut conn = self.pg()?.get().await.map_err(pool_error)?;
-        dsl::profiles
-            .filter(dsl::id.eq(user_id))
-            .select(Profile::as_select())
-            .first(&mut conn)
-            .await
-            .optional()
-            .map_err(query_error)
+    /// The audit writer (the worker runtime's job rows, inside the crate).
+    pub(crate) fn audit_writer(&self) -> &AuditWriter {
+        self.inner.database.audit()
     }
 
     /// Time since the backend was built.
@@ -563,91 +380,56 @@ impl AiBackend {
         self.inner.started_at.elapsed()
     }
 
-    /// Checks an `X-API-Key` value in constant time.
-    pub fn verify_api_key(&self, presented: Option<&str>) -> std::result::Result<(), AuthError> {
-        self.inner.api_keys.verify(presented)
-    }
-
-    /// Verifies a Supabase access token (without the `Bearer ` prefix): HS256 against
-    /// `SUPABASE_JWT_SECRET`, ES256/RS256 against the project's JWKS.
-    pub async fn verify_bearer(&self, token: &str) -> std::result::Result<Principal, AuthError> {
-        self.inner.jwt.verify(token).await
-    }
-
-    /// Authenticates a call from its raw `X-API-Key` and `Authorization` header values.
-    ///
-    /// The API key is always required. Without an `Authorization` header the caller is
-    /// [`Principal::Service`] (backend to backend); with one, it must be a valid
-    /// `Bearer <Supabase JWT>` and the caller is that user: a token that is present but
-    /// invalid is refused, never ignored.
-    ///
-    /// OpenAI-style clients can only send one credential, as `Authorization: Bearer <key>`:
-    /// without an `X-API-Key`, a bearer equal to the API key is the service principal.
-    pub async fn authenticate(
-        &self,
-        api_key: Option<&str>,
-        authorization: Option<&str>,
-    ) -> std::result::Result<Principal, AuthError> {
-        if let (None, Some(header)) = (api_key, authorization) {
-            let token = auth::bearer_token(header)?;
-            return match self.verify_api_key(Some(token)) {
-                Ok(()) => Ok(Principal::Service),
-                Err(_) => Err(AuthError::MissingApiKey),
-            };
+    /// Applies the migration policy of the configuration at startup: with
+    /// `RUN_MIGRATIONS` on, applies pending migrations and returns their versions; off,
+    /// does nothing (an operator runs `xenios-cli migrate`).
+    pub async fn prepare(&self) -> Result<Vec<String>> {
+        if !self.inner.config.database.run_migrations {
+            return Ok(Vec::new());
         }
-        self.verify_api_key(api_key)?;
-        match authorization {
-            None => Ok(Principal::Service),
-            Some(header) => self.verify_bearer(auth::bearer_token(header)?).await,
-        }
+        let applied = self.inner.database.migrate().await?;
+        tracing::info!(applied = ?applied, "migrations up to date");
+        Ok(applied)
     }
 
-    /// Counts one request against the caller's rate limit (`RATE_LIMIT_PER_MINUTE`,
-    /// `RATE_LIMIT_BURST`), shared by every replica through Redis (in leases, see
-    /// [`SharedRateLimiter`]); [`Error::RateLimited`] with the wait when over it.
-    pub async fn check_rate_limit(&self, principal: &Principal) -> Result<()> {
-        self.inner.rate_limiter.check(principal).await
+    /// Who `ctx` is, with today's token use for a user.
+    pub async fn whoami(&self, ctx: &RequestContext) -> Result<Whoami> {
+        let principal = ctx.principal.kind_name();
+        Ok(match &ctx.principal {
+            Principal::User(u) => {
+                let tokens = match self.inner.llm.budget() {
+                    Some(b) => b.usage(&u.user_id).await?,
+                    None => TokenUsage { used: 0, limit: 0 },
+                };
+                Whoami {
+                    principal,
+                    user: Some(u.clone()),
+                    tokens: Some(tokens),
+                }
+            }
+            _ => Whoami {
+                principal,
+                user: None,
+                tokens: None,
+            },
+        })
     }
 
-    /// Counters of the shared rate limiter (Redis up, leases, fallback checks).
-    pub fn rate_limit_stats(&self) -> SharedLimiterStats {
-        self.inner.rate_limiter.stats()
-    }
-
-    /// Requests accepted with `XENIOS_BACKEND_API_KEY_PREVIOUS` since start.
-    pub fn previous_api_key_uses(&self) -> u64 {
-        self.inner.api_keys.previous_key_uses()
-    }
-
-    /// Today's LLM token spending of a user and the daily limit (`LLM_USER_DAILY_TOKENS`;
-    /// limit 0 and nothing read from Redis when there is no budget).
-    pub async fn user_token_usage(&self, user_id: &str) -> Result<TokenUsage> {
-        match self.inner.llm.budget() {
-            Some(b) => b.usage(user_id).await,
-            None => Ok(TokenUsage { used: 0, limit: 0 }),
-        }
-    }
-
-    /// [`Error::BudgetExceeded`] when `user_id` has spent today's token budget.
-    ///
-    /// [`AiBackend::complete`] and [`AiBackend::stream`] already check and charge the user of
-    /// a [`RequestContext`] whose principal is a user (a job handler passes one built from the
-    /// job's owner); these methods are for work that spends tokens on a user's behalf some
-    /// other way.
-    pub async fn check_user_budget(&self, user_id: &str) -> Result<()> {
-        match self.inner.llm.budget() {
-            Some(b) => b.check(user_id).await,
-            None => Ok(()),
-        }
-    }
-
-    /// Adds `tokens` to today's spending of `user_id` (no-op without a budget); returns the
-    /// new total.
-    pub async fn charge_user_tokens(&self, user_id: &str, tokens: u64) -> Result<u64> {
-        match self.inner.llm.budget() {
-            Some(b) => b.charge(user_id, tokens).await,
-            None => Ok(0),
-        }
+    /// Stops what construction started: waits (at most `deadline`) for queued audit rows
+    /// and job events to be written, then stops the audit writer and the event sender.
+    /// Returns false when audit rows were still queued at the deadline (they are counted
+    /// as dropped). Call once, when the process stops; the backend must not be used after.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        let (flushed, ()) = tokio::join!(self.inner.database.flush_audit_within(deadline), async {
+            if tokio::time::timeout(deadline, self.inner.jobs.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("job events still queued at shutdown");
+            }
+        });
+        self.inner.database.audit().stop();
+        flushed
     }
 
     /// Probes Postgres and Redis concurrently, each within `READY_TIMEOUT_MS`; one the
@@ -656,16 +438,16 @@ impl AiBackend {
         let deadline = self.inner.config.server.ready_timeout;
         let pg = async {
             if self.has_database() {
-                health::probe("postgres", deadline, self.ping_postgres()).await
+                health::probe(Component::Postgres, deadline, self.inner.database.ping()).await
             } else {
-                ComponentHealth::not_configured("postgres")
+                ComponentHealth::not_configured(Component::Postgres)
             }
         };
         let redis = async {
             if self.has_redis() {
-                health::probe("redis", deadline, self.ping_redis()).await
+                health::probe(Component::Redis, deadline, self.ping_redis()).await
             } else {
-                ComponentHealth::not_configured("redis")
+                ComponentHealth::not_configured(Component::Redis)
             }
         };
         let (pg, redis) = tokio::join!(pg, redis);
@@ -681,35 +463,28 @@ impl AiBackend {
             git_commit: GIT_COMMIT,
             environment: self.inner.config.environment.as_str(),
             uptime_secs: self.uptime().as_secs(),
-            fake_llm: self.inner.config.uses_fake_llm(),
+            fake_llm: self.inner.llm.provider_name() == Provider::name(&FakeProvider),
             components: readiness.components,
         }
     }
 
-    async fn ping_postgres(&self) -> std::result::Result<(), String> {
+    async fn ping_redis(&self) -> Result<()> {
         let mut conn = self
-            .pg()
-            .map_err(|e| e.to_string())?
+            .inner
+            .redis
             .get()
             .await
-            .map_err(|e| e.to_string())?;
-        diesel::sql_query("SELECT 1")
-            .execute(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    async fn ping_redis(&self) -> std::result::Result<(), String> {
-        let mut conn = self.inner.redis.get().await.map_err(|e| e.to_string())?;
+            .map_err(|e| Error::unavailable_from(Component::Redis, e))?;
         let pong: String = xredis::redis::cmd("PING")
             .query_async(&mut *conn)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(xredis::error)?;
         if pong == "PONG" {
             Ok(())
         } else {
-            Err(format!("unexpected PING reply `{pong}`"))
+            Err(xredis::unavailable(format!(
+                "unexpected PING reply `{pong}`"
+            )))
         }
     }
 }

@@ -8,6 +8,37 @@ use std::time::Duration;
 
 use crate::auth::AuthError;
 use crate::config::ConfigError;
+use crate::db::DbError;
+
+/// A boxed error kept as the [`std::error::Error::source`] of a core error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A dependency of the backend that can be down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Component {
+    /// Postgres: audit rows, job rows, migrations, the extraction cache, profiles.
+    Postgres,
+    /// Redis: the job queue's broker and result backend, shared rate limits, budgets.
+    Redis,
+}
+
+impl Component {
+    /// The lower-case name used in logs, health reports and error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Postgres => "postgres",
+            Component::Redis => "redis",
+        }
+    }
+}
+
+impl std::fmt::Display for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A classification of [`Error`], stable enough for a transport to map onto its status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +93,17 @@ pub enum Error {
     /// A dependency is down or did not answer in time.
     #[error("{component} unavailable: {message}")]
     Unavailable {
-        /// `postgres` or `redis`.
-        component: &'static str,
+        /// Which dependency.
+        component: Component,
         /// What went wrong, without secrets.
         message: String,
+        /// The client library's error, when there is one (a Redis error...).
+        #[source]
+        source: Option<BoxError>,
     },
+    /// A Postgres operation failed (see [`DbError`]).
+    #[error(transparent)]
+    Db(#[from] DbError),
     /// An unexpected internal failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -93,6 +130,36 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Unavailable`] with a message only.
+    pub(crate) fn unavailable(component: Component, message: impl std::fmt::Display) -> Self {
+        Error::Unavailable {
+            component,
+            message: message.to_string(),
+            source: None,
+        }
+    }
+
+    /// [`Error::Unavailable`] caused by a client library's error, kept as the source.
+    pub(crate) fn unavailable_from<E>(component: Component, e: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Error::Unavailable {
+            component,
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    /// The dependency that is down, for an [`ErrorKind::Unavailable`] error.
+    pub fn component(&self) -> Option<Component> {
+        match self {
+            Error::Unavailable { component, .. } => Some(*component),
+            Error::Db(e) if e.kind() == ErrorKind::Unavailable => Some(Component::Postgres),
+            _ => None,
+        }
+    }
+
     /// The classification of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -102,6 +169,7 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::RateLimited { .. } => ErrorKind::RateLimited,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Db(e) => e.kind(),
             Error::Llm(e) if e.is_timeout() => ErrorKind::UpstreamTimeout,
             Error::Llm(_) => ErrorKind::Upstream,
             Error::Forbidden { .. } => ErrorKind::Forbidden,
@@ -121,9 +189,15 @@ impl Error {
             // Redis is the job queue's broker (it also keeps the daily token budgets): a
             // client told `queue_unavailable` knows an enqueue may be retried.
             Error::Unavailable {
-                component: "redis", ..
+                component: Component::Redis,
+                ..
             } => "queue_unavailable",
             Error::Unavailable { .. } => "service_unavailable",
+            Error::Db(e) => match e.kind() {
+                ErrorKind::Validation => "validation_error",
+                ErrorKind::Unavailable => "service_unavailable",
+                _ => "internal_error",
+            },
             Error::Internal(_) => "internal_error",
             Error::Llm(e) if e.refused => "upstream_refused",
             Error::Llm(e) if e.is_timeout() => "upstream_timeout",

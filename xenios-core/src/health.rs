@@ -5,11 +5,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::error::Component;
+
 /// Health of one dependency.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ComponentHealth {
-    /// `postgres` or `redis`.
-    pub name: &'static str,
+    /// Which dependency.
+    pub name: Component,
     /// True when it answered within the deadline (or is not configured).
     pub healthy: bool,
     /// False when the backend was built without it (an embedder that only routes LLM
@@ -32,7 +34,7 @@ pub struct Readiness {
 
 impl ComponentHealth {
     /// A component the backend was built without.
-    pub fn not_configured(name: &'static str) -> Self {
+    pub fn not_configured(name: Component) -> Self {
         Self {
             name,
             healthy: true,
@@ -54,7 +56,7 @@ impl Readiness {
 }
 
 /// Runs one probe with a deadline and records its outcome.
-pub(crate) async fn probe<F, E>(name: &'static str, deadline: Duration, check: F) -> ComponentHealth
+pub(crate) async fn probe<F, E>(name: Component, deadline: Duration, check: F) -> ComponentHealth
 where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,

@@ -4,21 +4,41 @@
 //! facade, [`AiBackend`]; the server, worker and CLI binaries are thin shells over it.
 //!
 //! ## Layout
-//! - [`backend`]: [`AiBackend`] and its builder; owns the pools and the HTTP client.
-//! - [`config`]: typed settings from the environment, every problem reported at once.
+//! [`AiBackend`] (`backend.rs`) is built once ([`AiBackend::builder`]) and hands out one
+//! handle per domain; each handle lives in its domain's module, so the facade stays a table
+//! of contents rather than a second copy of every domain's API:
+//!
+//! | call | handle | where it lives |
+//! |---|---|---|
+//! | `backend.llm()` | [`llm::Llm`]: complete, stream, budgets, counters | [`llm`] |
+//! | `backend.jobs()` | [`jobs::Jobs`]: enqueue, results, revoke | [`jobs`] (`client.rs`) |
+//! | `backend.auth()` | [`auth::Auth`]: API key, Supabase tokens, rate limits | [`auth`] (`gate.rs`) |
+//! | `backend.database()` | [`db::Database`]: migrations, rows, audit counters | [`db`] (`database.rs`) |
+//! | `backend.readiness()`, `status()`, `whoami()`, `prepare()`, `shutdown()` | the facade | `backend.rs` |
+//!
+//! Why handles and not one flat facade: each domain's calls, errors and docs stay together,
+//! an embedder sees at a glance what a domain offers, and a domain never needs the facade
+//! (it is given what it needs at construction) - except the worker runtime, whose handlers
+//! receive the whole backend.
+//!
+//! The modules:
+//! - [`config`]: typed settings from the environment, one file per section, every problem
+//!   reported at once; [`Config::warnings`] for what is valid but suspicious.
 //! - [`context`]: the per-request [`RequestContext`] (correlation ID, principal) that travels
 //!   into jobs and upstream calls.
-//! - [`auth`]: API-key and Supabase JWT verification, with no HTTP types.
+//! - [`auth`]: API-key and Supabase JWT verification, rate limits; no HTTP types.
 //! - [`llm`]: LLM orchestration: OpenRouter and fake providers, per-task routes, retries,
-//!   fallback, streaming, one audit row per call.
-//! - [`db`]: Postgres (diesel-async on bb8), schema `ai_backend`.
+//!   fallback, streaming, one audit row per call; [`llm::input`] holds the rules for
+//!   requests from outside (roles, OpenAI content, task or model).
+//! - [`db`]: Postgres (diesel-async on bb8), schema `ai_backend`; [`db::DbError`].
 //! - [`redis`]: the Redis pool (bb8-redis).
 //! - [`jobs`]: the Celery-compatible job queue (producer, worker runtime, result backend,
 //!   events and pidbox for Flower).
 //! - [`health`]: readiness probes of the dependencies.
-//! - [`telemetry`]: structured logging.
+//! - [`telemetry`]: structured logging, error reports, traces.
 //! - [`shutdown`]: SIGTERM/SIGINT handling shared by the binaries.
-//! - [`error`]: the [`Error`] enum and its [`ErrorKind`] classification.
+//! - [`error`]: the one facade [`Error`], its [`ErrorKind`] classification and the
+//!   [`error::Component`] that is down.
 //!
 //! ## Example
 //! ```no_run
@@ -26,6 +46,7 @@
 //! let config = xenios_core::Config::from_env()?;
 //! let backend = xenios_core::AiBackend::builder(config).build().await?;
 //! println!("ready: {}", backend.readiness().await.ready);
+//! backend.shutdown(std::time::Duration::from_secs(5)).await;
 //! # Ok(()) }
 //! ```
 

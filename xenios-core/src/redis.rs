@@ -7,7 +7,7 @@ use bb8_redis::RedisConnectionManager;
 use secrecy::ExposeSecret;
 
 use crate::config::RedisConfig;
-use crate::error::Error;
+use crate::error::{Component, Error};
 
 pub use ::redis;
 
@@ -15,12 +15,15 @@ pub use ::redis;
 pub type RedisPool = bb8::Pool<RedisConnectionManager>;
 
 /// Redis is down, did not answer, or refused what it was asked: the one way every module
-/// reports it (a 503 `queue_unavailable` to HTTP callers, see [`Error::code`]).
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable {
-        component: "redis",
-        message: e.to_string(),
-    }
+/// reports it (a 503 `queue_unavailable` to HTTP callers, see [`Error::code`]). The Redis
+/// error stays the source.
+pub(crate) fn error(e: ::redis::RedisError) -> Error {
+    Error::unavailable_from(Component::Redis, e)
+}
+
+/// [`error`] for a condition found by this backend rather than reported by the client.
+pub(crate) fn unavailable(message: impl std::fmt::Display) -> Error {
+    Error::unavailable(Component::Redis, message)
 }
 
 /// Builds the pool lazily: no connection is opened until the first command.

@@ -29,6 +29,7 @@ use poem::middleware::Cors;
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Endpoint, EndpointExt, Route, Server};
 use poem_openapi::OpenApiService;
+use xenios_core::config::CorsPolicy;
 use xenios_core::{AiBackend, Config};
 
 use crate::api::health::HealthApi;
@@ -89,10 +90,11 @@ pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
             .body(document.clone())
     });
     let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs_html.clone()));
-    let cors = cors(backend.config());
     // No configured origin: no CORS layer at all, so no `Access-Control-Allow-Origin` is ever
     // sent (poem's Cors with an empty list would reflect any origin).
-    let cross_origin = !backend.config().server.cors_origins.is_empty();
+    let policy = backend.config().server.cors();
+    let cross_origin = policy.is_some();
+    let cors = policy.map(cors).unwrap_or_default();
     let auth_backend = backend.clone();
     let max_body = backend.config().server.max_body_bytes;
     // Outermost first: correlation ID and access log, CORS (answers preflights before any
@@ -110,24 +112,15 @@ pub fn app(backend: &AiBackend) -> impl Endpoint + 'static {
         .around(middleware::correlation)
 }
 
-fn cors(config: &Config) -> Cors {
+/// poem's CORS layer for core's policy (an empty origin list is any origin to poem).
+fn cors(policy: CorsPolicy) -> Cors {
     let mut cors = Cors::new()
-        .allow_methods(["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
-        .allow_headers([
-            "authorization",
-            "content-type",
-            "x-api-key",
-            "x-request-id",
-            "x-correlation-id",
-        ])
-        .expose_headers(["x-request-id", "retry-after"])
-        .max_age(600);
-    // `*` (development only, see the config) leaves the list empty, which poem treats as
-    // any origin.
-    for origin in &config.server.cors_origins {
-        if origin != "*" {
-            cors = cors.allow_origin(origin.as_str());
-        }
+        .allow_methods(policy.methods.iter().copied())
+        .allow_headers(policy.headers.iter().copied())
+        .expose_headers(policy.expose_headers.iter().copied())
+        .max_age(i32::try_from(policy.max_age.as_secs()).unwrap_or(i32::MAX));
+    for origin in &policy.origins {
+        cors = cors.allow_origin(origin.as_str());
     }
     cors
 }
@@ -156,7 +149,7 @@ pub async fn run(
     // orchestrator's grace period (compose: 30 s); rows still queued after it are counted as
     // dropped, as when Postgres is down.
     backend
-        .flush_audit_within(xenios_core::jobs::worker::AUDIT_FLUSH_TIMEOUT)
+        .shutdown(xenios_core::jobs::worker::AUDIT_FLUSH_TIMEOUT)
         .await;
     drop(backend);
     Ok(())
@@ -169,29 +162,11 @@ pub async fn serve(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let started = Instant::now();
     let bind = config.bind_address();
-    if config.uses_fake_llm() {
-        tracing::warn!("OPENROUTER_API_KEY is not set: using the built-in fake LLM");
-    }
-    if config.environment == xenios_core::Environment::Development
-        && std::env::var_os("XENIOS_BACKEND_API_KEY").is_none()
-    {
-        tracing::warn!(
-            "XENIOS_BACKEND_API_KEY is not set: development accepts the key `{}`",
-            xenios_core::config::DEV_API_KEY
-        );
-    }
-    if config.supabase.jwt_secret.is_none() && config.supabase.jwks_url().is_none() {
-        tracing::warn!(
-            "neither SUPABASE_JWT_SECRET nor SUPABASE_URL is set: every bearer token is refused"
-        );
-    } else if config.supabase.url.is_none() {
-        tracing::warn!("SUPABASE_URL is not set: the `iss` of user tokens is not checked");
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
     }
     let backend = AiBackend::builder(config).build().await?;
-    if backend.config().database.run_migrations {
-        let applied = backend.migrate().await?;
-        tracing::info!(applied = ?applied, "migrations up to date");
-    }
+    backend.prepare().await?;
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     tracing::info!(
         environment = %backend.config().environment,

@@ -112,10 +112,10 @@ pub async fn authenticate<E: Endpoint>(
                 detail: "Authorization is not ASCII".to_owned(),
             },
         )?;
-        let principal = match backend.authenticate(api_key, authorization).await {
+        let principal = match backend.auth().authenticate(api_key, authorization).await {
             Ok(p) => p,
             Err(e) => {
-                if let AuthError::InvalidToken { detail } = &e {
+                if let xenios_core::Error::Auth(AuthError::InvalidToken { detail }) = &e {
                     tracing::info!(reason = %detail, "bearer token refused");
                 }
                 return Err(ApiError::from(e).into());
@@ -127,6 +127,7 @@ pub async fn authenticate<E: Endpoint>(
         // Scrapes of /metrics are authenticated but not counted against the service's limit.
         if req.uri().path() != "/metrics" {
             backend
+                .auth()
                 .check_rate_limit(&principal)
                 .await
                 .map_err(ApiError::from)?;

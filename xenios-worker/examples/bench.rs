@@ -192,9 +192,11 @@ async fn main() {
     for _ in 0..samples {
         let sent = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
         let id = backend
+            .jobs()
             .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
             .await
-            .unwrap();
+            .unwrap()
+            .id;
         'wait: loop {
             let msg = tokio::time::timeout(Duration::from_secs(5), events.next())
                 .await
@@ -230,6 +232,7 @@ async fn main() {
     let start = Instant::now();
     for _ in 0..n {
         backend
+            .jobs()
             .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue(enq_queue))
             .await
             .unwrap();
@@ -242,7 +245,7 @@ async fn main() {
         let batch = (chunk * 1000..((chunk + 1) * 1000).min(n))
             .map(|_| EnqueueRequest::new("xenios.noop").queue(enq_queue))
             .collect();
-        backend.enqueue_many(&ctx, batch).await.unwrap();
+        backend.jobs().enqueue_many(&ctx, batch).await.unwrap();
     }
     let batched_secs = start.elapsed().as_secs_f64();
     let callers = 32usize;
@@ -254,6 +257,7 @@ async fn main() {
         handles.push(tokio::spawn(async move {
             for _ in 0..per_caller {
                 backend
+                    .jobs()
                     .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue(enq_queue))
                     .await
                     .unwrap();
@@ -273,12 +277,13 @@ async fn main() {
     let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
     let worker = spawn_worker("8");
     let warm = backend
+        .jobs()
         .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
         .await
         .unwrap();
     wait_results(
         &mut conn,
-        vec![warm.as_str().to_owned()],
+        vec![warm.id.as_str().to_owned()],
         Duration::from_secs(120),
     )
     .await;
@@ -287,10 +292,10 @@ async fn main() {
         let batch = (chunk * 1000..((chunk + 1) * 1000).min(n - 1))
             .map(|_| EnqueueRequest::new("xenios.noop").queue("bench-staging"))
             .collect();
-        let batch_ids = backend.enqueue_many(&ctx, batch).await.unwrap();
+        let batch_ids = backend.jobs().enqueue_many(&ctx, batch).await.unwrap();
         ids.extend(batch_ids.iter().map(|id| id.as_str().to_owned()));
     }
-    backend.flush_audit().await;
+    backend.database().flush_audit().await;
     let rows_before = pg_row_writes().await;
     let stats_before = commandstats(&mut conn).await;
     let start = Instant::now();
@@ -301,16 +306,17 @@ async fn main() {
         .await
         .unwrap();
     let last = backend
+        .jobs()
         .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
         .await
         .unwrap();
-    ids.push(last.as_str().to_owned());
+    ids.push(last.id.as_str().to_owned());
     wait_results(&mut conn, ids, Duration::from_secs(600)).await;
     let drain_secs = start.elapsed().as_secs_f64();
     let stats_after = commandstats(&mut conn).await;
     let busy_rss = rss_kib(worker.id());
     stop(worker);
-    backend.flush_audit().await;
+    backend.database().flush_audit().await;
     let rows_after = pg_row_writes().await;
     let (per_job, top) = commands_per_job(&stats_before, &stats_after, n);
     let drain_rate = n as f64 / drain_secs;
@@ -348,5 +354,5 @@ async fn main() {
         idle_rss as f64 / 1024.0,
         busy_rss as f64 / 1024.0
     );
-    backend.flush_audit().await;
+    backend.database().flush_audit().await;
 }

@@ -57,26 +57,29 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("example failed: {e}");
             // Whatever was audited so far still reaches Postgres.
-            backend.flush_audit_within(Duration::from_secs(5)).await;
+            backend
+                .database()
+                .flush_audit_within(Duration::from_secs(5))
+                .await;
             ExitCode::FAILURE
         }
     }
 }
 
 async fn run(backend: &AiBackend) -> Result<(), Box<dyn std::error::Error>> {
-    backend.migrate().await?;
+    backend.database().migrate().await?;
     // Calls made on behalf of this service; a request handler would build a context from
     // the caller's correlation ID and principal instead.
     let ctx = RequestContext::system();
 
     // 1. A completion along the `chat` route (retries and fallback included).
     let req = CompletionRequest::new(Task::Chat, vec![Message::user("Say hello.")]);
-    let c = backend.complete(&ctx, req).await?;
+    let c = backend.llm().complete(&ctx, req).await?;
     println!("complete: {} [{}]", c.content, c.model_used);
 
     // 2. The same, streamed: tokens as they arrive, then a summary.
     let req = CompletionRequest::new(Task::Chat, vec![Message::user("Say hello again.")]);
-    let mut events = backend.stream(&ctx, req).await?;
+    let mut events = backend.llm().stream(&ctx, req).await?;
     let mut text = String::new();
     while let Some(event) = events.next().await {
         match event {
@@ -103,14 +106,17 @@ async fn run(backend: &AiBackend) -> Result<(), Box<dyn std::error::Error>> {
         let _ = stopped.await;
     }));
     let id = backend
+        .jobs()
         .enqueue(
             &ctx,
             EnqueueRequest::new("example.shout")
                 .args(json!(["hello from a job"]))?
                 .queue(QUEUE),
         )
-        .await?;
+        .await?
+        .id;
     let result = backend
+        .jobs()
         .wait_result(id.as_str(), Duration::from_secs(30))
         .await?;
     if result.state != TaskState::Success {
@@ -121,7 +127,7 @@ async fn run(backend: &AiBackend) -> Result<(), Box<dyn std::error::Error>> {
     // 4. A Supabase user's access token, verified as the server does for `Authorization`.
     match user_token(backend) {
         Some(token) => {
-            let principal = backend.verify_bearer(&token).await?;
+            let principal = backend.auth().verify_bearer(&token).await?;
             println!("token: user {}", principal.user_id().unwrap_or("(none)"));
         }
         None => println!("token: skipped (no EXAMPLE_USER_TOKEN or SUPABASE_JWT_SECRET)"),
@@ -130,8 +136,11 @@ async fn run(backend: &AiBackend) -> Result<(), Box<dyn std::error::Error>> {
     // 5. A clean shutdown: the worker finishes what it runs, audit rows are written.
     let _ = stop.send(());
     worker.await??;
-    let flushed = backend.flush_audit_within(Duration::from_secs(10)).await;
-    let stats = backend.audit_stats();
+    let flushed = backend
+        .database()
+        .flush_audit_within(Duration::from_secs(10))
+        .await;
+    let stats = backend.database().audit_stats();
     println!(
         "shutdown: audit rows written {}, dropped {}, all flushed {flushed}",
         stats.written, stats.dropped

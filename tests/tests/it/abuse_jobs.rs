@@ -181,6 +181,7 @@ async fn reserved_names_are_refused_by_the_library_the_config_and_the_worker() {
     let ctx = RequestContext::system();
     for queue in RESERVED {
         let e = backend
+            .jobs()
             .enqueue(&ctx, EnqueueRequest::new("any.task").queue(*queue))
             .await
             .unwrap_err();
@@ -382,8 +383,14 @@ async fn users_see_and_revoke_only_their_own_jobs_and_the_service_sees_all() {
         .unwrap();
     let msg: Value = serde_json::from_str(&raw[0]).unwrap();
     assert_eq!(msg["headers"]["xenios_owner"], "user:user-a");
-    app.backend.flush_audit().await;
-    let row = app.backend.job_record(&id).await.unwrap().unwrap();
+    app.backend.database().flush_audit().await;
+    let row = app
+        .backend
+        .database()
+        .job_record(&id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.owner.as_deref(), Some("user:user-a"));
 
     // A revokes their own job.

@@ -331,7 +331,10 @@ async fn a_user_past_the_daily_budget_gets_429_until_utc_midnight() {
     assert_eq!(
         s.app
             .backend
-            .user_token_usage(&alice_id)
+            .llm()
+            .budget()
+            .expect("budget")
+            .usage(&alice_id)
             .await
             .unwrap()
             .used,
@@ -710,7 +713,7 @@ async fn the_previous_api_key_is_accepted_and_counted() {
         Some(4),
         "{text}"
     );
-    assert_eq!(app.backend.previous_api_key_uses(), 4);
+    assert_eq!(app.backend.auth().previous_api_key_uses(), 4);
 }
 
 // ---- Item 9: closed surfaces --------------------------------------------------------------
@@ -819,7 +822,7 @@ async fn provider_error_text_never_reaches_a_client() {
     assert!(text.contains("upstream_stream_failed"), "{text}");
     assert!(!text.contains(SECRET_MARK), "{text}");
     // The full text is kept for operators, in the audit rows.
-    s.app.backend.flush_audit().await;
+    s.app.backend.database().flush_audit().await;
     let client = s.app.db.client().await;
     let rows = wait_for("audit rows", Duration::from_secs(10), || async {
         let n: i64 = client

@@ -206,12 +206,14 @@ fn every_error_code_is_in_the_documented_enum() {
             retry_after: Duration::from_secs(1),
         },
         Error::Unavailable {
-            component: "redis",
+            component: xenios_core::error::Component::Redis,
             message: "x".into(),
+            source: None,
         },
         Error::Unavailable {
-            component: "postgres",
+            component: xenios_core::error::Component::Postgres,
             message: "x".into(),
+            source: None,
         },
         Error::Internal("x".into()),
         Error::BudgetExceeded {

@@ -51,10 +51,10 @@ fn pgvector_available(rows: &[tokio_postgres::Row]) -> bool {
 async fn migrating_twice_is_a_no_op_and_public_is_untouched() {
     let (db, redis) = (TestDb::empty().await, TestRedis::new().await);
     let b = backend(&db, &redis, &[]).await;
-    let first = b.migrate().await.unwrap();
+    let first = b.database().migrate().await.unwrap();
     assert_eq!(first.len(), MIGRATIONS, "{first:?}");
-    assert!(b.migrate().await.unwrap().is_empty());
-    assert!(b.pending_migrations().await.unwrap().is_empty());
+    assert!(b.database().migrate().await.unwrap().is_empty());
+    assert!(b.database().pending_migrations().await.unwrap().is_empty());
 
     let ours = tables_in(&db, "ai_backend").await;
     for t in [
@@ -146,7 +146,7 @@ async fn concurrent_migrators_take_turns() {
     let (db, redis) = (TestDb::empty().await, TestRedis::new().await);
     let a = backend(&db, &redis, &[]).await;
     let b = backend(&db, &redis, &[]).await;
-    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    let (ra, rb) = tokio::join!(a.database().migrate(), b.database().migrate());
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     // Exactly one of them applied the migrations; neither failed.
     assert_eq!(ra.len() + rb.len(), MIGRATIONS, "{ra:?} {rb:?}");
@@ -168,17 +168,26 @@ async fn concurrent_migrators_take_turns() {
 async fn the_last_migration_rolls_back_and_reapplies() {
     let (db, redis) = (TestDb::empty().await, TestRedis::new().await);
     let b = backend(&db, &redis, &[]).await;
-    b.migrate().await.unwrap();
-    assert_eq!(b.revert_last_migration().await.unwrap(), ["20261202000001"]);
-    assert_eq!(b.pending_migrations().await.unwrap().len(), 1);
-    assert_eq!(b.revert_last_migration().await.unwrap(), ["20261125000002"]);
-    assert_eq!(b.revert_last_migration().await.unwrap(), ["20261125000001"]);
+    b.database().migrate().await.unwrap();
+    assert_eq!(
+        b.database().revert_last_migration().await.unwrap(),
+        ["20261202000001"]
+    );
+    assert_eq!(b.database().pending_migrations().await.unwrap().len(), 1);
+    assert_eq!(
+        b.database().revert_last_migration().await.unwrap(),
+        ["20261125000002"]
+    );
+    assert_eq!(
+        b.database().revert_last_migration().await.unwrap(),
+        ["20261125000001"]
+    );
     assert!(
         !tables_in(&db, "ai_backend")
             .await
             .contains(&"inference_logs".to_owned())
     );
-    assert_eq!(b.migrate().await.unwrap().len(), MIGRATIONS);
+    assert_eq!(b.database().migrate().await.unwrap().len(), MIGRATIONS);
     assert!(
         tables_in(&db, "ai_backend")
             .await
@@ -215,11 +224,11 @@ async fn inference_logs_round_trip_through_the_background_writer() {
     failed.error = Some("all models failed".into());
     failed.correlation_id = Some("corr-db-1".into());
     failed.created_at = ok.created_at + chrono::Duration::milliseconds(1);
-    b.audit().inference(ok.clone());
-    b.audit().inference(failed);
-    b.flush_audit().await;
+    b.database().audit().inference(ok.clone());
+    b.database().audit().inference(failed);
+    b.database().flush_audit().await;
 
-    let rows = b.inference_logs_for("corr-db-1").await.unwrap();
+    let rows = b.database().inference_logs_for("corr-db-1").await.unwrap();
     assert_eq!(rows.len(), 2);
     let r = &rows[0];
     assert_eq!(r.id, ok.id);
@@ -236,7 +245,7 @@ async fn inference_logs_round_trip_through_the_background_writer() {
     assert!(r.request_payload.is_none() && r.response_payload.is_none());
     assert_eq!(rows[1].status, "error");
     assert_eq!(rows[1].error.as_deref(), Some("all models failed"));
-    let stats = b.audit_stats();
+    let stats = b.database().audit_stats();
     assert_eq!((stats.written, stats.dropped, stats.failed), (2, 0, 0));
 }
 
@@ -254,9 +263,9 @@ async fn job_rows_follow_state_changes_and_never_move_backwards() {
     pending.args_digest = Some("sha256:abc".into());
     pending.correlation_id = Some("corr-job".into());
     pending.user_id = Some(user);
-    b.audit().job(pending);
-    b.flush_audit().await;
-    let r = b.job_record("job-1").await.unwrap().unwrap();
+    b.database().audit().job(pending);
+    b.database().flush_audit().await;
+    let r = b.database().job_record("job-1").await.unwrap().unwrap();
     assert_eq!((r.status.as_str(), r.attempts), ("pending", 0));
     assert_eq!(r.user_id, Some(user));
 
@@ -264,9 +273,9 @@ async fn job_rows_follow_state_changes_and_never_move_backwards() {
     started.at = at(10);
     started.worker = Some("celery@w1".into());
     started.attempts = 1;
-    b.audit().job(started);
-    b.flush_audit().await;
-    let r = b.job_record("job-1").await.unwrap().unwrap();
+    b.database().audit().job(started);
+    b.database().flush_audit().await;
+    let r = b.database().job_record("job-1").await.unwrap().unwrap();
     assert_eq!(r.status, "started");
     assert_eq!(r.started_at, Some(at(10)));
     assert_eq!(r.worker.as_deref(), Some("celery@w1"));
@@ -276,16 +285,16 @@ async fn job_rows_follow_state_changes_and_never_move_backwards() {
     // A stale "started" arriving after success must not reopen the job.
     let mut stale = JobStateChange::new("job-1", "xenios.echo", "default", JobStatus::Started);
     stale.at = at(30);
-    b.audit().job(done);
-    b.flush_audit().await;
-    b.audit().job(stale);
-    b.flush_audit().await;
-    let r = b.job_record("job-1").await.unwrap().unwrap();
+    b.database().audit().job(done);
+    b.database().flush_audit().await;
+    b.database().audit().job(stale);
+    b.database().flush_audit().await;
+    let r = b.database().job_record("job-1").await.unwrap().unwrap();
     assert_eq!(r.status, "success");
     assert_eq!(r.finished_at, Some(at(20)));
     assert_eq!(r.args_digest.as_deref(), Some("sha256:abc"));
     assert_eq!(r.correlation_id.as_deref(), Some("corr-job"));
-    assert!(b.job_record("nope").await.unwrap().is_none());
+    assert!(b.database().job_record("nope").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -301,15 +310,17 @@ async fn extraction_cache_round_trip_with_expiry() {
         created_at: Utc::now(),
         expires_at: None,
     };
-    b.store_extraction(&entry).await.unwrap();
+    b.database().store_extraction(&entry).await.unwrap();
     let got = b
+        .database()
         .cached_extraction(&hash, "docling", "2.1")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(got.result, json!({"pages": 3, "text": "hello"}));
     assert!(
-        b.cached_extraction(&hash, "docling", "2.2")
+        b.database()
+            .cached_extraction(&hash, "docling", "2.2")
             .await
             .unwrap()
             .is_none()
@@ -317,16 +328,17 @@ async fn extraction_cache_round_trip_with_expiry() {
 
     entry.result = json!({"pages": 4});
     entry.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
-    b.store_extraction(&entry).await.unwrap();
+    b.database().store_extraction(&entry).await.unwrap();
     assert!(
-        b.cached_extraction(&hash, "docling", "2.1")
+        b.database()
+            .cached_extraction(&hash, "docling", "2.1")
             .await
             .unwrap()
             .is_none()
     );
 
     entry.content_hash = "not-a-hash".into();
-    let err = b.store_extraction(&entry).await.unwrap_err();
+    let err = b.database().store_extraction(&entry).await.unwrap_err();
     assert_eq!(err.kind(), xenios_core::ErrorKind::Validation);
 }
 
@@ -351,12 +363,18 @@ async fn reads_a_shared_public_table_by_id() {
         .await
         .unwrap();
     let b = backend(&db, &redis, &[]).await;
-    let p = b.profile(id).await.unwrap().unwrap();
+    let p = b.database().profile(id).await.unwrap().unwrap();
     assert_eq!(p.id, id);
     assert_eq!(p.email.as_deref(), Some("c@x.io"));
     assert_eq!(p.full_name.as_deref(), Some("Coach C"));
     assert_eq!(p.role.as_deref(), Some("coach"));
-    assert!(b.profile(uuid::Uuid::new_v4()).await.unwrap().is_none());
+    assert!(
+        b.database()
+            .profile(uuid::Uuid::new_v4())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -386,12 +404,12 @@ async fn tls_with_sslmode_require_and_no_prepared_statements() {
             return;
         }
     }
-    b.migrate().await.unwrap();
+    b.database().migrate().await.unwrap();
     wait_for("readiness over TLS", Duration::from_secs(20), || async {
         b.readiness().await.ready.then_some(())
     })
     .await;
-    assert!(b.job_record("x").await.unwrap().is_none());
+    assert!(b.database().job_record("x").await.unwrap().is_none());
     let encrypted: i64 = db
         .client()
         .await
@@ -431,12 +449,19 @@ async fn server_keeps_serving_while_postgres_is_down_and_recovers() {
     assert_eq!(app.get("/health").await.status(), 200);
     assert_eq!(app.get("/api/v1/status").await.status(), 200);
     // A call that needs it fails cleanly as "unavailable".
-    let err = app.backend.job_record("x").await.unwrap_err();
+    let err = app.backend.database().job_record("x").await.unwrap_err();
     assert_eq!(err.kind(), xenios_core::ErrorKind::Unavailable);
 
     proxy.restore().await;
     app.wait_ready_status(200, Duration::from_secs(20)).await;
-    assert!(app.backend.job_record("x").await.unwrap().is_none());
+    assert!(
+        app.backend
+            .database()
+            .job_record("x")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -463,14 +488,14 @@ async fn audit_writer_is_bounded_and_counts_what_it_loses() {
     for i in 0..50 {
         let mut row = NewInferenceLog::new("chat", "m", InferenceStatus::Success);
         row.correlation_id = Some(format!("lost-{i}"));
-        b.audit().inference(row);
+        b.database().audit().inference(row);
     }
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "enqueueing blocked"
     );
-    b.flush_audit().await;
-    let s = b.audit_stats();
+    b.database().flush_audit().await;
+    let s = b.database().audit_stats();
     assert!(s.dropped > 0, "{s:?}");
     assert_eq!(s.queued + s.dropped, 50, "{s:?}");
     assert_eq!(s.written, 0, "{s:?}");
@@ -479,10 +504,14 @@ async fn audit_writer_is_bounded_and_counts_what_it_loses() {
     proxy.restore().await;
     let mut row = NewInferenceLog::new("chat", "m", InferenceStatus::Success);
     row.correlation_id = Some("after-restore".into());
-    b.audit().inference(row);
-    b.flush_audit().await;
+    b.database().audit().inference(row);
+    b.database().flush_audit().await;
     assert_eq!(
-        b.inference_logs_for("after-restore").await.unwrap().len(),
+        b.database()
+            .inference_logs_for("after-restore")
+            .await
+            .unwrap()
+            .len(),
         1
     );
 }

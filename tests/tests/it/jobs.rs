@@ -74,7 +74,7 @@ async fn jobs_route_by_prefix_onto_kombu_priority_lists_with_correlation_ids() {
     .collect();
     let mut out = Vec::new();
     for r in ids {
-        out.push(backend.enqueue(&c, r).await.unwrap());
+        out.push(backend.jobs().enqueue(&c, r).await.unwrap().id);
     }
     let mut conn = redis.conn().await;
     for (key, n) in [
@@ -101,8 +101,13 @@ async fn jobs_route_by_prefix_onto_kombu_priority_lists_with_correlation_ids() {
     let v: Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(v["properties"]["delivery_info"]["exchange"], "");
     assert_eq!(v["headers"]["timelimit"], json!([null, null]));
-    backend.flush_audit().await;
-    let row = backend.job_record(out[0].as_str()).await.unwrap().unwrap();
+    backend.database().flush_audit().await;
+    let row = backend
+        .database()
+        .job_record(out[0].as_str())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.status, "pending");
     assert_eq!(row.queue, "llm");
     assert_eq!(row.correlation_id.as_deref(), Some("req-route-1"));
@@ -120,7 +125,7 @@ async fn jobs_route_by_prefix_onto_kombu_priority_lists_with_correlation_ids() {
             .args(vec!["y".repeat(600 * 1024)])
             .unwrap(),
     ] {
-        let e = backend.enqueue(&c, bad).await.unwrap_err();
+        let e = backend.jobs().enqueue(&c, bad).await.unwrap_err();
         assert_eq!(e.kind(), xenios_core::ErrorKind::Validation, "{e}");
     }
     assert!(EnqueueRequest::new("x").args(json!({"a": 1})).is_err());
@@ -132,6 +137,7 @@ async fn jobs_worker_runs_echo_and_stores_celerys_result_shape_and_job_rows() {
     let db = TestDb::new().await;
     let backend = backend_on(&db, &redis, &[]).await;
     let id = backend
+        .jobs()
         .enqueue(
             &ctx("req-echo"),
             EnqueueRequest::new("xenios.echo")
@@ -139,7 +145,8 @@ async fn jobs_worker_runs_echo_and_stores_celerys_result_shape_and_job_rows() {
                 .unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     drain(
         &backend,
         tasks::builtin_registry(&backend.config().jobs),
@@ -170,10 +177,15 @@ async fn jobs_worker_runs_echo_and_stores_celerys_result_shape_and_job_rows() {
     // Acked: nothing left in kombu's bookkeeping.
     assert_eq!(count(&mut conn, "unacked").await, 0);
     assert_eq!(count(&mut conn, "unacked_index").await, 0);
-    let r = backend.job_result(id.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(id.as_str()).await.unwrap();
     assert_eq!(r.state, TaskState::Success);
-    backend.flush_audit().await;
-    let row = backend.job_record(id.as_str()).await.unwrap().unwrap();
+    backend.database().flush_audit().await;
+    let row = backend
+        .database()
+        .job_record(id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.status, "success");
     assert_eq!(row.correlation_id.as_deref(), Some("req-echo"));
     assert!(row.worker.unwrap().starts_with("test@"));
@@ -194,6 +206,7 @@ async fn jobs_priority_zero_is_served_first_then_fifo() {
         ("high-b", 1),
     ] {
         backend
+            .jobs()
             .enqueue(
                 &c,
                 EnqueueRequest::new("t.record")
@@ -237,26 +250,30 @@ async fn jobs_countdown_waits_and_expired_jobs_are_revoked() {
     let c = ctx("req-eta");
     let enqueued = chrono::Utc::now();
     let later = backend
+        .jobs()
         .enqueue(
             &c,
             EnqueueRequest::new("t.when").countdown(Duration::from_millis(800)),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let expired = backend
+        .jobs()
         .enqueue(
             &c,
             EnqueueRequest::new("t.when")
                 .expires(chrono::Utc::now() - chrono::Duration::seconds(1)),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let mut reg = TaskRegistry::new();
     reg.register("t.when", |_, _, _| async {
         Ok(json!(chrono::Utc::now().timestamp_millis()))
     });
     drain(&backend, reg, &["default"], 2).await;
-    let r = backend.job_result(later.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(later.as_str()).await.unwrap();
     assert_eq!(r.state, TaskState::Success);
     let ran_at = r.result.as_i64().unwrap();
     assert!(
@@ -264,7 +281,7 @@ async fn jobs_countdown_waits_and_expired_jobs_are_revoked() {
         "ran {} ms after enqueue",
         ran_at - enqueued.timestamp_millis()
     );
-    let r = backend.job_result(expired.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(expired.as_str()).await.unwrap();
     assert_eq!(r.state, TaskState::Revoked);
     assert_eq!(r.exc_type(), Some("TaskRevokedError"));
 }
@@ -276,6 +293,7 @@ async fn jobs_retries_are_counted_in_the_message_until_success_or_max() {
     let backend = backend_on(&db, &redis, &[]).await;
     let c = ctx("req-retry");
     let ok = backend
+        .jobs()
         .enqueue(
             &c,
             EnqueueRequest::new("xenios.fail")
@@ -283,8 +301,10 @@ async fn jobs_retries_are_counted_in_the_message_until_success_or_max() {
                 .unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let exhausted = backend
+        .jobs()
         .enqueue(
             &c,
             EnqueueRequest::new("xenios.fail")
@@ -292,8 +312,10 @@ async fn jobs_retries_are_counted_in_the_message_until_success_or_max() {
                 .unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let failed = backend
+        .jobs()
         .enqueue(
             &c,
             EnqueueRequest::new("xenios.fail")
@@ -301,7 +323,8 @@ async fn jobs_retries_are_counted_in_the_message_until_success_or_max() {
                 .unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     drain(
         &backend,
         tasks::builtin_registry(&backend.config().jobs),
@@ -309,25 +332,35 @@ async fn jobs_retries_are_counted_in_the_message_until_success_or_max() {
         2,
     )
     .await;
-    let r = backend.job_result(ok.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(ok.as_str()).await.unwrap();
     assert_eq!(
         (r.state, r.result.clone(), r.retries),
         (TaskState::Success, json!(2), Some(2))
     );
-    let r = backend.job_result(exhausted.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(exhausted.as_str()).await.unwrap();
     assert_eq!(r.state, TaskState::Failure);
     assert_eq!(r.exc_type(), Some("MaxRetriesExceededError"));
     assert_eq!(r.retries, Some(1));
-    let r = backend.job_result(failed.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(failed.as_str()).await.unwrap();
     assert_eq!(
         r.result,
         json!({"exc_type": "ValueError", "exc_message": ["bad"], "exc_module": "builtins"})
     );
     assert!(r.traceback.unwrap().contains("ValueError: bad"));
-    backend.flush_audit().await;
-    let row = backend.job_record(ok.as_str()).await.unwrap().unwrap();
+    backend.database().flush_audit().await;
+    let row = backend
+        .database()
+        .job_record(ok.as_str())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((row.status.as_str(), row.attempts), ("success", 3));
-    let row = backend.job_record(failed.as_str()).await.unwrap().unwrap();
+    let row = backend
+        .database()
+        .job_record(failed.as_str())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.status, "failure");
     assert!(row.error.unwrap().contains("bad"));
 }
@@ -345,17 +378,23 @@ async fn jobs_soft_limit_lets_the_handler_clean_up_and_hard_limit_stops_it() {
         )
     };
     let cleaned = backend
+        .jobs()
         .enqueue(&c, limits(200, 5000).args(("cleanup",)).unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let gave_up = backend
+        .jobs()
         .enqueue(&c, limits(200, 5000).args(("give-up",)).unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let killed = backend
+        .jobs()
         .enqueue(&c, limits(200, 400).args(("ignore",)).unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let dropped = Arc::new(AtomicBool::new(false));
     struct SetOnDrop(Arc<AtomicBool>);
     impl Drop for SetOnDrop {
@@ -388,16 +427,16 @@ async fn jobs_soft_limit_lets_the_handler_clean_up_and_hard_limit_stops_it() {
         }
     });
     drain(&backend, reg, &["default"], 3).await;
-    let r = backend.job_result(cleaned.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(cleaned.as_str()).await.unwrap();
     assert_eq!(
         (r.state, r.result),
         (TaskState::Success, json!("cleaned up"))
     );
-    let r = backend.job_result(gave_up.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(gave_up.as_str()).await.unwrap();
     assert_eq!(r.state, TaskState::Failure);
     assert_eq!(r.result["exc_type"], "SoftTimeLimitExceeded");
     assert_eq!(r.result["exc_module"], "billiard.exceptions");
-    let r = backend.job_result(killed.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(killed.as_str()).await.unwrap();
     assert_eq!(r.state, TaskState::Failure);
     assert_eq!(r.result["exc_type"], "TimeLimitExceeded");
     assert_eq!(r.result["exc_module"], "billiard.exceptions");
@@ -438,13 +477,17 @@ async fn jobs_malformed_messages_and_unknown_tasks_are_rejected_without_stopping
     }
     let c = ctx("req-bad");
     let unknown = backend
+        .jobs()
         .enqueue(&c, EnqueueRequest::new("no.such.task"))
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let good = backend
+        .jobs()
         .enqueue(&c, EnqueueRequest::new("xenios.echo").args((1,)).unwrap())
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     drain(
         &backend,
         tasks::builtin_registry(&backend.config().jobs),
@@ -453,14 +496,19 @@ async fn jobs_malformed_messages_and_unknown_tasks_are_rejected_without_stopping
     )
     .await;
     assert_eq!(
-        backend.job_result(good.as_str()).await.unwrap().state,
+        backend
+            .jobs()
+            .job_result(good.as_str())
+            .await
+            .unwrap()
+            .state,
         TaskState::Success
     );
-    let r = backend.job_result(unknown.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(unknown.as_str()).await.unwrap();
     assert_eq!(r.state, TaskState::Failure);
     assert_eq!(r.exc_type(), Some("NotRegistered"));
     for id in ["broken-body-1", "pickled-1"] {
-        let r = backend.job_result(id).await.unwrap();
+        let r = backend.jobs().job_result(id).await.unwrap();
         assert_eq!(r.state, TaskState::Failure, "{id}");
         assert_eq!(r.exc_type(), Some("DecodeError"), "{id}");
     }
@@ -478,10 +526,16 @@ async fn jobs_revoked_jobs_are_skipped_and_wait_result_sees_results_arrive() {
     let backend = backend_on(&db, &redis, &[]).await;
     let c = ctx("req-revoke");
     let revoked = backend
+        .jobs()
         .enqueue(&c, EnqueueRequest::new("xenios.echo"))
         .await
+        .unwrap()
+        .id;
+    backend
+        .jobs()
+        .revoke(revoked.as_str(), false)
+        .await
         .unwrap();
-    backend.revoke(revoked.as_str(), false).await.unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(
         Worker::new(
@@ -494,32 +548,42 @@ async fn jobs_revoked_jobs_are_skipped_and_wait_result_sees_results_arrive() {
         }),
     );
     let r = backend
+        .jobs()
         .wait_result(revoked.as_str(), Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(r.state, TaskState::Revoked);
     let later = backend
+        .jobs()
         .enqueue(
             &c,
             EnqueueRequest::new("xenios.echo").args(("hi",)).unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let r = backend
+        .jobs()
         .wait_result(later.as_str(), Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!((r.state, r.result), (TaskState::Success, json!(["hi"])));
     // A result that never comes: the wait ends at its deadline with PENDING.
     let r = backend
+        .jobs()
         .wait_result("never-enqueued", Duration::from_millis(200))
         .await
         .unwrap();
     assert_eq!(r.state, TaskState::Pending);
     tx.send(()).unwrap();
     worker.await.unwrap().unwrap();
-    backend.flush_audit().await;
-    let row = backend.job_record(revoked.as_str()).await.unwrap().unwrap();
+    backend.database().flush_audit().await;
+    let row = backend
+        .database()
+        .job_record(revoked.as_str())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.status, "revoked");
 }
 
@@ -627,9 +691,11 @@ async fn jobs_http_delete_revokes_and_terminate_stops_a_running_handler() {
     let c = ctx("req-terminate");
     let running = app
         .backend
+        .jobs()
         .enqueue(&c, EnqueueRequest::new("t.forever"))
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     tokio::time::timeout(Duration::from_secs(20), started.notified())
         .await
         .expect("handler did not start");
@@ -653,6 +719,7 @@ async fn jobs_http_delete_revokes_and_terminate_stops_a_running_handler() {
     assert_eq!(r.status(), 202);
     let r = app
         .backend
+        .jobs()
         .wait_result(running.as_str(), Duration::from_secs(20))
         .await
         .unwrap();
@@ -679,9 +746,10 @@ async fn jobs_http_delete_revokes_and_terminate_stops_a_running_handler() {
     tx.send(()).unwrap();
     let summary = worker.await.unwrap().unwrap();
     assert_eq!(summary.revoked, 1, "{summary:?}");
-    app.backend.flush_audit().await;
+    app.backend.database().flush_audit().await;
     let row = app
         .backend
+        .database()
         .job_record(running.as_str())
         .await
         .unwrap()
@@ -704,7 +772,7 @@ async fn jobs_worker_drains_and_stops_promptly_while_postgres_hangs() {
     let c = ctx("req-pg-down");
     let n = 3000;
     let reqs = (0..n).map(|_| EnqueueRequest::new("xenios.noop")).collect();
-    let ids = backend.enqueue_many(&c, reqs).await.unwrap();
+    let ids = backend.jobs().enqueue_many(&c, reqs).await.unwrap();
     let started = std::time::Instant::now();
     // Before the writer gave up on an unreachable Postgres quickly and the stopping worker
     // bounded its flush, this took minutes (3 attempts x 5 s per batch of 500 rows).
@@ -721,9 +789,13 @@ async fn jobs_worker_drains_and_stops_promptly_while_postgres_hangs() {
     .expect("the worker hung on Postgres")
     .unwrap();
     assert_eq!(summary.succeeded, n as u64, "{summary:?}");
-    let r = backend.job_result(ids[n - 1].as_str()).await.unwrap();
+    let r = backend
+        .jobs()
+        .job_result(ids[n - 1].as_str())
+        .await
+        .unwrap();
     assert_eq!(r.state, TaskState::Success);
-    let stats = backend.audit_stats();
+    let stats = backend.database().audit_stats();
     assert_eq!(stats.written, 0, "{stats:?}");
     assert!(stats.failed + stats.dropped > 0, "{stats:?}");
     eprintln!(
@@ -746,6 +818,7 @@ async fn jobs_worker_killed_with_sigkill_mid_job_loses_nothing() {
     );
     let c = ctx("req-sigkill");
     let id = backend
+        .jobs()
         .enqueue(
             &c,
             EnqueueRequest::new("xenios.sleep")
@@ -753,7 +826,8 @@ async fn jobs_worker_killed_with_sigkill_mid_job_loses_nothing() {
                 .unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     wait_for(
         "the victim to take the job",
         Duration::from_secs(20),
@@ -770,7 +844,7 @@ async fn jobs_worker_killed_with_sigkill_mid_job_loses_nothing() {
     // Held in Redis, not only in the dead worker's memory.
     assert_eq!(count(&mut conn, "unacked").await, 1);
     assert_eq!(
-        backend.job_result(id.as_str()).await.unwrap().state,
+        backend.jobs().job_result(id.as_str()).await.unwrap().state,
         TaskState::Pending
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -785,6 +859,7 @@ async fn jobs_worker_killed_with_sigkill_mid_job_loses_nothing() {
         }),
     );
     let r = backend
+        .jobs()
         .wait_result(id.as_str(), Duration::from_secs(30))
         .await
         .unwrap();
@@ -808,6 +883,7 @@ async fn jobs_sigterm_is_a_warm_shutdown_that_finishes_or_gives_back_every_job()
     );
     let c = ctx("req-sigterm");
     let slow = backend
+        .jobs()
         .enqueue(
             &c,
             EnqueueRequest::new("xenios.sleep")
@@ -815,7 +891,8 @@ async fn jobs_sigterm_is_a_warm_shutdown_that_finishes_or_gives_back_every_job()
                 .unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     wait_for("the slow job to be taken", Duration::from_secs(20), || {
         let mut conn = conn.clone();
         async move { (count(&mut conn, "unacked").await == 1).then_some(()) }
@@ -825,9 +902,11 @@ async fn jobs_sigterm_is_a_warm_shutdown_that_finishes_or_gives_back_every_job()
     for i in 0..3 {
         quick.push(
             backend
+                .jobs()
                 .enqueue(&c, EnqueueRequest::new("xenios.echo").args((i,)).unwrap())
                 .await
-                .unwrap(),
+                .unwrap()
+                .id,
         );
     }
     // Let the worker reserve what its prefetch allows, then stop it.
@@ -841,14 +920,19 @@ async fn jobs_sigterm_is_a_warm_shutdown_that_finishes_or_gives_back_every_job()
     assert!(status.success(), "exit status {status:?}");
     // The running job finished; the others are back on the queue, nothing held.
     assert_eq!(
-        backend.job_result(slow.as_str()).await.unwrap().state,
+        backend
+            .jobs()
+            .job_result(slow.as_str())
+            .await
+            .unwrap()
+            .state,
         TaskState::Success
     );
     assert_eq!(count(&mut conn, "unacked").await, 0);
     let done = {
         let mut n = 0;
         for id in &quick {
-            if backend.job_result(id.as_str()).await.unwrap().state == TaskState::Success {
+            if backend.jobs().job_result(id.as_str()).await.unwrap().state == TaskState::Success {
                 n += 1;
             }
         }
@@ -864,7 +948,7 @@ async fn jobs_sigterm_is_a_warm_shutdown_that_finishes_or_gives_back_every_job()
     .await;
     for id in &quick {
         assert_eq!(
-            backend.job_result(id.as_str()).await.unwrap().state,
+            backend.jobs().job_result(id.as_str()).await.unwrap().state,
             TaskState::Success
         );
     }

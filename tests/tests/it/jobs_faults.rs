@@ -211,7 +211,7 @@ async fn faults_network_cut_for_10s_between_worker_and_redis_then_the_queue_drai
             let mut ids = Vec::new();
             for i in 0..n {
                 let req = EnqueueRequest::new("xenios.echo").args(json!([i])).unwrap();
-                ids.push(backend.enqueue(&ctx(), req).await.unwrap().0);
+                ids.push(backend.jobs().enqueue(&ctx(), req).await.unwrap().id.0);
             }
             ids
         }
@@ -263,12 +263,14 @@ async fn faults_a_poisoned_item_never_blocks_the_rest_of_its_finish_batch() {
     let mut ids = Vec::new();
     for i in 0..30 {
         let req = EnqueueRequest::new("xenios.echo").args(json!([i])).unwrap();
-        ids.push(backend.enqueue(&ctx(), req).await.unwrap().0);
+        ids.push(backend.jobs().enqueue(&ctx(), req).await.unwrap().id.0);
     }
     let retry_id = backend
+        .jobs()
         .enqueue(&ctx(), EnqueueRequest::new("test.retry_once"))
         .await
         .unwrap()
+        .id
         .0;
     // The result key of one job is a list: storing its result fails with WRONGTYPE.
     let poisoned = ids[7].clone();
@@ -382,6 +384,7 @@ async fn faults_absurd_time_limits_and_control_commands_are_clamped_never_a_pani
     let mut c = redis.conn().await;
     let message = |task: &str, timelimit: Value| {
         let m = backend
+            .jobs()
             .job_message(&ctx(), EnqueueRequest::new(task))
             .unwrap();
         let mut v: Value = serde_json::from_str(&m.encode()).unwrap();
@@ -402,6 +405,7 @@ async fn faults_absurd_time_limits_and_control_commands_are_clamped_never_a_pani
     }
     // A hard limit of 1e9 s would never fire: it is cut to JOB_MAX_TIME_LIMIT_SECS (1 s).
     let m = backend
+        .jobs()
         .job_message(
             &ctx(),
             EnqueueRequest::new("xenios.sleep")
@@ -460,12 +464,14 @@ async fn faults_absurd_time_limits_and_control_commands_are_clamped_never_a_pani
     }
     // The worker still runs jobs afterwards (the commands were handled, not fatal).
     let after = backend
+        .jobs()
         .enqueue(
             &ctx(),
             EnqueueRequest::new("xenios.echo").args(json!([1])).unwrap(),
         )
         .await
         .unwrap()
+        .id
         .0;
     let statuses = wait_results(&redis.url, &[after], Duration::from_secs(20)).await;
     assert_eq!(statuses, ["SUCCESS"]);
@@ -491,7 +497,7 @@ async fn faults_a_60s_job_running_at_shutdown_is_back_in_its_queue_within_the_de
     let req = EnqueueRequest::new("xenios.sleep")
         .kwargs(json!({"seconds": 60}))
         .unwrap();
-    let id = backend.enqueue(&ctx(), req).await.unwrap().0;
+    let id = backend.jobs().enqueue(&ctx(), req).await.unwrap().id.0;
     let mut c = redis.conn().await;
     wait_for(
         "the worker to take the job",
@@ -601,7 +607,7 @@ async fn faults_every_log_line_of_a_job_names_its_task_and_correlation_id() {
     let req = EnqueueRequest::new("xenios.fail")
         .kwargs(json!({"message": "boom"}))
         .unwrap();
-    let id = backend.enqueue(&ctx(), req).await.unwrap().0;
+    let id = backend.jobs().enqueue(&ctx(), req).await.unwrap().id.0;
     let statuses = wait_results(
         &redis.url,
         std::slice::from_ref(&id),

@@ -132,6 +132,7 @@ async fn jobs_interop_our_producer_feeds_a_python_celery_worker() {
     let _py_worker = ChildProcess::spawn(&mut cmd);
     let c = ctx("req-to-python");
     let add = backend
+        .jobs()
         .enqueue(
             &c,
             EnqueueRequest::new("interop.add")
@@ -140,17 +141,22 @@ async fn jobs_interop_our_producer_feeds_a_python_celery_worker() {
                 .queue("pyq"),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let headers = backend
+        .jobs()
         .enqueue(&c, EnqueueRequest::new("interop.headers").queue("pyq"))
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let r = backend
+        .jobs()
         .wait_result(add.as_str(), Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!((r.state, r.result), (TaskState::Success, json!(5)));
     let r = backend
+        .jobs()
         .wait_result(headers.as_str(), Duration::from_secs(30))
         .await
         .unwrap();
@@ -204,13 +210,16 @@ async fn jobs_interop_flower_lists_our_worker_and_its_tasks() {
     for i in 0..3 {
         ids.push(
             backend
+                .jobs()
                 .enqueue(&c, EnqueueRequest::new("xenios.echo").args((i,)).unwrap())
                 .await
-                .unwrap(),
+                .unwrap()
+                .id,
         );
     }
     for id in &ids {
         let r = backend
+            .jobs()
             .wait_result(id.as_str(), Duration::from_secs(20))
             .await
             .unwrap();

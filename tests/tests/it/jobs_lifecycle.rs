@@ -47,7 +47,13 @@ async fn drain(backend: &AiBackend, registry: TaskRegistry, concurrency: usize) 
 }
 
 async fn enqueue(backend: &AiBackend, id: &str, req: EnqueueRequest) -> String {
-    backend.enqueue(&ctx(id), req).await.unwrap().to_string()
+    backend
+        .jobs()
+        .enqueue(&ctx(id), req)
+        .await
+        .unwrap()
+        .id
+        .to_string()
 }
 
 #[tokio::test]
@@ -72,7 +78,7 @@ async fn a_panicking_handler_fails_its_job_and_the_worker_runs_the_next() {
     // One slot: the second job runs on the same worker, after the panic.
     drain(&backend, reg, 1).await;
 
-    let failed = backend.job_result(&panics).await.unwrap();
+    let failed = backend.jobs().job_result(&panics).await.unwrap();
     assert_eq!(failed.state, TaskState::Failure, "{failed:?}");
     assert_eq!(failed.result["exc_type"], "RuntimeError", "{failed:?}");
     assert!(
@@ -81,7 +87,7 @@ async fn a_panicking_handler_fails_its_job_and_the_worker_runs_the_next() {
             .contains("boom in the handler"),
         "{failed:?}"
     );
-    let next = backend.job_result(&after).await.unwrap();
+    let next = backend.jobs().job_result(&after).await.unwrap();
     assert_eq!(next.state, TaskState::Success, "{next:?}");
     assert_eq!(next.result, "still here");
     let mut conn = redis.conn().await;
@@ -109,7 +115,7 @@ async fn a_retry_without_a_countdown_waits_two_to_the_power_of_the_retries_secon
     });
     drain(&backend, reg, 1).await;
 
-    let r = backend.job_result(&id).await.unwrap();
+    let r = backend.jobs().job_result(&id).await.unwrap();
     assert_eq!(r.state, TaskState::Success, "{r:?}");
     assert_eq!(r.result, 3);
     let attempts = attempts.lock().unwrap().clone();
@@ -178,19 +184,21 @@ async fn a_job_revoked_while_reserved_by_a_worker_never_runs() {
     )
     .await;
     assert_eq!(
-        backend.job_result(&busy).await.unwrap().state,
+        backend.jobs().job_result(&busy).await.unwrap().state,
         TaskState::Pending,
         "the first job still holds the only slot"
     );
-    backend.revoke(&reserved, false).await.unwrap();
+    backend.jobs().revoke(&reserved, false).await.unwrap();
 
     let r = backend
+        .jobs()
         .wait_result(&reserved, Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(r.state, TaskState::Revoked, "{r:?}");
     assert_eq!(r.result["exc_type"], "TaskRevokedError", "{r:?}");
     let first = backend
+        .jobs()
         .wait_result(&busy, Duration::from_secs(30))
         .await
         .unwrap();
@@ -201,7 +209,7 @@ async fn a_job_revoked_while_reserved_by_a_worker_never_runs() {
     })
     .await;
     assert_eq!(
-        backend.job_result(&reserved).await.unwrap().state,
+        backend.jobs().job_result(&reserved).await.unwrap().state,
         TaskState::Revoked
     );
 }
@@ -245,6 +253,7 @@ async fn a_job_outliving_the_visibility_timeout_runs_once_while_another_worker_w
     )
     .await;
     let r = backend
+        .jobs()
         .wait_result(&id, Duration::from_secs(60))
         .await
         .unwrap();
@@ -329,6 +338,7 @@ async fn a_stored_success_is_never_overwritten_by_a_later_delivery_of_the_same_j
     ))
     .await;
     let r = backend
+        .jobs()
         .wait_result(&id, Duration::from_secs(20))
         .await
         .unwrap();
@@ -357,7 +367,7 @@ async fn a_stored_success_is_never_overwritten_by_a_later_delivery_of_the_same_j
     .await;
     settled().await;
     // ...nor is a revoke that meets a later copy.
-    backend.revoke(&id, false).await.unwrap();
+    backend.jobs().revoke(&id, false).await.unwrap();
     push(celery_message(
         &id,
         "xenios.echo",
@@ -367,7 +377,7 @@ async fn a_stored_success_is_never_overwritten_by_a_later_delivery_of_the_same_j
     .await;
     settled().await;
 
-    let r = backend.job_result(&id).await.unwrap();
+    let r = backend.jobs().job_result(&id).await.unwrap();
     assert_eq!(r.state, TaskState::Success, "{r:?}");
     assert_eq!(r.result, json!(["first"]), "{r:?}");
     let raw: String = redis::cmd("GET")

@@ -42,6 +42,7 @@ async fn llm_task_runs_a_routed_completion_and_logs_it_under_the_jobs_correlatio
         xenios_core::auth::Principal::Service,
     );
     let ok = backend
+        .jobs()
         .enqueue(
             &ctx,
             EnqueueRequest::new("xenios.llm.complete")
@@ -49,8 +50,10 @@ async fn llm_task_runs_a_routed_completion_and_logs_it_under_the_jobs_correlatio
                 .unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let bad = backend
+        .jobs()
         .enqueue(
             &ctx,
             EnqueueRequest::new("xenios.llm.complete")
@@ -58,17 +61,18 @@ async fn llm_task_runs_a_routed_completion_and_logs_it_under_the_jobs_correlatio
                 .unwrap(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     // Routed by prefix to the llm queue: a worker on that queue alone takes both.
     drain_llm_queue(&backend).await;
 
-    let r = backend.job_result(ok.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(ok.as_str()).await.unwrap();
     assert_eq!(r.state, TaskState::Success, "{:?}", r.result);
     assert!(!r.result["content"].as_str().unwrap().is_empty());
     assert_eq!(r.result["model_requested"], "anthropic/claude-opus-4.5");
     assert_eq!(r.result["fallback_used"], false);
 
-    let r = backend.job_result(bad.as_str()).await.unwrap();
+    let r = backend.jobs().job_result(bad.as_str()).await.unwrap();
     assert_eq!(r.state, TaskState::Failure);
     assert_eq!(r.result["exc_type"], "ValueError");
     assert!(
@@ -77,8 +81,12 @@ async fn llm_task_runs_a_routed_completion_and_logs_it_under_the_jobs_correlatio
         r.result
     );
 
-    backend.flush_audit().await;
-    let rows = backend.inference_logs_for("req-llm-job").await.unwrap();
+    backend.database().flush_audit().await;
+    let rows = backend
+        .database()
+        .inference_logs_for("req-llm-job")
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].task_type, "session_summary");
     assert_eq!(rows[0].status, "success");

@@ -117,8 +117,9 @@ impl SseReader {
 }
 
 async fn logs(app: &TestApp, correlation_id: &str) -> Vec<xenios_core::db::models::InferenceLog> {
-    app.backend.flush_audit().await;
+    app.backend.database().flush_audit().await;
     app.backend
+        .database()
         .inference_logs_for(correlation_id)
         .await
         .unwrap()
@@ -884,7 +885,7 @@ async fn development_without_a_key_uses_the_fake_provider() {
     assert_eq!(body["model_used"], "fake/ok");
     assert_eq!(body["fallback_used"], true);
 
-    app.backend.flush_audit().await;
+    app.backend.database().flush_audit().await;
     let metrics = app
         .client
         .get(app.url("/metrics"))

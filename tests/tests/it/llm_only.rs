@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use xenios_core::auth::Principal;
-use xenios_core::backend::NO_DATABASE;
+use xenios_core::db::NO_DATABASE;
 use xenios_core::jobs::EnqueueRequest;
 use xenios_core::llm::{CompletionRequest, Message, StreamEvent, Task};
 use xenios_core::{AiBackend, Config, CorrelationId, Error, RequestContext};
@@ -49,12 +49,9 @@ async fn fails_promptly<T: std::fmt::Debug>(
         .await
         .unwrap_or_else(|_| panic!("{what} still waiting after {PROMPTLY:?}"));
     match outcome {
-        Err(Error::Unavailable {
-            component: c,
-            message,
-        }) if c == component => {
+        Err(e) if e.component().map(|c| c.as_str()) == Some(component) => {
             assert!(started.elapsed() < PROMPTLY, "{what}");
-            message
+            e.to_string()
         }
         other => panic!("{what}: expected {component} unavailable, got {other:?}"),
     }
@@ -73,10 +70,11 @@ async fn an_llm_only_backend_needs_no_database_or_redis() {
     let config = Config::llm_only_from_lookup(&|name| vars.get(name).cloned()).unwrap();
     let backend = AiBackend::builder(config).build().await.unwrap();
     assert!(!backend.has_database() && !backend.has_redis());
-    assert!(backend.db().is_none());
+    assert!(!backend.has_database());
 
     // LLM calls by the service work, completed and streamed.
     let c = backend
+        .llm()
         .complete(
             &service(),
             CompletionRequest::new(Task::Chat, vec![Message::user("Say hello.")]),
@@ -85,6 +83,7 @@ async fn an_llm_only_backend_needs_no_database_or_redis() {
         .unwrap();
     assert_eq!(c.content, "Hi there");
     let mut events = backend
+        .llm()
         .stream(
             &service(),
             CompletionRequest::new(Task::Chat, vec![Message::user("Again.")]),
@@ -101,11 +100,15 @@ async fn an_llm_only_backend_needs_no_database_or_redis() {
         }
     }
     assert_eq!((text.as_str(), done), ("Hello!", true));
-    backend.check_rate_limit(&Principal::Service).await.unwrap();
+    backend
+        .auth()
+        .check_rate_limit(&Principal::Service)
+        .await
+        .unwrap();
 
     // Their audit rows were dropped and counted, none queued for a database.
     let stats = wait_for("two dropped audit rows", Duration::from_secs(10), || {
-        let s = backend.audit_stats();
+        let s = backend.database().audit_stats();
         async move { (s.dropped >= 2).then_some(s) }
     })
     .await;
@@ -120,28 +123,45 @@ async fn an_llm_only_backend_needs_no_database_or_redis() {
     let names: Vec<(&str, bool)> = readiness
         .components
         .iter()
-        .map(|c| (c.name, c.configured))
+        .map(|c| (c.name.as_str(), c.configured))
         .collect();
     assert_eq!(names, [("postgres", false), ("redis", false)]);
 
     // What needs Postgres or Redis says so at once.
-    let message = fails_promptly("migrate", "postgres", backend.migrate()).await;
-    assert_eq!(message, NO_DATABASE);
-    fails_promptly("job_record", "postgres", backend.job_record("t1")).await;
-    fails_promptly("profile", "postgres", backend.profile(uuid::Uuid::new_v4())).await;
+    let message = fails_promptly("migrate", "postgres", backend.database().migrate()).await;
+    assert_eq!(message, format!("postgres unavailable: {NO_DATABASE}"));
+    fails_promptly(
+        "job_record",
+        "postgres",
+        backend.database().job_record("t1"),
+    )
+    .await;
+    fails_promptly(
+        "profile",
+        "postgres",
+        backend.database().profile(uuid::Uuid::new_v4()),
+    )
+    .await;
     fails_promptly(
         "enqueue",
         "redis",
-        backend.enqueue(&service(), EnqueueRequest::new("xenios.echo")),
+        backend
+            .jobs()
+            .enqueue(&service(), EnqueueRequest::new("xenios.echo")),
     )
     .await;
-    fails_promptly("job_result", "redis", backend.job_result("t1")).await;
+    fails_promptly("job_result", "redis", backend.jobs().job_result("t1")).await;
 
     // Shutting down: nothing to flush, so nothing to wait for.
     let started = Instant::now();
-    assert!(backend.flush_audit_within(Duration::from_secs(5)).await);
+    assert!(
+        backend
+            .database()
+            .flush_audit_within(Duration::from_secs(5))
+            .await
+    );
     assert!(started.elapsed() < PROMPTLY);
-    assert_eq!(backend.audit_stats().dropped, 2);
+    assert_eq!(backend.database().audit_stats().dropped, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,6 +184,7 @@ async fn without_database_and_redis_ignore_configured_urls_and_refuse_budgets() 
         .unwrap();
     assert!(!backend.has_database() && !backend.has_redis());
     let c = backend
+        .llm()
         .complete(
             &service(),
             CompletionRequest::new(Task::Chat, vec![Message::user("Hi")]),
@@ -171,25 +192,32 @@ async fn without_database_and_redis_ignore_configured_urls_and_refuse_budgets() 
         .await
         .unwrap();
     assert_eq!(c.content, "Hi there");
-    fails_promptly("migrate", "postgres", backend.migrate()).await;
+    fails_promptly("migrate", "postgres", backend.database().migrate()).await;
     fails_promptly(
         "pending_migrations",
         "postgres",
-        backend.pending_migrations(),
+        backend.database().pending_migrations(),
     )
     .await;
     fails_promptly(
         "enqueue",
         "redis",
-        backend.enqueue(&service(), EnqueueRequest::new("xenios.echo")),
+        backend
+            .jobs()
+            .enqueue(&service(), EnqueueRequest::new("xenios.echo")),
     )
     .await;
     let readiness = tokio::time::timeout(PROMPTLY, backend.readiness())
         .await
         .unwrap();
     assert!(readiness.ready, "{readiness:?}");
-    assert!(backend.flush_audit_within(Duration::from_secs(5)).await);
-    assert_eq!(backend.audit_stats().dropped, 1);
+    assert!(
+        backend
+            .database()
+            .flush_audit_within(Duration::from_secs(5))
+            .await
+    );
+    assert_eq!(backend.database().audit_stats().dropped, 1);
 
     // Daily user budgets live in Redis: without it the build refuses, rather than letting
     // users spend without a limit.

@@ -1,6 +1,7 @@
 //! Authentication without HTTP types: API keys, Supabase JWTs, per-caller rate limits.
 //!
-//! Transports extract the raw header values and call [`crate::AiBackend::authenticate`]
+//! Transports extract the raw header values and call [`Auth::authenticate`]
+//! (`gate.rs`, reached through [`crate::AiBackend::auth`])
 //! (API key, then the optional bearer token); the result is a typed [`Principal`] or a typed
 //! [`AuthError`] whose message never says more than "missing" or "invalid" (the reason is in
 //! [`AuthError::InvalidToken`]'s `detail`, for logs only).
@@ -11,11 +12,13 @@
 //! - [`SharedRateLimiter`]: requests per minute per user (or for the service), shared by
 //!   every replica through Redis; [`RateLimiter`]: the in-process fallback.
 
+mod gate;
 mod jwks;
 mod jwt;
 mod rate_limit;
 mod shared_rate_limit;
 
+pub use gate::Auth;
 pub use jwt::{AUDIENCE, JwtVerifier, LEEWAY_SECS, MAX_TOKEN_LEN};
 pub use rate_limit::RateLimiter;
 pub use shared_rate_limit::{LEASE_TTL, RETRY_REDIS_AFTER, SharedLimiterStats, SharedRateLimiter};
@@ -58,6 +61,15 @@ pub enum Principal {
 }
 
 impl Principal {
+    /// What kind of caller this is, as the API names it: `user`, `service` or `system`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Principal::User(_) => "user",
+            Principal::Service => "service",
+            Principal::System => "system",
+        }
+    }
+
     /// The user ID, when the principal is a user.
     pub fn user_id(&self) -> Option<&str> {
         match self {

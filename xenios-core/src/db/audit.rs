@@ -76,6 +76,8 @@ pub struct AuditWriter {
     stats: Arc<AuditStats>,
     /// Cuts the writer's batching wait short for a flush.
     flushing: Arc<Notify>,
+    /// The writer task, stopped by [`AuditWriter::stop`].
+    task: Option<tokio::task::AbortHandle>,
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -93,19 +95,23 @@ impl AuditWriter {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let stats = Arc::new(AuditStats::default());
         let flushing = Arc::new(Notify::new());
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(run(pool, rx, stats.clone(), linger, flushing.clone()));
-            }
+        let task = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => Some(
+                handle
+                    .spawn(run(pool, rx, stats.clone(), linger, flushing.clone()))
+                    .abort_handle(),
+            ),
             Err(_) => {
                 tracing::error!("no Tokio runtime: audit rows will be dropped");
                 drop(rx);
+                None
             }
-        }
+        };
         Self {
             tx: Some(tx),
             stats,
             flushing,
+            task,
         }
     }
 
@@ -116,6 +122,15 @@ impl AuditWriter {
             tx: None,
             stats: Arc::new(AuditStats::default()),
             flushing: Arc::new(Notify::new()),
+            task: None,
+        }
+    }
+
+    /// Stops the writer task (shutdown; flush first): rows queued later are dropped and
+    /// counted.
+    pub fn stop(&self) {
+        if let Some(task) = &self.task {
+            task.abort();
         }
     }
 

@@ -18,6 +18,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_postgres::config::SslMode;
 
+use super::error::UrlError;
+
 /// How to open connections, derived from `DATABASE_URL` and the database settings.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -44,8 +46,11 @@ pub enum TlsMode {
 
 /// Splits libpq TLS parameters off a URL, returning the URL tokio-postgres understands and
 /// the options. Unknown `sslmode` values are an error naming the value.
-pub fn parse_url(url: &str, prepared_statements: bool) -> Result<(String, ConnectOptions), String> {
-    let mut parsed = url::Url::parse(url).map_err(|e| format!("not a valid URL ({e})"))?;
+pub fn parse_url(
+    url: &str,
+    prepared_statements: bool,
+) -> Result<(String, ConnectOptions), UrlError> {
+    let mut parsed = url::Url::parse(url)?;
     let mut ssl = TlsMode::Prefer;
     let mut root_cert = None;
     let mut kept: Vec<(String, String)> = Vec::new();
@@ -57,7 +62,7 @@ pub fn parse_url(url: &str, prepared_statements: bool) -> Result<(String, Connec
                     "allow" | "prefer" => TlsMode::Prefer,
                     "require" => TlsMode::Require,
                     "verify-ca" | "verify-full" => TlsMode::Verify,
-                    other => return Err(format!("sslmode `{other}` is not supported")),
+                    other => return Err(UrlError::SslMode(other.to_owned())),
                 }
             }
             "sslrootcert" => root_cert = Some(v.into_owned()),
@@ -103,7 +108,7 @@ pub async fn establish(
         } else {
             SslMode::Require
         });
-        let tls = tls_connector(options).map_err(ConnectionError::BadConnection)?;
+        let tls = tls_connector(options)?;
         let (client, connection) = config
             .connect(tls)
             .await
@@ -118,22 +123,23 @@ pub async fn establish(
 
 fn tls_connector(
     options: &ConnectOptions,
-) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConnectionError> {
+    let bad = |e: String| ConnectionError::BadConnection(e);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?;
+        .map_err(|e| bad(format!("TLS setup: {e}")))?;
     let config = if options.ssl == TlsMode::Verify {
         let mut roots = rustls::RootCertStore::empty();
         match &options.root_cert {
             Some(path) => {
                 for cert in CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("sslrootcert `{path}`: {e}"))?
+                    .map_err(|e| bad(format!("sslrootcert `{path}`: {e}")))?
                 {
-                    let cert = cert.map_err(|e| format!("sslrootcert `{path}`: {e}"))?;
+                    let cert = cert.map_err(|e| bad(format!("sslrootcert `{path}`: {e}")))?;
                     roots
                         .add(cert)
-                        .map_err(|e| format!("sslrootcert `{path}`: {e}"))?;
+                        .map_err(|e| bad(format!("sslrootcert `{path}`: {e}")))?;
                 }
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),

@@ -10,6 +10,7 @@ use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 use super::connect::{self, ConnectOptions};
+use super::error::DbError;
 
 /// The migrations under `migrations/`, embedded at build time.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
@@ -35,10 +36,13 @@ pub(crate) async fn execute(
     url: String,
     options: ConnectOptions,
     action: Action,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, DbError> {
+    let failed = |step: &'static str| {
+        move |e: Box<dyn std::error::Error + Send + Sync>| DbError::Migration { step, source: e }
+    };
     let conn = connect::establish(&url, &options)
         .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(|e| failed("cannot connect")(Box::new(e)))?;
     tokio::task::spawn_blocking(move || {
         let mut conn: Wrapper = Wrapper::from(conn);
         // Take the lock first (CREATE SCHEMA itself races), then make ai_backend the only
@@ -48,7 +52,7 @@ pub(crate) async fn execute(
              CREATE SCHEMA IF NOT EXISTS ai_backend; \
              SET search_path TO ai_backend;"
         ))
-        .map_err(|e| format!("cannot prepare the session: {e}"))?;
+        .map_err(|e| failed("cannot prepare the session")(Box::new(e)))?;
         let result = match action {
             Action::Run => conn
                 .run_pending_migrations(MIGRATIONS)
@@ -60,11 +64,11 @@ pub(crate) async fn execute(
                 .pending_migrations(MIGRATIONS)
                 .map(|v| v.iter().map(|m| m.name().to_string()).collect()),
         }
-        .map_err(|e| e.to_string());
+        .map_err(failed("cannot migrate"));
         // Closing the session would release the lock too; unlock explicitly anyway.
         let _ = conn.batch_execute(&format!("SELECT pg_advisory_unlock({LOCK_KEY})"));
         result
     })
     .await
-    .map_err(|e| format!("migration task failed: {e}"))?
+    .map_err(|e| failed("migration task failed")(Box::new(e)))?
 }

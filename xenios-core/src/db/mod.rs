@@ -6,16 +6,25 @@
 //! does not need the database) while Postgres is down, and recovers by itself when it
 //! returns.
 //!
-//! - [`connect`]: TLS per `sslmode`, prepared-statement setting.
-//! - [`migrate`]: embedded migrations under an advisory lock.
-//! - [`audit`]: the bounded background writer of audit rows.
-//! - [`schema`], [`models`]: diesel tables and typed rows.
+//! - [`Database`] (`database.rs`): the handle behind [`crate::AiBackend::database`]: typed
+//!   queries, migrations, the audit writer's flush and counters.
+//! - [`DbError`] (`error.rs`): every Postgres failure, the diesel error kept as its source.
+//! - `connect.rs`: TLS per `sslmode`, prepared-statement setting.
+//! - `migrate.rs`: embedded migrations under an advisory lock.
+//! - `audit.rs`: the bounded background writer of audit rows.
+//! - `schema.rs`, [`models`]: diesel tables and typed rows.
 
-pub mod audit;
-pub mod connect;
-pub mod migrate;
+pub(crate) mod audit;
+pub(crate) mod connect;
+mod database;
+mod error;
+pub(crate) mod migrate;
 pub mod models;
-pub mod schema;
+pub(crate) mod schema;
+
+pub use audit::{AuditStatsSnapshot, AuditWriter};
+pub use database::Database;
+pub use error::{DbError, NO_DATABASE, UrlError};
 
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::bb8::Pool;
@@ -24,15 +33,14 @@ use futures::FutureExt;
 use secrecy::ExposeSecret;
 
 use crate::config::DatabaseConfig;
-use crate::error::Error;
 
 /// The Postgres connection pool.
 pub type PgPool = Pool<AsyncPgConnection>;
 
 /// Builds the pool lazily: no connection is opened until the first query.
-pub fn build_pool(config: &DatabaseConfig) -> Result<PgPool, Error> {
-    let (url, options) = connect::parse_url(config.url.expose_secret(), config.prepared_statements)
-        .map_err(|e| Error::Validation(format!("DATABASE_URL: {e}")))?;
+pub fn build_pool(config: &DatabaseConfig) -> Result<PgPool, DbError> {
+    let (url, options) =
+        connect::parse_url(config.url.expose_secret(), config.prepared_statements)?;
     let mut manager_config = ManagerConfig::default();
     manager_config.custom_setup = Box::new(move |url| {
         let options = options.clone();
@@ -47,22 +55,4 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<PgPool, Error> {
         .connection_timeout(config.connect_timeout)
         .idle_timeout(Some(std::time::Duration::from_secs(300)))
         .build_unchecked(manager))
-}
-
-/// Classifies a pool checkout failure: Postgres is down or too slow.
-pub(crate) fn pool_error(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable {
-        component: "postgres",
-        message: e.to_string(),
-    }
-}
-
-/// Classifies a query failure: a lost connection is "unavailable", the rest internal.
-pub(crate) fn query_error(e: diesel::result::Error) -> Error {
-    use diesel::result::Error as D;
-    match &e {
-        D::DatabaseError(diesel::result::DatabaseErrorKind::ClosedConnection, _)
-        | D::BrokenTransactionManager => pool_error(e),
-        _ => Error::Internal(format!("database: {e}")),
-    }
 }

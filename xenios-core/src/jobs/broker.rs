@@ -237,7 +237,7 @@ static UNLOCK: LazyLock<Script> = LazyLock::new(|| {
 });
 
 pub(crate) fn redis_error(e: redis::RedisError) -> Error {
-    crate::redis::unavailable(e)
+    crate::redis::error(e)
 }
 
 fn now_secs() -> f64 {
@@ -480,44 +480,6 @@ pub async fn publish_owned<C: ConnectionLike + Send>(
     pipe.query_async::<()>(conn).await.map_err(redis_error)
 }
 
-/// Pushes encoded messages onto their queues in one round trip.
-pub async fn publish<C: ConnectionLike + Send>(
-    conn: &mut C,
-    messages: &[(String, String)],
-) -> Result<()> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    for (key, raw) in messages {
-        pipe.cmd("LPUSH").arg(key).arg(raw).ignore();
-    }
-    match pipe.query_async::<()>(conn).await {
-        Ok(()) => Ok(()),
-        // The pushes certainly never reached Redis (a connection that was already gone, say
-        // after a Redis restart): once more, on the fresh connection a reconnecting `conn`
-        // has opened meanwhile. Any other failure may have pushed them: not repeated.
-        Err(e) if never_sent(&e) => {
-            tracing::info!(error = %e, "enqueue never reached Redis; retrying once on a fresh connection");
-            pipe.query_async::<()>(conn).await.map_err(redis_error)
-        }
-        Err(e) => Err(redis_error(e)),
-    }
-}
-
-/// Whether a command certainly never reached Redis: the connection was refused, or was
-/// found closed before anything was written on it.
-pub fn never_sent(e: &redis::RedisError) -> bool {
-    let io_kind = std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .map(std::io::Error::kind);
-    e.is_connection_refusal()
-        || matches!(
-            io_kind,
-            Some(std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::NotConnected)
-        )
-}
-
 /// Refreshes the `unacked_index` score of messages this worker still holds, so they are not
 /// restored while it lives.
 pub async fn touch<C: ConnectionLike + Send>(conn: &mut C, tags: &[String]) -> Result<()> {
@@ -574,7 +536,7 @@ pub async fn declare_queues<C: ConnectionLike + Send>(
     queues: &[String],
 ) -> Result<()> {
     for q in queues {
-        crate::jobs::check_queue_name(q).map_err(Error::Validation)?;
+        crate::jobs::check_queue_name(q)?;
     }
     let mut pipe = redis::pipe();
     for q in queues {

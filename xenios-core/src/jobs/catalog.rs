@@ -6,7 +6,7 @@
 //! the same declarations the worker registers them with) plus the Python tasks of
 //! `JOB_EXTRA_TASKS`. `POST /api/v1/jobs` enqueues only what [`Catalog::authorize`]
 //! accepts; the queue always comes from here, never from the caller. The library's
-//! [`crate::AiBackend::enqueue`] stays open to embedders (any valid task name), but every
+//! [`crate::jobs::Jobs::enqueue`] stays open to embedders (any valid task name), but every
 //! queue, here or there, must pass [`crate::jobs::check_queue_name`].
 
 use std::collections::HashMap;
@@ -211,7 +211,7 @@ pub fn parse_extra_tasks(raw: &str, builtin: &[&str]) -> (Vec<TaskDecl>, Vec<Str
             fail("declared twice".to_owned());
         }
         if let Err(e) = check_queue_name(queue) {
-            fail(e);
+            fail(e.to_string());
         }
         let callers = match *callers {
             "users" => Callers::Users,

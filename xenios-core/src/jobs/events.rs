@@ -72,6 +72,8 @@ struct Inner {
     task_events: AtomicBool,
     queue: mpsc::Sender<Value>,
     dropped: AtomicU64,
+    /// The batching task, stopped by [`EventSender::stop`].
+    batcher: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
 
 impl EventSender {
@@ -92,9 +94,19 @@ impl EventSender {
             task_events: AtomicBool::new(task_events),
             queue: tx,
             dropped: AtomicU64::new(0),
+            batcher: std::sync::OnceLock::new(),
         });
-        tokio::spawn(batcher(Arc::downgrade(&inner), rx));
+        let task = tokio::spawn(batcher(Arc::downgrade(&inner), rx));
+        let _ = inner.batcher.set(task.abort_handle());
         Self { inner }
+    }
+
+    /// Stops the batching task (shutdown; [`EventSender::flush`] first). Events queued
+    /// later are dropped and counted.
+    pub fn stop(&self) {
+        if let Some(task) = self.inner.batcher.get() {
+            task.abort();
+        }
     }
 
     /// Turns task events on or off (pidbox `enable_events` / `disable_events`).

@@ -21,35 +21,34 @@
 //! ([`protocol::OWNER_HEADER`]), its job row and a small Redis key next to its result
 //! ([`owner_key`]), which the HTTP API checks before showing or revoking a job.
 //!
-//! The [`crate::AiBackend`] facade enqueues ([`crate::AiBackend::enqueue`]), reads
-//! ([`crate::AiBackend::job_result`]), waits for ([`crate::AiBackend::wait_result`]) and
-//! revokes ([`crate::AiBackend::revoke`]) jobs.
+//! [`Jobs`] (`client.rs`, reached through [`crate::AiBackend::jobs`]) enqueues
+//! ([`Jobs::enqueue`], [`Jobs::enqueue_for_caller`]), reads ([`Jobs::job_result`]), waits
+//! for ([`Jobs::wait_result`]) and revokes ([`Jobs::revoke`]) jobs.
 
-pub mod broker;
+pub(crate) mod broker;
 pub mod catalog;
-pub mod events;
+mod client;
+pub(crate) mod events;
 pub mod pidbox;
 pub mod protocol;
 pub mod result;
 pub mod tasks;
 pub mod worker;
 
+pub use client::{Enqueued, Jobs};
+
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use crate::config::{Config, JobsConfig};
+use crate::config::JobsConfig;
 use crate::context::RequestContext;
 use crate::db::models::{JobStateChange, JobStatus};
 use crate::error::{Error, Result};
-use crate::jobs::broker::redis_error;
-use crate::jobs::events::{Clock, EventSender};
-use crate::jobs::protocol::{TaskMessage, args_repr, kwargs_repr};
+use crate::jobs::protocol::TaskMessage;
 use crate::redis::RedisPool;
 
 pub use crate::jobs::result::{JobResult, TaskState};
@@ -114,18 +113,18 @@ pub fn reserved_queue(name: &str) -> Option<&'static str> {
 }
 
 /// Checks a queue name: 1-128 characters of `[A-Za-z0-9_.:-]` and not [`reserved_queue`].
-/// The error names the queue and why.
-pub fn check_queue_name(name: &str) -> std::result::Result<(), String> {
+/// The error ([`Error::Validation`]) names the queue and why.
+pub fn check_queue_name(name: &str) -> Result<()> {
     if !valid_queue_name(name) {
-        return Err(format!(
+        return Err(Error::Validation(format!(
             "queue `{}` is not 1-128 characters of [A-Za-z0-9_.:-]",
             name.chars().take(140).collect::<String>()
-        ));
+        )));
     }
     match reserved_queue(name) {
-        Some(why) => Err(format!(
+        Some(why) => Err(Error::Validation(format!(
             "queue `{name}` is a reserved name ({why}) and cannot be used"
-        )),
+        ))),
         None => Ok(()),
     }
 }
@@ -288,6 +287,12 @@ impl EnqueueRequest {
         self
     }
 
+    /// Sets a countdown given in seconds by a caller (HTTP, the CLI): 0 to [`MAX_DELAY`]
+    /// (one year), else [`Error::Validation`].
+    pub fn countdown_secs(self, secs: f64) -> Result<Self> {
+        Ok(self.countdown(countdown(secs)?))
+    }
+
     /// Sets an ETA.
     pub fn eta(mut self, eta: DateTime<Utc>) -> Self {
         self.eta = Some(eta);
@@ -313,6 +318,18 @@ impl EnqueueRequest {
     }
 }
 
+/// A countdown in seconds from a caller, checked: finite, 0 to [`MAX_DELAY`] (one year).
+pub fn countdown(secs: f64) -> Result<Duration> {
+    if secs.is_finite() && (0.0..=MAX_DELAY.as_secs_f64()).contains(&secs) {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(Error::Validation(format!(
+            "countdown must be 0 to {} seconds",
+            MAX_DELAY.as_secs()
+        )))
+    }
+}
+
 /// Whether `name` may be a task name: 1-200 characters of `[A-Za-z0-9_.:-]`.
 pub fn valid_task_name(name: &str) -> bool {
     !name.is_empty()
@@ -332,6 +349,15 @@ pub fn valid_task_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// [`Error::Validation`] ([`TASK_ID_RULE`]) unless [`valid_task_id`].
+pub fn check_task_id(id: &str) -> Result<()> {
+    if valid_task_id(id) {
+        Ok(())
+    } else {
+        Err(Error::Validation(TASK_ID_RULE.to_owned()))
+    }
 }
 
 /// Whether `name` may be a queue name: 1-128 characters of `[A-Za-z0-9_.:-]`.
@@ -371,87 +397,6 @@ impl Router {
     }
 }
 
-/// Jobs state held by the backend.
-pub(crate) struct JobsState {
-    pub(crate) router: Router,
-    pub(crate) catalog: catalog::Catalog,
-    pub(crate) client: std::result::Result<redis::Client, String>,
-    /// The producer's connection: one multiplexed connection that reconnects by itself
-    /// (redis-rs' `ConnectionManager`). Concurrent enqueues share it and are pipelined
-    /// onto the socket together, and no pool checkout (with its PING round trip) sits on
-    /// the enqueue path.
-    producer: std::result::Result<redis::aio::ConnectionManager, String>,
-    pub(crate) db: i64,
-    pub(crate) events: EventSender,
-}
-
-impl fmt::Debug for JobsState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobsState")
-            .field("router", &self.router)
-            .field("catalog", &self.catalog.names())
-            .field("db", &self.db)
-            .field("events", &self.events)
-            .finish_non_exhaustive()
-    }
-}
-
-impl JobsState {
-    pub(crate) fn new(config: &Config, pool: RedisPool) -> Self {
-        let client = redis::Client::open(config.redis.url.expose_secret())
-            .map_err(|e| format!("REDIS_URL: {:?}", e.kind()));
-        let db = client
-            .as_ref()
-            .map(|c| c.get_connection_info().redis_settings().db())
-            .unwrap_or(0);
-        let events = EventSender::start(
-            pool,
-            db,
-            protocol::origin(),
-            Arc::new(Clock::default()),
-            config.jobs.task_events,
-        );
-        let producer = match (&client, tokio::runtime::Handle::try_current()) {
-            (Ok(c), Ok(_)) => redis::aio::ConnectionManager::new_lazy_with_config(
-                c.clone(),
-                redis::aio::ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(REDIS_REPLY_TIMEOUT))
-                    .set_connection_timeout(Some(Duration::from_secs(5)))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(1)),
-            )
-            .map_err(|e| format!("REDIS_URL: {:?}", e.kind())),
-            (Err(e), _) => Err(e.clone()),
-            (Ok(_), Err(_)) => Err("no Tokio runtime".to_owned()),
-        };
-        let router = Router::new(&config.jobs);
-        let catalog = catalog::Catalog::new(
-            tasks::builtin_registry(&config.jobs)
-                .declarations()
-                .into_iter()
-                .chain(config.jobs.extra_tasks.iter().cloned()),
-            &router,
-        );
-        Self {
-            router,
-            catalog,
-            client,
-            producer,
-            db,
-            events,
-        }
-    }
-
-    /// A handle on the producer's connection (cheap: a clone of a multiplexed handle).
-    pub(crate) fn producer(&self) -> Result<redis::aio::ConnectionManager> {
-        self.producer.clone().map_err(crate::redis::unavailable)
-    }
-
-    pub(crate) fn client(&self) -> Result<&redis::Client> {
-        self.client.as_ref().map_err(crate::redis::unavailable)
-    }
-}
-
 /// Reply timeout of Redis commands of the job queue. redis-rs defaults to 500 ms, which a
 /// loaded 2-core machine exceeds now and then; a job call would rather wait than fail.
 pub const REDIS_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -460,13 +405,16 @@ pub const REDIS_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub(crate) async fn pooled(
     pool: &RedisPool,
 ) -> Result<bb8::PooledConnection<'_, bb8_redis::RedisConnectionManager>> {
-    let mut conn = pool.get().await.map_err(crate::redis::unavailable)?;
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| Error::unavailable_from(crate::error::Component::Redis, e))?;
     conn.set_response_timeout(REDIS_REPLY_TIMEOUT);
     Ok(conn)
 }
 
 /// Bytes of the JSON encoding of `args` and `kwargs`, counted without building the string.
-fn payload_size(args: &[Value], kwargs: &Map<String, Value>) -> usize {
+pub(crate) fn payload_size(args: &[Value], kwargs: &Map<String, Value>) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -512,345 +460,4 @@ pub(crate) fn job_change(m: &TaskMessage, status: JobStatus) -> JobStateChange {
         .and_then(|u| uuid::Uuid::parse_str(u).ok());
     c.attempts = i32::try_from(m.retries).unwrap_or(i32::MAX);
     c
-}
-
-impl crate::AiBackend {
-    /// Builds the message of a request, validating it (bad input is [`Error::Validation`]).
-    pub fn job_message(&self, ctx: &RequestContext, req: EnqueueRequest) -> Result<TaskMessage> {
-        if !valid_task_name(&req.task) {
-            return Err(Error::Validation(format!(
-                "task must be 1-{MAX_TASK_NAME_LEN} characters of [A-Za-z0-9_.:-]"
-            )));
-        }
-        let queue = match req.queue {
-            Some(q) => q,
-            None => self.jobs_state().router.route(&req.task).to_owned(),
-        };
-        check_queue_name(&queue).map_err(Error::Validation)?;
-        let priority = req.priority.unwrap_or(0);
-        if priority > 9 {
-            return Err(Error::Validation("priority must be 0-9".to_owned()));
-        }
-        let size = payload_size(&req.args, &req.kwargs);
-        if size > MAX_PAYLOAD_BYTES {
-            return Err(Error::Validation(format!(
-                "args and kwargs are {size} bytes encoded; the limit is {MAX_PAYLOAD_BYTES}"
-            )));
-        }
-        let now = Utc::now();
-        let delay = |d: Duration, what: &str| -> Result<chrono::Duration> {
-            if d > MAX_DELAY {
-                return Err(Error::Validation(format!(
-                    "{what} is more than a year away"
-                )));
-            }
-            chrono::Duration::from_std(d)
-                .map_err(|_| Error::Validation(format!("{what} is too large")))
-        };
-        let eta = match (req.eta, req.countdown) {
-            (Some(eta), _) => Some(eta),
-            (None, Some(c)) if !c.is_zero() => Some(now + delay(c, "countdown")?),
-            _ => None,
-        };
-        if let Some(eta) = eta
-            && eta - now > delay(MAX_DELAY, "eta")?
-        {
-            return Err(Error::Validation("eta is more than a year away".to_owned()));
-        }
-        let mut m = TaskMessage::new(req.task, queue);
-        m.args = req.args;
-        m.kwargs = req.kwargs;
-        m.priority = priority;
-        m.eta = eta;
-        m.expires = req.expires;
-        if let Some(tl) = req.time_limits {
-            for d in [tl.soft, tl.hard].into_iter().flatten() {
-                if d.is_zero() || d > MAX_DELAY {
-                    return Err(Error::Validation(
-                        "time limits must be positive and under a year".to_owned(),
-                    ));
-                }
-            }
-            if let (Some(s), Some(h)) = (tl.soft, tl.hard)
-                && s > h
-            {
-                return Err(Error::Validation(
-                    "the soft time limit must not exceed the hard one".to_owned(),
-                ));
-            }
-            m.soft_time_limit = tl.soft.map(|d| d.as_secs_f64());
-            m.hard_time_limit = tl.hard.map(|d| d.as_secs_f64());
-        }
-        m.correlation_id = Some(ctx.correlation_id.as_str().to_owned());
-        m.user_id = ctx.user_id().map(str::to_owned);
-        m.owner = Some(Owner::of(ctx).to_string());
-        Ok(m)
-    }
-
-    /// The task catalog: what HTTP callers may enqueue (see [`catalog`]).
-    pub fn job_catalog(&self) -> &catalog::Catalog {
-        &self.jobs_state().catalog
-    }
-
-    /// Builds the message of a request from an outside caller: only a catalogued task this
-    /// caller may enqueue ([`Error::UnknownTask`] otherwise), on the catalog's queue (a
-    /// request naming a queue is refused), with arguments within the task's size limit.
-    pub fn caller_job_message(
-        &self,
-        ctx: &RequestContext,
-        mut req: EnqueueRequest,
-    ) -> Result<TaskMessage> {
-        if !valid_task_name(&req.task) {
-            return Err(Error::Validation(format!(
-                "task must be 1-{MAX_TASK_NAME_LEN} characters of [A-Za-z0-9_.:-]"
-            )));
-        }
-        let entry = self
-            .jobs_state()
-            .catalog
-            .authorize(&ctx.principal, &req.task)?;
-        if req.queue.is_some() {
-            return Err(Error::Validation(
-                "queue cannot be chosen: each task's queue is set by the task catalog".to_owned(),
-            ));
-        }
-        let size = payload_size(&req.args, &req.kwargs);
-        if size > entry.max_arg_bytes {
-            return Err(Error::Validation(format!(
-                "args and kwargs are {size} bytes encoded; `{}` accepts at most {}",
-                entry.name, entry.max_arg_bytes
-            )));
-        }
-        req.queue = Some(entry.queue.clone());
-        self.job_message(ctx, req)
-    }
-
-    /// Enqueues a job as a Celery protocol-v2 message and returns its task id.
-    pub async fn enqueue(&self, ctx: &RequestContext, req: EnqueueRequest) -> Result<TaskId> {
-        let mut ids = self.enqueue_many(ctx, vec![req]).await?;
-        ids.pop()
-            .ok_or_else(|| Error::Internal("enqueue returned no id".to_owned()))
-    }
-
-    /// Enqueues many jobs in pipelined round trips (all validated first: one bad request
-    /// enqueues nothing).
-    pub async fn enqueue_many(
-        &self,
-        ctx: &RequestContext,
-        reqs: Vec<EnqueueRequest>,
-    ) -> Result<Vec<TaskId>> {
-        let messages = reqs
-            .into_iter()
-            .map(|r| self.job_message(ctx, r))
-            .collect::<Result<Vec<_>>>()?;
-        self.publish_messages(&messages).await?;
-        Ok(messages.into_iter().map(|m| TaskId(m.id)).collect())
-    }
-
-    /// Publishes ready-made messages (with `task-sent` events and pending job rows).
-    /// A message's owner (when set) is written to [`owner_key`] first, in the same round
-    /// trip, living as long as its result can (the delay to its ETA plus twice
-    /// `JOB_RESULT_EXPIRES_SECS`).
-    pub async fn publish_messages(&self, messages: &[TaskMessage]) -> Result<()> {
-        for m in messages {
-            check_queue_name(&m.queue).map_err(Error::Validation)?;
-        }
-        let mut conn = self.jobs_state().producer()?;
-        let keep = self.config().jobs.result_expires.as_secs().max(1) * 2;
-        let now = Utc::now();
-        for chunk in messages.chunks(1000) {
-            let owners: Vec<(String, String, u64)> = chunk
-                .iter()
-                .filter_map(|m| {
-                    let wait = m
-                        .eta
-                        .map(|eta| (eta - now).num_seconds().max(0).unsigned_abs())
-                        .unwrap_or(0);
-                    m.owner
-                        .clone()
-                        .map(|o| (owner_key(&m.id), o, keep.saturating_add(wait)))
-                })
-                .collect();
-            let out: Vec<(String, String)> = chunk.iter().map(broker::outgoing).collect();
-            broker::publish_owned(&mut conn, &owners, &out).await?;
-        }
-        let events = &self.jobs_state().events;
-        for m in messages {
-            self.audit().job(job_change(m, JobStatus::Pending));
-            events.task(
-                "task-sent",
-                json!({
-                    "uuid": m.id, "root_id": m.root_id, "parent_id": m.parent_id,
-                    "name": m.task, "args": args_repr(&m.args),
-                    "kwargs": kwargs_repr(&m.kwargs),
-                    "retries": m.retries, "eta": m.eta.map(protocol::iso),
-                    "expires": m.expires.map(protocol::iso), "queue": m.queue,
-                    "exchange": m.exchange, "routing_key": m.queue,
-                }),
-            );
-        }
-        Ok(())
-    }
-
-    /// The owner recorded for a job at enqueue, if any (jobs of Python producers have none).
-    pub async fn job_owner(&self, task_id: &str) -> Result<Option<Owner>> {
-        let mut conn = self.jobs_state().producer()?;
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(owner_key(task_id))
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_error)?;
-        Ok(raw.as_deref().and_then(Owner::parse))
-    }
-
-    /// A job's result as `ctx` may see it: the service sees every job (PENDING for unknown
-    /// ids, as in Celery); a user only their own, and any other id, unknown or someone
-    /// else's or of unknown owner, is the same [`Error::NotFound`]. Owner and result are
-    /// read in one round trip.
-    pub async fn job_result_for(&self, ctx: &RequestContext, task_id: &str) -> Result<JobResult> {
-        if !valid_task_id(task_id) {
-            return Err(Error::Validation(TASK_ID_RULE.to_owned()));
-        }
-        let mut conn = self.jobs_state().producer()?;
-        let (owner, raw): (Option<String>, Option<String>) = redis::pipe()
-            .cmd("GET")
-            .arg(owner_key(task_id))
-            .cmd("GET")
-            .arg(result::result_key(task_id))
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_error)?;
-        let visible = match owner.as_deref().and_then(Owner::parse) {
-            Some(o) => o.visible_to(ctx),
-            None => ctx.user_id().is_none(),
-        };
-        if !visible {
-            return Err(Error::NotFound("job".to_owned()));
-        }
-        Ok(raw
-            .and_then(|r| JobResult::parse(task_id, &r))
-            .unwrap_or_else(|| JobResult::pending(task_id)))
-    }
-
-    /// [`crate::AiBackend::revoke`] on behalf of `ctx`: a user may revoke only their own
-    /// jobs, any other id is [`Error::NotFound`] (and nothing is revoked).
-    pub async fn revoke_for(
-        &self,
-        ctx: &RequestContext,
-        task_id: &str,
-        terminate: bool,
-    ) -> Result<()> {
-        if !valid_task_id(task_id) {
-            return Err(Error::Validation(TASK_ID_RULE.to_owned()));
-        }
-        if ctx.user_id().is_some()
-            && !self
-                .job_owner(task_id)
-                .await?
-                .is_some_and(|o| o.visible_to(ctx))
-        {
-            return Err(Error::NotFound("job".to_owned()));
-        }
-        self.revoke(task_id, terminate).await
-    }
-
-    /// The stored result of a job (PENDING when nothing is stored yet, as in Celery).
-    pub async fn job_result(&self, task_id: &str) -> Result<JobResult> {
-        let mut conn = self.jobs_state().producer()?;
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(result::result_key(task_id))
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_error)?;
-        Ok(raw
-            .and_then(|r| JobResult::parse(task_id, &r))
-            .unwrap_or_else(|| JobResult::pending(task_id)))
-    }
-
-    /// Waits until a job's result is ready (SUCCESS, FAILURE or REVOKED), up to `timeout`,
-    /// on the result's pub/sub channel (a dedicated connection), like Celery's `get()`.
-    /// Returns the latest known result, ready or not, when the time is up.
-    pub async fn wait_result(&self, task_id: &str, timeout: Duration) -> Result<JobResult> {
-        use futures::StreamExt;
-        let key = result::result_key(task_id);
-        let mut pubsub = self
-            .jobs_state()
-            .client()?
-            .get_async_pubsub()
-            .await
-            .map_err(redis_error)?;
-        pubsub.subscribe(&key).await.map_err(redis_error)?;
-        // Subscribed first, then read: a result stored in between is not missed. A failed
-        // read (a pooled connection timing out under load) is not fatal: the result will
-        // still arrive on the channel, and is read again at the deadline.
-        let mut latest = match self.job_result(task_id).await {
-            Ok(r) if r.state.is_ready() => return Ok(r),
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the result yet; waiting on its channel");
-                JobResult::pending(task_id)
-            }
-        };
-        let mut stream = pubsub.on_message();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(msg)) => {
-                    if let Some(r) = std::str::from_utf8(msg.get_payload_bytes())
-                        .ok()
-                        .and_then(|raw| JobResult::parse(task_id, raw))
-                    {
-                        if r.state.is_ready() {
-                            return Ok(r);
-                        }
-                        latest = r;
-                    }
-                }
-                Ok(None) => {
-                    return Err(crate::redis::unavailable("result subscription closed"));
-                }
-                Err(_) => {
-                    return Ok(match self.job_result(task_id).await {
-                        Ok(r) => r,
-                        Err(_) => latest,
-                    });
-                }
-            }
-        }
-    }
-
-    /// Revokes a job: running workers are told through the pidbox broadcast (Python ones
-    /// too), and ours also honour it when started later (a marker kept for
-    /// `JOB_RESULT_EXPIRES_SECS`). The worker that meets the job stores REVOKED and its job
-    /// row. With `terminate`, a job already running is stopped as well (our workers drop
-    /// its handler; Celery's send its process SIGTERM); without it, it runs to the end.
-    pub async fn revoke(&self, task_id: &str, terminate: bool) -> Result<()> {
-        if !valid_task_id(task_id) {
-            return Err(Error::Validation(TASK_ID_RULE.to_owned()));
-        }
-        let state = self.jobs_state();
-        let ttl = self.config().jobs.result_expires.as_secs().max(1);
-        let request = pidbox::request(
-            "revoke",
-            json!({"task_id": task_id, "terminate": terminate, "signal": "SIGTERM"}),
-            None,
-        );
-        let channel = events::fanout_channel(state.db, "celery.pidbox", "");
-        let mut conn = self.jobs_state().producer()?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(format!("{REVOKED_PREFIX}{task_id}"))
-            .arg(1)
-            .arg("EX")
-            .arg(ttl)
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(channel)
-            .arg(request)
-            .ignore();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(redis_error)?;
-        Ok(())
-    }
 }

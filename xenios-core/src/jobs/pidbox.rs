@@ -355,7 +355,7 @@ pub(crate) async fn handle(shared: &Shared, payload: &[u8]) {
         1,
     );
     let result = async {
-        let mut conn = crate::jobs::pooled(shared.backend.redis())
+        let mut conn = crate::jobs::pooled(shared.backend.redis_pool())
             .await
             .map_err(|e| e.to_string())?;
         let members: Vec<String> = redis::cmd("SMEMBERS")

@@ -6,6 +6,8 @@
 //! - [`routing`]: the [`Task`] routing table and [`LlmConfig`] (timeouts, retries).
 //! - [`provider`]: the [`Provider`] trait and [`ProviderError`] with the fallback rules.
 //! - [`openrouter`]: the real provider. [`fake`]: the offline one, driven by model names.
+//! - [`input`]: the rules for requests from outside: roles, OpenAI content parts, whether
+//!   an OpenAI `model` is a task or a model id.
 //! - [`policy`]: who may choose models and `max_tokens`. [`budget`]: per-user daily token
 //!   budgets in Redis.
 //! - this module: [`Llm`], the engine that applies routes, timeouts, retries and fallback
@@ -21,6 +23,7 @@
 
 pub mod budget;
 pub mod fake;
+pub mod input;
 pub mod openrouter;
 pub mod policy;
 pub mod provider;

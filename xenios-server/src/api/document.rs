@@ -44,6 +44,7 @@ impl Facts {
         let routes = &backend.config().llm.routes;
         Facts {
             job_tasks: backend
+                .jobs()
                 .job_catalog()
                 .names()
                 .into_iter()

@@ -82,13 +82,13 @@ impl ComponentBody {
     pub fn new(c: ComponentHealth, environment: Environment) -> Self {
         let error = match c.error {
             Some(e) if environment != Environment::Development => {
-                tracing::warn!(component = c.name, error = %e, "dependency unhealthy");
+                tracing::warn!(component = c.name.as_str(), error = %e, "dependency unhealthy");
                 Some("unhealthy (details in the server log)".to_owned())
             }
             other => other,
         };
         Self {
-            name: if c.name == "redis" {
+            name: if c.name == xenios_core::error::Component::Redis {
                 ComponentName::Redis
             } else {
                 ComponentName::Postgres

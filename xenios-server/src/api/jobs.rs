@@ -4,8 +4,6 @@
 //! accepted, on the catalog's queue. A user sees and revokes only their own jobs: any
 //! other id, unknown or someone else's, is the same 404. The service sees all.
 
-use std::time::Duration;
-
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
@@ -161,10 +159,6 @@ pub enum EnqueueResponse {
     Accepted(Json<EnqueuedBody>),
 }
 
-fn validation_err<S>(msg: impl Into<String>) -> Errors<S> {
-    ApiError(xenios_core::Error::Validation(msg.into())).into()
-}
-
 impl Example for EnqueueBody {
     fn example() -> Self {
         EnqueueBody {
@@ -229,35 +223,22 @@ impl JobsApi {
     ) -> Result<EnqueueResponse, Errors<EnqueueErrors>> {
         let ctx = caller.context()?;
         let body = body.0;
-        let mut job = EnqueueRequest::new(body.task.0);
-        match body.args {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(a)) => job.args = a,
-            Some(_) => return Err(validation_err("args must be a JSON array")),
-        }
-        match body.kwargs {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(k)) => job.kwargs = k,
-            Some(_) => return Err(validation_err("kwargs must be a JSON object")),
-        }
+        let mut job = EnqueueRequest::new(body.task.0)
+            .args(body.args)
+            .and_then(|j| j.kwargs(body.kwargs))
+            .map_err(ApiError)?;
         if let Some(c) = body.countdown {
-            if !(c.is_finite() && (0.0..=xenios_core::jobs::MAX_DELAY.as_secs_f64()).contains(&c)) {
-                return Err(validation_err("countdown must be 0 to 31536000 seconds"));
-            }
-            job.countdown = Some(Duration::from_secs_f64(c));
+            job = job.countdown_secs(c).map_err(ApiError)?;
         }
         job.queue = body.queue.map(|q| q.0);
         job.priority = body.priority;
-        let message = self.backend.caller_job_message(ctx, job)?;
-        self.backend
-            .publish_messages(std::slice::from_ref(&message))
-            .await?;
+        let e = self.backend.jobs().enqueue_for_caller(ctx, job).await?;
         Ok(EnqueueResponse::Accepted(Json(EnqueuedBody {
-            id: message.id,
-            task: message.task,
-            queue: message.queue,
-            correlation_id: ctx.correlation_id.to_string(),
-            state: JobState::Pending,
+            id: e.id.to_string(),
+            task: e.task,
+            queue: e.queue,
+            correlation_id: e.correlation_id,
+            state: e.state.into(),
         })))
     }
 
@@ -271,6 +252,7 @@ impl JobsApi {
     ) -> Result<Json<JobBody>, Errors<JobErrors>> {
         Ok(Json(
             self.backend
+                .jobs()
                 .job_result_for(caller.context()?, &id.0)
                 .await?
                 .into(),
@@ -289,6 +271,7 @@ impl JobsApi {
     ) -> Result<RevokeResponse, Errors<RevokeErrors>> {
         let terminate = terminate.0.unwrap_or(false);
         self.backend
+            .jobs()
             .revoke_for(caller.context()?, &id.0, terminate)
             .await?;
         Ok(RevokeResponse::Accepted(Json(RevokedBody {

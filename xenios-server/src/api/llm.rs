@@ -330,6 +330,7 @@ impl LlmApi {
     ) -> Result<Json<CompletionBody>, Errors<LlmErrors>> {
         let c = self
             .backend
+            .llm()
             .complete(caller.context()?, body.0.into_core())
             .await?;
         Ok(Json(CompletionBody {
@@ -350,7 +351,10 @@ impl LlmApi {
     #[oai(path = "/metrics", method = "get")]
     async fn metrics(&self, caller: Caller) -> Result<PlainText<String>, Errors<KeyOnlyErrors>> {
         caller.context()?;
-        let mut text = prometheus_text(&self.backend.llm().metrics(), &self.backend.audit_stats());
+        let mut text = prometheus_text(
+            &self.backend.llm().metrics(),
+            &self.backend.database().audit_stats(),
+        );
         security_metrics(&mut text, &self.backend);
         Ok(PlainText(text))
     }
@@ -367,6 +371,7 @@ impl LlmApi {
     ) -> Result<EventStream<EventBodies>, Errors<LlmErrors>> {
         let stream = self
             .backend
+            .llm()
             .stream(caller.context()?, body.0.into_core())
             .await?;
         let events = stream.map(StreamEventBody::from).boxed();
@@ -382,7 +387,7 @@ impl LlmApi {
 /// Appends the rate limiter's and the API key rotation's metrics.
 pub fn security_metrics(out: &mut String, backend: &AiBackend) {
     use std::fmt::Write;
-    let rl = backend.rate_limit_stats();
+    let rl = backend.auth().rate_limit_stats();
     for (name, kind, help, value) in [
         (
             "xenios_rate_limit_redis_up",
@@ -412,7 +417,7 @@ pub fn security_metrics(out: &mut String, backend: &AiBackend) {
             "xenios_api_key_previous_uses_total",
             "counter",
             "Requests authenticated with XENIOS_BACKEND_API_KEY_PREVIOUS.",
-            backend.previous_api_key_uses(),
+            backend.auth().previous_api_key_uses(),
         ),
     ] {
         let _ = writeln!(
@@ -425,7 +430,7 @@ pub fn security_metrics(out: &mut String, backend: &AiBackend) {
 /// Renders the LLM and audit-writer counters in the Prometheus text format.
 pub fn prometheus_text(
     m: &xenios_core::llm::LlmMetricsSnapshot,
-    audit: &xenios_core::db::audit::AuditStatsSnapshot,
+    audit: &xenios_core::db::AuditStatsSnapshot,
 ) -> String {
     use std::fmt::Write;
     let mut out = String::new();

@@ -3,7 +3,6 @@
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 use xenios_core::AiBackend;
-use xenios_core::auth::Principal;
 
 use super::ApiTags;
 use super::security::Caller;
@@ -83,38 +82,23 @@ impl MeApi {
     #[oai(path = "/me", method = "get")]
     async fn me(&self, caller: Caller) -> Result<Json<MeBody>, Errors<MeErrors>> {
         let ctx = caller.context()?;
-        let correlation_id = ctx.correlation_id.to_string();
-        Ok(Json(match &ctx.principal {
-            Principal::User(u) => {
-                let usage = self.backend.user_token_usage(&u.user_id).await?;
-                MeBody {
-                    principal: PrincipalKind::User,
-                    user_id: Some(u.user_id.clone()),
-                    role: Some(u.role.clone()),
-                    email: u.email.clone(),
-                    session_id: u.session_id.clone(),
-                    aal: u.aal.clone(),
-                    is_anonymous: Some(u.is_anonymous),
-                    tokens_used_today: Some(usage.used),
-                    daily_token_limit: Some(usage.limit),
-                    correlation_id,
-                }
-            }
-            other => MeBody {
-                principal: match other {
-                    Principal::System => PrincipalKind::System,
-                    _ => PrincipalKind::Service,
-                },
-                user_id: None,
-                role: None,
-                email: None,
-                session_id: None,
-                aal: None,
-                is_anonymous: None,
-                tokens_used_today: None,
-                daily_token_limit: None,
-                correlation_id,
+        let me = self.backend.whoami(ctx).await?;
+        let user = me.user;
+        Ok(Json(MeBody {
+            principal: match me.principal {
+                "user" => PrincipalKind::User,
+                "system" => PrincipalKind::System,
+                _ => PrincipalKind::Service,
             },
+            user_id: user.as_ref().map(|u| u.user_id.clone()),
+            role: user.as_ref().map(|u| u.role.clone()),
+            email: user.as_ref().and_then(|u| u.email.clone()),
+            session_id: user.as_ref().and_then(|u| u.session_id.clone()),
+            aal: user.as_ref().and_then(|u| u.aal.clone()),
+            is_anonymous: user.as_ref().map(|u| u.is_anonymous),
+            tokens_used_today: me.tokens.map(|t| t.used),
+            daily_token_limit: me.tokens.map(|t| t.limit),
+            correlation_id: ctx.correlation_id.to_string(),
         }))
     }
 }

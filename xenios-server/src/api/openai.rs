@@ -10,7 +10,7 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde_json::{Value, json};
 use xenios_core::AiBackend;
-use xenios_core::llm::{CompletionRequest, Message, Role, StreamEvent, Task};
+use xenios_core::llm::{CompletionRequest, Message, Role, StreamEvent, input};
 
 use super::ApiTags;
 use super::security::Caller;
@@ -190,33 +190,19 @@ impl std::fmt::Debug for ChatCompletionResponse {
     }
 }
 
-fn text_of(content: Option<Value>, i: usize) -> Result<String, ApiError> {
-    match content {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s),
-        Some(Value::Array(parts)) => Ok(parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("")),
-        Some(_) => Err(xenios_core::Error::Validation(format!(
-            "messages[{i}].content: expected a string or text parts"
-        ))
-        .into()),
-    }
-}
-
 fn to_core(body: ChatCompletionRequest) -> Result<(CompletionRequest, bool), ApiError> {
     let messages = body
         .messages
         .into_iter()
         .enumerate()
-        .map(|(i, m)| Ok(Message::new(m.role.into(), text_of(m.content, i)?)))
+        .map(|(i, m)| {
+            Ok(Message::new(
+                m.role.into(),
+                input::openai_content(m.content, i)?,
+            ))
+        })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let (task, models) = match body.model.0.parse::<Task>() {
-        Ok(task) => (task, None),
-        Err(_) => (Task::Chat, Some(vec![body.model.0])),
-    };
+    let (task, models) = input::task_or_model(body.model.0);
     Ok((
         CompletionRequest {
             task,
@@ -251,7 +237,7 @@ impl OpenAiApi {
         let id = format!("chatcmpl-{}", ctx.correlation_id);
         let created = now_secs();
         if !stream {
-            let c = self.backend.complete(ctx, core).await?;
+            let c = self.backend.llm().complete(ctx, core).await?;
             return Ok(ChatCompletionResponse::Complete(Json(ChatCompletionBody {
                 id,
                 object: "chat.completion".to_owned(),
@@ -278,7 +264,7 @@ impl OpenAiApi {
             .as_ref()
             .and_then(|m| m.first().cloned())
             .unwrap_or_else(|| core.task.to_string());
-        let events = self.backend.stream(ctx, core).await?;
+        let events = self.backend.llm().stream(ctx, core).await?;
         let chunk = move |model: &str, delta: Value, finish: Value| {
             json!({
                 "id": id,

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::config::JobsConfig;
+
 /// How to run a worker (the flags of `celery worker`).
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -15,13 +17,29 @@ pub struct WorkerOptions {
     pub prefetch_multiplier: usize,
 }
 
+/// Default of `-c`.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+/// Default of `--prefetch-multiplier`.
+pub const DEFAULT_PREFETCH_MULTIPLIER: usize = 4;
+
 impl Default for WorkerOptions {
+    /// Queue `default`, 4 at once, 4 ahead per slot.
     fn default() -> Self {
         Self {
             queues: vec!["default".to_owned()],
-            concurrency: 4,
+            concurrency: DEFAULT_CONCURRENCY,
             hostname: None,
-            prefetch_multiplier: 4,
+            prefetch_multiplier: DEFAULT_PREFETCH_MULTIPLIER,
+        }
+    }
+}
+
+impl WorkerOptions {
+    /// The defaults of a configuration: consume `JOB_DEFAULT_QUEUE`.
+    pub fn for_config(config: &JobsConfig) -> Self {
+        Self {
+            queues: vec![config.default_queue.clone()],
+            ..Self::default()
         }
     }
 }

@@ -113,7 +113,7 @@ impl Worker {
         // before anything else, naming the queue (broker::declare_queues refuses them too,
         // for callers of the broker itself).
         for q in &queues {
-            crate::jobs::check_queue_name(q).map_err(Error::Validation)?;
+            crate::jobs::check_queue_name(q)?;
         }
         if !self.allow_unhandled_queues {
             let unhandled = self.unhandled_queues(&queues);
@@ -129,14 +129,14 @@ impl Worker {
         let hostname = self.hostname();
         let concurrency = self.options.concurrency.max(1);
         let prefetch = concurrency * self.options.prefetch_multiplier.max(1);
-        let state = self.backend.jobs_state();
-        let client = state.client()?.clone();
-        let db = state.db;
+        let jobs = self.backend.jobs();
+        let client = jobs.client()?.clone();
+        let db = jobs.redis_db();
         // The worker's own connection (pipelined, shared by its tasks), reconnecting.
         let link = RedisLink::connect(client.clone()).await?;
         let clock = Arc::new(Clock::default());
         let events = EventSender::start(
-            self.backend.redis().clone(),
+            self.backend.redis_pool().clone(),
             db,
             hostname.clone(),
             clock.clone(),
@@ -326,7 +326,10 @@ impl Worker {
             .await;
         shared.events.flush().await;
         // Job rows are not worth hanging a stopping worker: Postgres may be what is down.
-        self.backend.flush_audit_within(AUDIT_FLUSH_TIMEOUT).await;
+        self.backend
+            .database()
+            .flush_audit_within(AUDIT_FLUSH_TIMEOUT)
+            .await;
         let c = &shared.counters;
         let summary = WorkerSummary {
             processed: c.processed.load(Ordering::Relaxed),

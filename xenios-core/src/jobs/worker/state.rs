@@ -375,7 +375,7 @@ impl Shared {
         c.worker = Some(self.hostname.clone());
         c.error = Some(format!("{}: {}", exc.kind, exc.message));
         c.attempts = c.attempts.saturating_add(1);
-        self.backend.audit().job(c);
+        self.backend.audit_writer().job(c);
     }
 
     pub(super) async fn revoked(&self, m: &TaskMessage, tag: &str, why: Revocation) {
@@ -397,7 +397,7 @@ impl Shared {
         if why != Revocation::Revoked {
             c.error = Some(why.reason().to_owned());
         }
-        self.backend.audit().job(c);
+        self.backend.audit_writer().job(c);
     }
 }
 
