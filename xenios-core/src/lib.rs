@@ -15,6 +15,7 @@
 //! - [`redis`]: the Redis pool (bb8-redis).
 //! - [`jobs`]: the Celery-compatible job queue (producer, worker runtime, result backend,
 //!   events and pidbox for Flower).
+//! - [`metrics`]: Prometheus metrics (names, help texts, histograms) and their text page.
 //! - [`health`]: readiness probes of the dependencies.
 //! - [`telemetry`]: structured logging.
 //! - [`shutdown`]: SIGTERM/SIGINT handling shared by the binaries.
@@ -40,6 +41,7 @@ pub mod error;
 pub mod health;
 pub mod jobs;
 pub mod llm;
+pub mod metrics;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;

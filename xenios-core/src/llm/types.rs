@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::error::StreamErrorCode;
 use super::routing::Task;
 use crate::error::{Error, Result};
 
@@ -10,11 +11,25 @@ const MAX_MODEL_ID_LEN: usize = 200;
 /// Most messages in one request.
 const MAX_MESSAGES: usize = 1_000;
 
-/// Who wrote a chat message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Who wrote a chat message. Its wire name is `system`, `user` or `assistant`; parsing also
+/// takes OpenAI's `developer` as `system`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Role {
     /// Instructions for the model.
+    #[strum(to_string = "system", serialize = "developer")]
     System,
     /// The end user.
     User,
@@ -25,21 +40,12 @@ pub enum Role {
 impl Role {
     /// The wire name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::System => "system",
-            Self::User => "user",
-            Self::Assistant => "assistant",
-        }
+        self.into()
     }
 
     /// Parses `system`, `user`, `assistant` (and OpenAI's `developer` as `system`).
     pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "system" | "developer" => Some(Self::System),
-            "user" => Some(Self::User),
-            "assistant" => Some(Self::Assistant),
-            _ => None,
-        }
+        raw.parse().ok()
     }
 }
 
@@ -230,7 +236,7 @@ pub enum StreamEvent {
     /// The stream failed after tokens were sent; always the last event.
     Error {
         /// Machine-readable code.
-        code: String,
+        code: StreamErrorCode,
         /// What went wrong.
         message: String,
     },
