@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use xenios_core::jobs::{EnqueueRequest, TaskState, Worker, WorkerOptions, tasks};
+use xenios_core::jobs::{EnqueueRequest, JobState, Worker, WorkerOptions, tasks};
 use xenios_core::{AiBackend, CorrelationId, RequestContext};
 use xenios_tests::jobs_support::{ChildProcess, backend_on, python, python_dir};
 use xenios_tests::{TestDb, TestRedis, free_port, wait_for};
@@ -145,12 +145,12 @@ async fn jobs_interop_our_producer_feeds_a_python_celery_worker() {
         .wait_result(add.as_str(), Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!((r.state, r.result), (TaskState::Success, json!(5)));
+    assert_eq!((r.state, r.result), (JobState::Success, json!(5)));
     let r = backend
         .wait_result(headers.as_str(), Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(r.state, TaskState::Success, "{r:?}");
+    assert_eq!(r.state, JobState::Success, "{r:?}");
     assert_eq!(r.result["correlation_id"], "req-to-python", "{r:?}");
     assert_eq!(r.result["delivery_info"], "pyq", "{r:?}");
 }
@@ -210,7 +210,7 @@ async fn jobs_interop_flower_lists_our_worker_and_its_tasks() {
             .wait_result(id.as_str(), Duration::from_secs(20))
             .await
             .unwrap();
-        assert_eq!(r.state, TaskState::Success);
+        assert_eq!(r.state, JobState::Success);
     }
     let tasks: Value = wait_for(
         "flower to list our tasks as succeeded",

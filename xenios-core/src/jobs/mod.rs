@@ -28,6 +28,8 @@
 pub mod broker;
 pub mod catalog;
 pub mod events;
+mod job_state;
+mod names;
 pub mod pidbox;
 pub mod protocol;
 pub mod result;
@@ -45,14 +47,16 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{Config, JobsConfig};
 use crate::context::RequestContext;
-use crate::db::models::{JobStateChange, JobStatus};
+use crate::db::models::JobStateChange;
 use crate::error::{Error, Result};
 use crate::jobs::broker::redis_error;
 use crate::jobs::events::{Clock, EventSender};
 use crate::jobs::protocol::{TaskMessage, args_repr, kwargs_repr};
 use crate::redis::RedisPool;
 
-pub use crate::jobs::result::{JobResult, TaskState};
+pub use crate::jobs::job_state::JobState;
+pub use crate::jobs::names::{NameError, QueueName, TaskId, TaskName};
+pub use crate::jobs::result::JobResult;
 pub use crate::jobs::worker::{
     TaskContext, TaskError, TaskRegistry, Worker, WorkerOptions, WorkerSummary,
 };
@@ -114,20 +118,9 @@ pub fn reserved_queue(name: &str) -> Option<&'static str> {
 }
 
 /// Checks a queue name: 1-128 characters of `[A-Za-z0-9_.:-]` and not [`reserved_queue`].
-/// The error names the queue and why.
-pub fn check_queue_name(name: &str) -> std::result::Result<(), String> {
-    if !valid_queue_name(name) {
-        return Err(format!(
-            "queue `{}` is not 1-128 characters of [A-Za-z0-9_.:-]",
-            name.chars().take(140).collect::<String>()
-        ));
-    }
-    match reserved_queue(name) {
-        Some(why) => Err(format!(
-            "queue `{name}` is a reserved name ({why}) and cannot be used"
-        )),
-        None => Ok(()),
-    }
+/// The error names the queue and why. [`QueueName::parse`] keeps the checked name.
+pub fn check_queue_name(name: &str) -> std::result::Result<(), NameError> {
+    QueueName::parse(name).map(drop)
 }
 
 /// Who a job belongs to: the user who enqueued it, or the service (API-key calls without a
@@ -182,24 +175,6 @@ impl fmt::Display for Owner {
 /// that an ownership check never waits on the job row.
 pub fn owner_key(task_id: &str) -> String {
     format!("{OWNER_PREFIX}{task_id}")
-}
-
-/// A Celery task id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct TaskId(pub String);
-
-impl TaskId {
-    /// The id as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// Soft and hard time limits of one job (the worker's defaults when unset).
@@ -381,7 +356,8 @@ pub(crate) struct JobsState {
     /// onto the socket together, and no pool checkout (with its PING round trip) sits on
     /// the enqueue path.
     producer: std::result::Result<redis::aio::ConnectionManager, String>,
-    pub(crate) db: i64,
+    /// The Redis database number (of `REDIS_URL`), part of fanout channel names.
+    pub(crate) redis_db: i64,
     pub(crate) events: EventSender,
 }
 
@@ -390,7 +366,7 @@ impl fmt::Debug for JobsState {
         f.debug_struct("JobsState")
             .field("router", &self.router)
             .field("catalog", &self.catalog.names())
-            .field("db", &self.db)
+            .field("redis_db", &self.redis_db)
             .field("events", &self.events)
             .finish_non_exhaustive()
     }
@@ -400,13 +376,13 @@ impl JobsState {
     pub(crate) fn new(config: &Config, pool: RedisPool) -> Self {
         let client = redis::Client::open(config.redis.url.expose_secret())
             .map_err(|e| format!("REDIS_URL: {:?}", e.kind()));
-        let db = client
+        let redis_db = client
             .as_ref()
             .map(|c| c.get_connection_info().redis_settings().db())
             .unwrap_or(0);
         let events = EventSender::start(
             pool,
-            db,
+            redis_db,
             protocol::origin(),
             Arc::new(Clock::default()),
             config.jobs.task_events,
@@ -437,7 +413,7 @@ impl JobsState {
             catalog,
             client,
             producer,
-            db,
+            redis_db,
             events,
         }
     }
@@ -498,10 +474,10 @@ pub(crate) fn args_digest(args: &[Value], kwargs: &Map<String, Value>) -> String
 /// The job row change of a message. A failure's error text may quote the arguments (Celery's
 /// `MaxRetriesExceededError` names them): the change carries that quote so the audit writer
 /// cuts it out, and job rows never hold arguments.
-pub(crate) fn job_change(m: &TaskMessage, status: JobStatus) -> JobStateChange {
+pub(crate) fn job_change(m: &TaskMessage, status: JobState) -> JobStateChange {
     let mut c = JobStateChange::new(&m.id, &m.task, &m.queue, status);
     c.args_digest = Some(args_digest(&m.args, &m.kwargs));
-    if status == JobStatus::Failure {
+    if status == JobState::Failure {
         c.redact = Some(result::args_quote(m));
     }
     c.owner = m.owner.clone();
@@ -526,7 +502,7 @@ impl crate::AiBackend {
             Some(q) => q,
             None => self.jobs_state().router.route(&req.task).to_owned(),
         };
-        check_queue_name(&queue).map_err(Error::Validation)?;
+        check_queue_name(&queue).map_err(|e| Error::Validation(e.to_string()))?;
         let priority = req.priority.unwrap_or(0);
         if priority > 9 {
             return Err(Error::Validation("priority must be 0-9".to_owned()));
@@ -644,7 +620,10 @@ impl crate::AiBackend {
             .map(|r| self.job_message(ctx, r))
             .collect::<Result<Vec<_>>>()?;
         self.publish_messages(&messages).await?;
-        Ok(messages.into_iter().map(|m| TaskId(m.id)).collect())
+        Ok(messages
+            .into_iter()
+            .map(|m| TaskId::of_message(m.id))
+            .collect())
     }
 
     /// Publishes ready-made messages (with `task-sent` events and pending job rows).
@@ -653,7 +632,7 @@ impl crate::AiBackend {
     /// `JOB_RESULT_EXPIRES_SECS`).
     pub async fn publish_messages(&self, messages: &[TaskMessage]) -> Result<()> {
         for m in messages {
-            check_queue_name(&m.queue).map_err(Error::Validation)?;
+            check_queue_name(&m.queue).map_err(|e| Error::Validation(e.to_string()))?;
         }
         let mut conn = self.jobs_state().producer()?;
         let keep = self.config().jobs.result_expires.as_secs().max(1) * 2;
@@ -676,7 +655,7 @@ impl crate::AiBackend {
         }
         let events = &self.jobs_state().events;
         for m in messages {
-            self.audit().job(job_change(m, JobStatus::Pending));
+            self.audit().job(job_change(m, JobState::Pending));
             events.task(
                 "task-sent",
                 json!({
@@ -835,7 +814,7 @@ impl crate::AiBackend {
             json!({"task_id": task_id, "terminate": terminate, "signal": "SIGTERM"}),
             None,
         );
-        let channel = events::fanout_channel(state.db, "celery.pidbox", "");
+        let channel = events::fanout_channel(state.redis_db, "celery.pidbox", "");
         let mut conn = self.jobs_state().producer()?;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")

@@ -118,7 +118,7 @@ fn stats(shared: &Shared) -> Value {
             ],
         },
         "broker": {
-            "hostname": host, "userid": null, "virtual_host": shared.db.to_string(),
+            "hostname": host, "userid": null, "virtual_host": shared.redis_db.to_string(),
             "port": port, "insist": false, "ssl": false, "transport": "redis",
             "connect_timeout": 4, "transport_options": {}, "login_method": null,
             "uri_prefix": null, "heartbeat": 120.0, "failover_strategy": "round-robin",

@@ -14,9 +14,10 @@ use std::sync::atomic::Ordering;
 use backon::BackoffBuilder;
 use tokio::sync::mpsc;
 
+use crate::jobs::JobState;
 use crate::jobs::broker::{self, Finish};
 use crate::jobs::protocol::TaskMessage;
-use crate::jobs::result::{PyException, TaskState, meta};
+use crate::jobs::result::{PyException, meta};
 
 use super::state::Shared;
 
@@ -156,7 +157,7 @@ async fn dead_letter(shared: &Shared, f: &Finish, error: &str) {
         task_id: f.task_id.clone(),
         result: Some(meta(
             &m,
-            TaskState::Failure,
+            JobState::Failure,
             &exc.to_json(),
             None,
             &shared.hostname,
