@@ -48,5 +48,5 @@ pub use self::provider::{
 pub use self::routing::{LlmConfig, Route, RoutingTable, Task, UnknownTaskName};
 pub use self::stream::LlmStream;
 pub use self::types::{
-    Completion, CompletionRequest, Message, Role, StreamEvent, StreamSummary, Usage,
+    Completion, CompletionRequest, Message, ModelListError, Role, StreamEvent, StreamSummary, Usage,
 };

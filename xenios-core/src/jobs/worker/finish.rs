@@ -117,7 +117,7 @@ async fn finish_batch(shared: &Shared, batch: &mut Vec<Item>) {
                     _ => false,
                 });
                 for (f, e) in refused {
-                    dead_letter(shared, &f, &e).await;
+                    dead_letter(shared, &f, &e.to_string()).await;
                 }
                 if !batch.is_empty() {
                     tokio::time::sleep(backoff.next().unwrap_or_default()).await;

@@ -21,23 +21,55 @@ pub const HEALTHY_WITHIN: Duration = Duration::from_secs(10);
 /// How often the health file is rewritten.
 const WRITE_EVERY: Duration = Duration::from_secs(2);
 
+/// Why a worker is not healthy.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HealthError {
+    /// The health file cannot be read.
+    #[error("no worker heartbeat at {}: {source}", path.display())]
+    Missing {
+        /// The health file.
+        path: std::path::PathBuf,
+        /// Why it cannot be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The health file is older than `WORKER_HEALTH_MAX_AGE_SECS`.
+    #[error(
+        "the worker heartbeat at {} is {} s old (limit {} s)",
+        path.display(),
+        age.as_secs(),
+        limit.as_secs()
+    )]
+    Stale {
+        /// The health file.
+        path: std::path::PathBuf,
+        /// Its age.
+        age: Duration,
+        /// The oldest it may be.
+        limit: Duration,
+    },
+}
+
 /// Checks the health file of a worker running on this host: `Ok(age)` when it exists and
 /// is younger than `WORKER_HEALTH_MAX_AGE_SECS`, else why not.
-pub fn check(config: &JobsConfig) -> Result<Duration, String> {
+pub fn check(config: &JobsConfig) -> Result<Duration, HealthError> {
     let path = &config.worker_health_file;
     let modified = std::fs::metadata(path)
         .and_then(|m| m.modified())
-        .map_err(|e| format!("no worker heartbeat at {}: {e}", path.display()))?;
+        .map_err(|source| HealthError::Missing {
+            path: path.clone(),
+            source,
+        })?;
     let age = SystemTime::now()
         .duration_since(modified)
         .unwrap_or_default();
     if age > config.worker_health_max_age {
-        return Err(format!(
-            "the worker heartbeat at {} is {} s old (limit {} s)",
-            path.display(),
-            age.as_secs(),
-            config.worker_health_max_age.as_secs()
-        ));
+        return Err(HealthError::Stale {
+            path: path.clone(),
+            age,
+            limit: config.worker_health_max_age,
+        });
     }
     Ok(age)
 }
