@@ -177,13 +177,13 @@ async fn publish(pool: &RedisPool, redis_db: i64, hostname: &str, rk: &str, body
     let payload = envelope(body, "celeryev", rk, json!({"hostname": hostname}), 1);
     let channel = fanout_channel(redis_db, "celeryev", rk);
     let result = async {
-        let mut conn = crate::jobs::pooled(pool).await.map_err(|e| e.to_string())?;
+        let mut conn = crate::jobs::pooled(pool).await?;
         redis::cmd("PUBLISH")
             .arg(&channel)
             .arg(&payload)
             .query_async::<i64>(&mut *conn)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(crate::jobs::broker::redis_error)
     }
     .await;
     if let Err(e) = result {

@@ -12,6 +12,9 @@
 //!   warm shutdown. The `xenios-worker` binary is a shell over it.
 //! - [`tasks`]: the handlers shipped with the worker (`xenios.echo`, `xenios.noop`...).
 //! - [`catalog`]: which tasks HTTP callers may enqueue, on which queue, by whom, how large.
+//! - `job_state`: [`JobState`], the six states of a job, with its diesel mapping to
+//!   `job_queue_metadata.status`.
+//! - `names`: the checked names [`TaskName`], [`QueueName`] and [`TaskId`].
 //!
 //! ## Names and owners
 //! A queue is a Redis key, so a queue name may never be a key the broker, Celery or this

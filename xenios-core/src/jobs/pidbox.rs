@@ -355,14 +355,12 @@ pub(crate) async fn handle(shared: &Shared, payload: &[u8]) {
         1,
     );
     let result = async {
-        let mut conn = crate::jobs::pooled(shared.backend.redis())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut conn = crate::jobs::pooled(shared.backend.redis()).await?;
         let members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(format!("{}{exchange}", broker::BINDING_PREFIX))
             .query_async(&mut *conn)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(broker::redis_error)?;
         let mut queues: Vec<String> = members
             .iter()
             .filter_map(|m| {
@@ -382,7 +380,7 @@ pub(crate) async fn handle(shared: &Shared, payload: &[u8]) {
         }
         pipe.query_async::<()>(&mut *conn)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(broker::redis_error)
     }
     .await;
     if let Err(e) = result {
