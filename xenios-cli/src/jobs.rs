@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use xenios_core::jobs::{EnqueueRequest, JobResult, TaskState};
+use xenios_core::jobs::{EnqueueRequest, JobResult, JobState};
 use xenios_core::{AiBackend, RequestContext};
 
 /// The flags of `enqueue` that describe the job.
@@ -31,7 +31,7 @@ fn print_result(r: &JobResult) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if r.state == TaskState::Success {
+    if r.state == JobState::Success {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

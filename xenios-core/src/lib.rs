@@ -34,6 +34,7 @@
 //! - [`redis`]: the Redis pool (bb8-redis).
 //! - [`jobs`]: the Celery-compatible job queue (producer, worker runtime, result backend,
 //!   events and pidbox for Flower).
+//! - [`metrics`]: Prometheus metrics (names, help texts, histograms) and their text page.
 //! - [`health`]: readiness probes of the dependencies.
 //! - [`telemetry`]: structured logging, error reports, traces.
 //! - [`shutdown`]: SIGTERM/SIGINT handling shared by the binaries.
@@ -61,6 +62,7 @@ pub mod error;
 pub mod health;
 pub mod jobs;
 pub mod llm;
+pub mod metrics;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;

@@ -792,12 +792,13 @@ export interface paths {
             };
             requestBody?: never;
             responses: {
+                /** @description The metrics. */
                 200: {
                     headers: {
                         [name: string]: unknown;
                     };
                     content: {
-                        "text/plain; charset=utf-8": string;
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8": string;
                     };
                 };
                 /** @description `X-API-Key` missing or wrong, or the bearer token invalid (`missing_api_key`, `invalid_api_key`, `missing_token`, `invalid_token`). */

@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
 use xenios_core::jobs::catalog::TaskDecl;
 use xenios_core::jobs::{
-    EnqueueRequest, TaskContext, TaskError, TaskRegistry, TaskState, Worker, WorkerOptions,
+    EnqueueRequest, JobState, TaskContext, TaskError, TaskRegistry, Worker, WorkerOptions,
 };
 use xenios_core::llm::{CompletionRequest, Message, StreamEvent, Task};
 use xenios_core::{AiBackend, Config, RequestContext};
@@ -119,7 +119,7 @@ async fn run(backend: &AiBackend) -> Result<(), Box<dyn std::error::Error>> {
         .jobs()
         .wait_result(id.as_str(), Duration::from_secs(30))
         .await?;
-    if result.state != TaskState::Success {
+    if result.state != JobState::Success {
         return Err(format!("job {id} ended {}", result.state.as_str()).into());
     }
     println!("job: {} {}", result.state.as_str(), result.result);

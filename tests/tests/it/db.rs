@@ -8,8 +8,9 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 use xenios_core::db::models::{
-    ExtractionCacheEntry, InferenceStatus, JobStateChange, JobStatus, NewInferenceLog,
+    ExtractionCacheEntry, InferenceStatus, JobStateChange, NewInferenceLog,
 };
+use xenios_core::jobs::JobState;
 use xenios_core::{AiBackend, Config};
 use xenios_tests::{
     TcpProxy, TestApp, TestDb, TestRedis, pg_addr, test_vars, url_via_port, wait_for,
@@ -258,7 +259,7 @@ async fn job_rows_follow_state_changes_and_never_move_backwards() {
     let at = |ms: i64| t0 + chrono::Duration::milliseconds(ms);
     let user = uuid::Uuid::new_v4();
 
-    let mut pending = JobStateChange::new("job-1", "xenios.echo", "default", JobStatus::Pending);
+    let mut pending = JobStateChange::new("job-1", "xenios.echo", "default", JobState::Pending);
     pending.at = at(0);
     pending.args_digest = Some("sha256:abc".into());
     pending.correlation_id = Some("corr-job".into());
@@ -269,7 +270,7 @@ async fn job_rows_follow_state_changes_and_never_move_backwards() {
     assert_eq!((r.status.as_str(), r.attempts), ("pending", 0));
     assert_eq!(r.user_id, Some(user));
 
-    let mut started = JobStateChange::new("job-1", "xenios.echo", "default", JobStatus::Started);
+    let mut started = JobStateChange::new("job-1", "xenios.echo", "default", JobState::Started);
     started.at = at(10);
     started.worker = Some("celery@w1".into());
     started.attempts = 1;
@@ -280,10 +281,10 @@ async fn job_rows_follow_state_changes_and_never_move_backwards() {
     assert_eq!(r.started_at, Some(at(10)));
     assert_eq!(r.worker.as_deref(), Some("celery@w1"));
 
-    let mut done = JobStateChange::new("job-1", "xenios.echo", "default", JobStatus::Success);
+    let mut done = JobStateChange::new("job-1", "xenios.echo", "default", JobState::Success);
     done.at = at(20);
     // A stale "started" arriving after success must not reopen the job.
-    let mut stale = JobStateChange::new("job-1", "xenios.echo", "default", JobStatus::Started);
+    let mut stale = JobStateChange::new("job-1", "xenios.echo", "default", JobState::Started);
     stale.at = at(30);
     b.database().audit().job(done);
     b.database().flush_audit().await;

@@ -12,7 +12,7 @@ use xenios_tests::cli::run_cli;
 use serde_json::{Value, json};
 use xenios_core::jobs::protocol::TaskMessage;
 use xenios_core::jobs::{
-    EnqueueRequest, TaskContext, TaskError, TaskRegistry, TaskState, Worker, WorkerOptions, tasks,
+    EnqueueRequest, JobState, TaskContext, TaskError, TaskRegistry, Worker, WorkerOptions, tasks,
 };
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, CorrelationId, RequestContext};
@@ -178,7 +178,7 @@ async fn jobs_worker_runs_echo_and_stores_celerys_result_shape_and_job_rows() {
     assert_eq!(count(&mut conn, "unacked").await, 0);
     assert_eq!(count(&mut conn, "unacked_index").await, 0);
     let r = backend.jobs().job_result(id.as_str()).await.unwrap();
-    assert_eq!(r.state, TaskState::Success);
+    assert_eq!(r.state, JobState::Success);
     backend.database().flush_audit().await;
     let row = backend
         .database()
@@ -274,7 +274,7 @@ async fn jobs_countdown_waits_and_expired_jobs_are_revoked() {
     });
     drain(&backend, reg, &["default"], 2).await;
     let r = backend.jobs().job_result(later.as_str()).await.unwrap();
-    assert_eq!(r.state, TaskState::Success);
+    assert_eq!(r.state, JobState::Success);
     let ran_at = r.result.as_i64().unwrap();
     assert!(
         ran_at - enqueued.timestamp_millis() >= 790,
@@ -282,7 +282,7 @@ async fn jobs_countdown_waits_and_expired_jobs_are_revoked() {
         ran_at - enqueued.timestamp_millis()
     );
     let r = backend.jobs().job_result(expired.as_str()).await.unwrap();
-    assert_eq!(r.state, TaskState::Revoked);
+    assert_eq!(r.state, JobState::Revoked);
     assert_eq!(r.exc_type(), Some("TaskRevokedError"));
 }
 
@@ -335,10 +335,10 @@ async fn jobs_retries_are_counted_in_the_message_until_success_or_max() {
     let r = backend.jobs().job_result(ok.as_str()).await.unwrap();
     assert_eq!(
         (r.state, r.result.clone(), r.retries),
-        (TaskState::Success, json!(2), Some(2))
+        (JobState::Success, json!(2), Some(2))
     );
     let r = backend.jobs().job_result(exhausted.as_str()).await.unwrap();
-    assert_eq!(r.state, TaskState::Failure);
+    assert_eq!(r.state, JobState::Failure);
     assert_eq!(r.exc_type(), Some("MaxRetriesExceededError"));
     assert_eq!(r.retries, Some(1));
     let r = backend.jobs().job_result(failed.as_str()).await.unwrap();
@@ -430,14 +430,14 @@ async fn jobs_soft_limit_lets_the_handler_clean_up_and_hard_limit_stops_it() {
     let r = backend.jobs().job_result(cleaned.as_str()).await.unwrap();
     assert_eq!(
         (r.state, r.result),
-        (TaskState::Success, json!("cleaned up"))
+        (JobState::Success, json!("cleaned up"))
     );
     let r = backend.jobs().job_result(gave_up.as_str()).await.unwrap();
-    assert_eq!(r.state, TaskState::Failure);
+    assert_eq!(r.state, JobState::Failure);
     assert_eq!(r.result["exc_type"], "SoftTimeLimitExceeded");
     assert_eq!(r.result["exc_module"], "billiard.exceptions");
     let r = backend.jobs().job_result(killed.as_str()).await.unwrap();
-    assert_eq!(r.state, TaskState::Failure);
+    assert_eq!(r.state, JobState::Failure);
     assert_eq!(r.result["exc_type"], "TimeLimitExceeded");
     assert_eq!(r.result["exc_module"], "billiard.exceptions");
     assert!(
@@ -502,14 +502,14 @@ async fn jobs_malformed_messages_and_unknown_tasks_are_rejected_without_stopping
             .await
             .unwrap()
             .state,
-        TaskState::Success
+        JobState::Success
     );
     let r = backend.jobs().job_result(unknown.as_str()).await.unwrap();
-    assert_eq!(r.state, TaskState::Failure);
+    assert_eq!(r.state, JobState::Failure);
     assert_eq!(r.exc_type(), Some("NotRegistered"));
     for id in ["broken-body-1", "pickled-1"] {
         let r = backend.jobs().job_result(id).await.unwrap();
-        assert_eq!(r.state, TaskState::Failure, "{id}");
+        assert_eq!(r.state, JobState::Failure, "{id}");
         assert_eq!(r.exc_type(), Some("DecodeError"), "{id}");
     }
     // The four undecodable messages, and the unregistered task (dead-lettered too, so that
@@ -552,7 +552,7 @@ async fn jobs_revoked_jobs_are_skipped_and_wait_result_sees_results_arrive() {
         .wait_result(revoked.as_str(), Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(r.state, TaskState::Revoked);
+    assert_eq!(r.state, JobState::Revoked);
     let later = backend
         .jobs()
         .enqueue(
@@ -567,14 +567,14 @@ async fn jobs_revoked_jobs_are_skipped_and_wait_result_sees_results_arrive() {
         .wait_result(later.as_str(), Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!((r.state, r.result), (TaskState::Success, json!(["hi"])));
+    assert_eq!((r.state, r.result), (JobState::Success, json!(["hi"])));
     // A result that never comes: the wait ends at its deadline with PENDING.
     let r = backend
         .jobs()
         .wait_result("never-enqueued", Duration::from_millis(200))
         .await
         .unwrap();
-    assert_eq!(r.state, TaskState::Pending);
+    assert_eq!(r.state, JobState::Pending);
     tx.send(()).unwrap();
     worker.await.unwrap().unwrap();
     backend.database().flush_audit().await;
@@ -723,7 +723,7 @@ async fn jobs_http_delete_revokes_and_terminate_stops_a_running_handler() {
         .wait_result(running.as_str(), Duration::from_secs(20))
         .await
         .unwrap();
-    assert_eq!(r.state, TaskState::Revoked, "{r:?}");
+    assert_eq!(r.state, JobState::Revoked, "{r:?}");
     assert_eq!(r.result["exc_message"], json!(["terminated"]), "{r:?}");
     assert!(
         dropped.load(Ordering::SeqCst),
@@ -794,7 +794,7 @@ async fn jobs_worker_drains_and_stops_promptly_while_postgres_hangs() {
         .job_result(ids[n - 1].as_str())
         .await
         .unwrap();
-    assert_eq!(r.state, TaskState::Success);
+    assert_eq!(r.state, JobState::Success);
     let stats = backend.database().audit_stats();
     assert_eq!(stats.written, 0, "{stats:?}");
     assert!(stats.failed + stats.dropped > 0, "{stats:?}");
@@ -845,7 +845,7 @@ async fn jobs_worker_killed_with_sigkill_mid_job_loses_nothing() {
     assert_eq!(count(&mut conn, "unacked").await, 1);
     assert_eq!(
         backend.jobs().job_result(id.as_str()).await.unwrap().state,
-        TaskState::Pending
+        JobState::Pending
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let rescuer = tokio::spawn(
@@ -863,7 +863,7 @@ async fn jobs_worker_killed_with_sigkill_mid_job_loses_nothing() {
         .wait_result(id.as_str(), Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(r.state, TaskState::Success, "{r:?}");
+    assert_eq!(r.state, JobState::Success, "{r:?}");
     assert!(r.worker.unwrap().starts_with("test@"));
     tx.send(()).unwrap();
     rescuer.await.unwrap().unwrap();
@@ -926,13 +926,13 @@ async fn jobs_sigterm_is_a_warm_shutdown_that_finishes_or_gives_back_every_job()
             .await
             .unwrap()
             .state,
-        TaskState::Success
+        JobState::Success
     );
     assert_eq!(count(&mut conn, "unacked").await, 0);
     let done = {
         let mut n = 0;
         for id in &quick {
-            if backend.jobs().job_result(id.as_str()).await.unwrap().state == TaskState::Success {
+            if backend.jobs().job_result(id.as_str()).await.unwrap().state == JobState::Success {
                 n += 1;
             }
         }
@@ -949,7 +949,7 @@ async fn jobs_sigterm_is_a_warm_shutdown_that_finishes_or_gives_back_every_job()
     for id in &quick {
         assert_eq!(
             backend.jobs().job_result(id.as_str()).await.unwrap().state,
-            TaskState::Success
+            JobState::Success
         );
     }
 }

@@ -211,7 +211,15 @@ async fn faults_network_cut_for_10s_between_worker_and_redis_then_the_queue_drai
             let mut ids = Vec::new();
             for i in 0..n {
                 let req = EnqueueRequest::new("xenios.echo").args(json!([i])).unwrap();
-                ids.push(backend.jobs().enqueue(&ctx(), req).await.unwrap().id.0);
+                ids.push(
+                    backend
+                        .jobs()
+                        .enqueue(&ctx(), req)
+                        .await
+                        .unwrap()
+                        .id
+                        .into_string(),
+                );
             }
             ids
         }
@@ -263,7 +271,15 @@ async fn faults_a_poisoned_item_never_blocks_the_rest_of_its_finish_batch() {
     let mut ids = Vec::new();
     for i in 0..30 {
         let req = EnqueueRequest::new("xenios.echo").args(json!([i])).unwrap();
-        ids.push(backend.jobs().enqueue(&ctx(), req).await.unwrap().id.0);
+        ids.push(
+            backend
+                .jobs()
+                .enqueue(&ctx(), req)
+                .await
+                .unwrap()
+                .id
+                .into_string(),
+        );
     }
     let retry_id = backend
         .jobs()
@@ -271,7 +287,7 @@ async fn faults_a_poisoned_item_never_blocks_the_rest_of_its_finish_batch() {
         .await
         .unwrap()
         .id
-        .0;
+        .into_string();
     // The result key of one job is a list: storing its result fails with WRONGTYPE.
     let poisoned = ids[7].clone();
     let mut c = redis.conn().await;
@@ -472,7 +488,7 @@ async fn faults_absurd_time_limits_and_control_commands_are_clamped_never_a_pani
         .await
         .unwrap()
         .id
-        .0;
+        .into_string();
     let statuses = wait_results(&redis.url, &[after], Duration::from_secs(20)).await;
     assert_eq!(statuses, ["SUCCESS"]);
     let _ = tx.send(());
@@ -497,7 +513,13 @@ async fn faults_a_60s_job_running_at_shutdown_is_back_in_its_queue_within_the_de
     let req = EnqueueRequest::new("xenios.sleep")
         .kwargs(json!({"seconds": 60}))
         .unwrap();
-    let id = backend.jobs().enqueue(&ctx(), req).await.unwrap().id.0;
+    let id = backend
+        .jobs()
+        .enqueue(&ctx(), req)
+        .await
+        .unwrap()
+        .id
+        .into_string();
     let mut c = redis.conn().await;
     wait_for(
         "the worker to take the job",
@@ -607,7 +629,13 @@ async fn faults_every_log_line_of_a_job_names_its_task_and_correlation_id() {
     let req = EnqueueRequest::new("xenios.fail")
         .kwargs(json!({"message": "boom"}))
         .unwrap();
-    let id = backend.jobs().enqueue(&ctx(), req).await.unwrap().id.0;
+    let id = backend
+        .jobs()
+        .enqueue(&ctx(), req)
+        .await
+        .unwrap()
+        .id
+        .into_string();
     let statuses = wait_results(
         &redis.url,
         std::slice::from_ref(&id),

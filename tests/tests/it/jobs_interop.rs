@@ -10,7 +10,7 @@ use xenios_tests::process::CommandExt as _;
 
 use serde_json::{Value, json};
 use xenios_core::jobs::{
-    EnqueueRequest, TaskContext, TaskRegistry, TaskState, Worker, WorkerOptions, tasks,
+    EnqueueRequest, JobState, TaskContext, TaskRegistry, Worker, WorkerOptions, tasks,
 };
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, CorrelationId, RequestContext};
@@ -154,13 +154,13 @@ async fn jobs_interop_our_producer_feeds_a_python_celery_worker() {
         .wait_result(add.as_str(), Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!((r.state, r.result), (TaskState::Success, json!(5)));
+    assert_eq!((r.state, r.result), (JobState::Success, json!(5)));
     let r = backend
         .jobs()
         .wait_result(headers.as_str(), Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(r.state, TaskState::Success, "{r:?}");
+    assert_eq!(r.state, JobState::Success, "{r:?}");
     assert_eq!(r.result["correlation_id"], "req-to-python", "{r:?}");
     assert_eq!(r.result["delivery_info"], "pyq", "{r:?}");
 }
@@ -223,7 +223,7 @@ async fn jobs_interop_flower_lists_our_worker_and_its_tasks() {
             .wait_result(id.as_str(), Duration::from_secs(20))
             .await
             .unwrap();
-        assert_eq!(r.state, TaskState::Success);
+        assert_eq!(r.state, JobState::Success);
     }
     let tasks: Value = wait_for(
         "flower to list our tasks as succeeded",

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use xenios_core::jobs::{
-    EnqueueRequest, TaskContext, TaskError, TaskRegistry, TaskState, Worker, WorkerOptions,
+    EnqueueRequest, JobState, TaskContext, TaskError, TaskRegistry, Worker, WorkerOptions,
 };
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, CorrelationId, RequestContext};
@@ -79,7 +79,7 @@ async fn a_panicking_handler_fails_its_job_and_the_worker_runs_the_next() {
     drain(&backend, reg, 1).await;
 
     let failed = backend.jobs().job_result(&panics).await.unwrap();
-    assert_eq!(failed.state, TaskState::Failure, "{failed:?}");
+    assert_eq!(failed.state, JobState::Failure, "{failed:?}");
     assert_eq!(failed.result["exc_type"], "RuntimeError", "{failed:?}");
     assert!(
         failed.result["exc_message"]
@@ -88,7 +88,7 @@ async fn a_panicking_handler_fails_its_job_and_the_worker_runs_the_next() {
         "{failed:?}"
     );
     let next = backend.jobs().job_result(&after).await.unwrap();
-    assert_eq!(next.state, TaskState::Success, "{next:?}");
+    assert_eq!(next.state, JobState::Success, "{next:?}");
     assert_eq!(next.result, "still here");
     let mut conn = redis.conn().await;
     assert_eq!(count(&mut conn, "unacked").await, 0, "the panic was acked");
@@ -116,7 +116,7 @@ async fn a_retry_without_a_countdown_waits_two_to_the_power_of_the_retries_secon
     drain(&backend, reg, 1).await;
 
     let r = backend.jobs().job_result(&id).await.unwrap();
-    assert_eq!(r.state, TaskState::Success, "{r:?}");
+    assert_eq!(r.state, JobState::Success, "{r:?}");
     assert_eq!(r.result, 3);
     let attempts = attempts.lock().unwrap().clone();
     let retries: Vec<u32> = attempts.iter().map(|(n, _)| *n).collect();
@@ -185,7 +185,7 @@ async fn a_job_revoked_while_reserved_by_a_worker_never_runs() {
     .await;
     assert_eq!(
         backend.jobs().job_result(&busy).await.unwrap().state,
-        TaskState::Pending,
+        JobState::Pending,
         "the first job still holds the only slot"
     );
     backend.jobs().revoke(&reserved, false).await.unwrap();
@@ -195,14 +195,14 @@ async fn a_job_revoked_while_reserved_by_a_worker_never_runs() {
         .wait_result(&reserved, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(r.state, TaskState::Revoked, "{r:?}");
+    assert_eq!(r.state, JobState::Revoked, "{r:?}");
     assert_eq!(r.result["exc_type"], "TaskRevokedError", "{r:?}");
     let first = backend
         .jobs()
         .wait_result(&busy, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(first.state, TaskState::Success, "{first:?}");
+    assert_eq!(first.state, JobState::Success, "{first:?}");
     wait_for("nothing held", Duration::from_secs(10), || {
         let mut conn = conn.clone();
         async move { (count(&mut conn, "unacked").await == 0).then_some(()) }
@@ -210,7 +210,7 @@ async fn a_job_revoked_while_reserved_by_a_worker_never_runs() {
     .await;
     assert_eq!(
         backend.jobs().job_result(&reserved).await.unwrap().state,
-        TaskState::Revoked
+        JobState::Revoked
     );
 }
 
@@ -257,7 +257,7 @@ async fn a_job_outliving_the_visibility_timeout_runs_once_while_another_worker_w
         .wait_result(&id, Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(r.state, TaskState::Success, "{r:?}");
+    assert_eq!(r.state, JobState::Success, "{r:?}");
     let conn = redis.conn().await;
     // A copy restored and taken by the other worker would still be held (or queued).
     wait_for("nothing held or queued", Duration::from_secs(15), || {
@@ -344,7 +344,7 @@ async fn a_stored_success_is_never_overwritten_by_a_later_delivery_of_the_same_j
         .unwrap();
     assert_eq!(
         (r.state, r.result.clone()),
-        (TaskState::Success, json!(["first"]))
+        (JobState::Success, json!(["first"]))
     );
     settled().await;
 
@@ -378,7 +378,7 @@ async fn a_stored_success_is_never_overwritten_by_a_later_delivery_of_the_same_j
     settled().await;
 
     let r = backend.jobs().job_result(&id).await.unwrap();
-    assert_eq!(r.state, TaskState::Success, "{r:?}");
+    assert_eq!(r.state, JobState::Success, "{r:?}");
     assert_eq!(r.result, json!(["first"]), "{r:?}");
     let raw: String = redis::cmd("GET")
         .arg(format!("celery-task-meta-{id}"))

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use xenios_core::jobs::{EnqueueRequest, TaskState, Worker, WorkerOptions, tasks};
+use xenios_core::jobs::{EnqueueRequest, JobState, Worker, WorkerOptions, tasks};
 use xenios_core::{AiBackend, CorrelationId, RequestContext};
 use xenios_tests::jobs_support::backend_on;
 use xenios_tests::{TestDb, TestRedis};
@@ -67,13 +67,13 @@ async fn llm_task_runs_a_routed_completion_and_logs_it_under_the_jobs_correlatio
     drain_llm_queue(&backend).await;
 
     let r = backend.jobs().job_result(ok.as_str()).await.unwrap();
-    assert_eq!(r.state, TaskState::Success, "{:?}", r.result);
+    assert_eq!(r.state, JobState::Success, "{:?}", r.result);
     assert!(!r.result["content"].as_str().unwrap().is_empty());
     assert_eq!(r.result["model_requested"], "anthropic/claude-opus-4.5");
     assert_eq!(r.result["fallback_used"], false);
 
     let r = backend.jobs().job_result(bad.as_str()).await.unwrap();
-    assert_eq!(r.state, TaskState::Failure);
+    assert_eq!(r.state, JobState::Failure);
     assert_eq!(r.result["exc_type"], "ValueError");
     assert!(
         r.result["exc_message"].to_string().contains("task"),

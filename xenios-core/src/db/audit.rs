@@ -20,8 +20,9 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::PgPool;
-use super::models::{JobStateChange, JobStatus, NewInferenceLog};
+use super::models::{JobStateChange, NewInferenceLog};
 use super::schema::inference_logs;
+use crate::jobs::JobState;
 
 /// Most rows written in one statement.
 const MAX_BATCH: usize = 500;
@@ -296,22 +297,27 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let mut delay = Duration::from_millis(100);
-    let mut last = String::new();
-    for attempt in 1..=attempts {
-        match write().await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
+    use backon::Retryable;
+    // 100 ms, then four times longer each time: 100, 400, 1600 ms...
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_factor(4.0)
+        .without_max_delay()
+        .with_max_times(usize::try_from(attempts.saturating_sub(1)).unwrap_or(usize::MAX));
+    let mut attempt = 0u32;
+    (|| {
+        attempt += 1;
+        let attempt = attempt;
+        let written = write();
+        async move {
+            written.await.inspect_err(|e| {
                 tracing::warn!(attempt, error = %e, "audit write failed");
-                last = e;
-            }
+            })
         }
-        if attempt < attempts {
-            tokio::time::sleep(delay).await;
-            delay *= 4;
-        }
-    }
-    Err(last)
+    })
+    .retry(backoff)
+    .sleep(tokio::time::sleep)
+    .await
 }
 
 async fn write_inference(pool: &PgPool, rows: &[NewInferenceLog]) -> Result<(), String> {
@@ -338,7 +344,7 @@ fn merge_jobs(changes: Vec<JobStateChange>) -> Vec<MergedJob> {
     let mut order: Vec<String> = Vec::new();
     let mut by_id: HashMap<String, MergedJob> = HashMap::new();
     for c in changes {
-        let started = (c.status == JobStatus::Started).then_some(c.at);
+        let started = (c.status == JobState::Started).then_some(c.at);
         match by_id.get_mut(&c.task_id) {
             Some(m) => {
                 m.started_at = m.started_at.or(started);
@@ -427,13 +433,12 @@ async fn write_jobs(pool: &PgPool, changes: &[MergedJob]) -> Result<(), String> 
         cols.task_id.push(c.task_id.clone());
         cols.task_name.push(c.task_name.clone());
         cols.queue.push(c.queue.clone());
-        cols.status.push(c.status.as_str().to_owned());
+        cols.status.push(c.status.db_name().to_owned());
         cols.args_digest.push(c.args_digest.clone());
         cols.attempts.push(c.attempts.max(0));
         cols.at.push(c.at);
         cols.started_at.push(*started_at);
-        cols.finished_at
-            .push(c.status.is_terminal().then_some(c.at));
+        cols.finished_at.push(c.status.is_ready().then_some(c.at));
         cols.worker.push(c.worker.clone());
         cols.error.push(match (&c.error, &c.redact) {
             (Some(e), Some(q)) if !q.is_empty() => Some(e.replace(q.as_str(), "")),
@@ -477,13 +482,13 @@ mod tests {
             "t1",
             "x.echo",
             "default",
-            JobStatus::Pending,
+            JobState::Pending,
         ));
         w.job(JobStateChange::new(
             "t2",
             "x.echo",
             "default",
-            JobStatus::Pending,
+            JobState::Pending,
         ));
         assert!(w.flush_within(Duration::from_millis(1)).await);
         assert_eq!(
@@ -500,22 +505,22 @@ mod tests {
     #[test]
     fn merging_keeps_terminal_states_and_latest_progress() {
         let t0 = Utc::now();
-        let mut a = JobStateChange::new("t1", "x.echo", "default", JobStatus::Pending);
+        let mut a = JobStateChange::new("t1", "x.echo", "default", JobState::Pending);
         a.at = t0;
-        let mut b = JobStateChange::new("t1", "x.echo", "default", JobStatus::Started);
+        let mut b = JobStateChange::new("t1", "x.echo", "default", JobState::Started);
         b.at = t0 + chrono::Duration::milliseconds(5);
         b.worker = Some("w1".into());
         b.attempts = 1;
-        let mut c = JobStateChange::new("t1", "x.echo", "default", JobStatus::Success);
+        let mut c = JobStateChange::new("t1", "x.echo", "default", JobState::Success);
         c.at = t0 + chrono::Duration::milliseconds(9);
-        let mut late = JobStateChange::new("t1", "x.echo", "default", JobStatus::Started);
+        let mut late = JobStateChange::new("t1", "x.echo", "default", JobState::Started);
         late.at = t0 + chrono::Duration::milliseconds(20);
-        let other = JobStateChange::new("t2", "x.noop", "default", JobStatus::Pending);
+        let other = JobStateChange::new("t2", "x.noop", "default", JobState::Pending);
         let merged = merge_jobs(vec![a, other, b, c, late]);
         assert_eq!(merged.len(), 2);
         let first = &merged[0].change;
         assert_eq!(first.task_id, "t1");
-        assert_eq!(first.status, JobStatus::Success);
+        assert_eq!(first.status, JobState::Success);
         assert_eq!(first.worker.as_deref(), Some("w1"));
         assert_eq!(first.attempts, 1);
         assert_eq!(

@@ -5,57 +5,9 @@ use diesel::prelude::*;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::jobs::JobState;
+
 use super::schema::{extraction_cache, inference_logs, job_queue_metadata, profiles};
-
-/// State of a job, as stored in `job_queue_metadata.status` (Celery's states, lower-case).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobStatus {
-    /// Enqueued, not yet taken.
-    Pending,
-    /// A worker is running it.
-    Started,
-    /// Failed and scheduled for another attempt.
-    Retry,
-    /// Finished successfully.
-    Success,
-    /// Finished with an error.
-    Failure,
-    /// Cancelled before or while running.
-    Revoked,
-}
-
-impl JobStatus {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Started => "started",
-            Self::Retry => "retry",
-            Self::Success => "success",
-            Self::Failure => "failure",
-            Self::Revoked => "revoked",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => Self::Pending,
-            "started" => Self::Started,
-            "retry" => Self::Retry,
-            "success" => Self::Success,
-            "failure" => Self::Failure,
-            "revoked" => Self::Revoked,
-            _ => return None,
-        })
-    }
-
-    /// Success, failure and revoked are final: later events never change them.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Success | Self::Failure | Self::Revoked)
-    }
-}
 
 /// A state change of a job, sent to the background writer.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +19,7 @@ pub struct JobStateChange {
     /// Queue the job was routed to.
     pub queue: String,
     /// New state.
-    pub status: JobStatus,
+    pub status: JobState,
     /// Digest of the arguments (never the arguments themselves).
     pub args_digest: Option<String>,
     /// Attempts so far (Celery's `retries` + 1 once started).
@@ -95,7 +47,7 @@ impl JobStateChange {
         task_id: impl Into<String>,
         task_name: impl Into<String>,
         queue: impl Into<String>,
-        status: JobStatus,
+        status: JobState,
     ) -> Self {
         Self {
             task_id: task_id.into(),
@@ -118,7 +70,7 @@ impl JobStateChange {
     /// applies: a terminal state is final, otherwise the later state wins; other fields keep
     /// the first value seen (ids, digest) or the latest one (worker, error).
     pub(crate) fn absorb(&mut self, later: JobStateChange) {
-        if !self.status.is_terminal() && (later.status.is_terminal() || later.at >= self.at) {
+        if !self.status.is_ready() && (later.status.is_ready() || later.at >= self.at) {
             self.status = later.status;
         }
         self.attempts = self.attempts.max(later.attempts);
@@ -147,7 +99,7 @@ pub struct JobRecord {
     pub task_name: String,
     /// Queue.
     pub queue: String,
-    /// State (see [`JobStatus`]).
+    /// State (see [`JobState`]).
     pub status: String,
     /// Digest of the arguments.
     pub args_digest: Option<String>,

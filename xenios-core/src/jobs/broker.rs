@@ -327,8 +327,8 @@ pub async fn finish<C: ConnectionLike + Send>(
     }
 }
 
-/// How one item of [`finish_each`] went.
-pub type ItemOutcome = std::result::Result<(), String>;
+/// How one item of [`finish_each`] went: Redis' refusal of it, if any.
+pub type ItemOutcome = std::result::Result<(), redis::ServerError>;
 
 /// Finishes deliveries in one round trip like [`finish`], but item by item: one item that
 /// Redis refuses (a `WRONGTYPE` key, `OOM` at `maxmemory`) fails alone, with its error,
@@ -357,9 +357,9 @@ pub async fn finish_each<C: ConnectionLike + Send>(
             outcomes[i] = match reply {
                 RValue::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
                     noscript.push(i);
-                    Err(e.to_string())
+                    Err(e)
                 }
-                RValue::ServerError(e) => Err(e.to_string()),
+                RValue::ServerError(e) => Err(e),
                 _ => Ok(()),
             };
         }
@@ -536,7 +536,7 @@ pub async fn declare_queues<C: ConnectionLike + Send>(
     queues: &[String],
 ) -> Result<()> {
     for q in queues {
-        crate::jobs::check_queue_name(q)?;
+        crate::jobs::check_queue_name(q).map_err(|e| Error::Validation(e.to_string()))?;
     }
     let mut pipe = redis::pipe();
     for q in queues {

@@ -10,14 +10,18 @@
 //! queue, here or there, must pass [`crate::jobs::check_queue_name`].
 
 use std::collections::HashMap;
-use std::fmt;
 
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::jobs::{MAX_PAYLOAD_BYTES, Router, check_queue_name, valid_task_name};
 
 /// Who may enqueue a task through the HTTP API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Named `users`, `service` and `internal` (in `JOB_EXTRA_TASKS` and the catalog).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display, strum::EnumString,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum Callers {
     /// Signed-in users and the service.
     Users,
@@ -30,11 +34,7 @@ pub enum Callers {
 impl Callers {
     /// The name used in `JOB_EXTRA_TASKS`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Users => "users",
-            Self::Service => "service",
-            Self::Internal => "internal",
-        }
+        self.into()
     }
 
     fn admits(self, principal: &Principal) -> bool {
@@ -44,12 +44,6 @@ impl Callers {
             (Self::Service, Principal::User(_)) => false,
             (Self::Service, _) => true,
         }
-    }
-}
-
-impl fmt::Display for Callers {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -213,10 +207,11 @@ pub fn parse_extra_tasks(raw: &str, builtin: &[&str]) -> (Vec<TaskDecl>, Vec<Str
         if let Err(e) = check_queue_name(queue) {
             fail(e.to_string());
         }
-        let callers = match *callers {
-            "users" => Callers::Users,
-            "service" => Callers::Service,
-            other => {
+        // `internal` tasks are registered by Rust code, never declared.
+        let callers = match callers.parse() {
+            Ok(c @ (Callers::Users | Callers::Service)) => c,
+            _ => {
+                let other = *callers;
                 fail(format!(
                     "callers `{other}` is neither `users` nor `service`"
                 ));

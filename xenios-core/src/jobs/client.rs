@@ -14,14 +14,13 @@ use super::broker::{self, redis_error};
 use super::events::{self, Clock, EventSender};
 use super::protocol::{self, TaskMessage, args_repr, kwargs_repr};
 use super::{
-    EnqueueRequest, JobResult, MAX_DELAY, MAX_PAYLOAD_BYTES, MAX_TASK_NAME_LEN, Owner,
-    REDIS_REPLY_TIMEOUT, REVOKED_PREFIX, Router, TaskId, TaskState, catalog, check_queue_name,
-    check_task_id, job_change, owner_key, payload_size, pidbox, result, tasks, valid_task_name,
+    EnqueueRequest, JobResult, JobState, MAX_DELAY, MAX_PAYLOAD_BYTES, MAX_TASK_NAME_LEN, Owner,
+    REDIS_REPLY_TIMEOUT, REVOKED_PREFIX, Router, TaskId, catalog, check_queue_name, check_task_id,
+    job_change, owner_key, payload_size, pidbox, result, tasks, valid_task_name,
 };
 use crate::config::{Config, JobsConfig};
 use crate::context::RequestContext;
 use crate::db::audit::AuditWriter;
-use crate::db::models::JobStatus;
 use crate::error::{Error, Result};
 use crate::redis::RedisPool;
 
@@ -36,8 +35,8 @@ pub struct Enqueued {
     pub queue: String,
     /// The correlation ID carried in the message.
     pub correlation_id: String,
-    /// Always [`TaskState::Pending`]: nothing has run yet.
-    pub state: TaskState,
+    /// Always [`JobState::Pending`]: nothing has run yet.
+    pub state: JobState,
 }
 
 /// The job queue's producer. Cheap to clone.
@@ -296,11 +295,11 @@ impl Jobs {
         self.publish_messages(std::slice::from_ref(&message))
             .await?;
         Ok(Enqueued {
-            id: TaskId(message.id),
+            id: TaskId::of_message(message.id),
             task: message.task,
             queue: message.queue,
             correlation_id: ctx.correlation_id.to_string(),
-            state: TaskState::Pending,
+            state: JobState::Pending,
         })
     }
 
@@ -316,7 +315,10 @@ impl Jobs {
             .map(|r| self.job_message(ctx, r))
             .collect::<Result<Vec<_>>>()?;
         self.publish_messages(&messages).await?;
-        Ok(messages.into_iter().map(|m| TaskId(m.id)).collect())
+        Ok(messages
+            .into_iter()
+            .map(|m| TaskId::of_message(m.id))
+            .collect())
     }
 
     /// Publishes ready-made messages (with `task-sent` events and pending job rows).
@@ -348,7 +350,7 @@ impl Jobs {
         }
         let events = &self.events;
         for m in messages {
-            self.audit.job(job_change(m, JobStatus::Pending));
+            self.audit.job(job_change(m, JobState::Pending));
             events.task(
                 "task-sent",
                 json!({

@@ -48,12 +48,12 @@ impl Clock {
     }
 }
 
-/// The channel of a fanout exchange and routing key on Redis database `db`.
-pub fn fanout_channel(db: i64, exchange: &str, routing_key: &str) -> String {
+/// The channel of a fanout exchange and routing key on Redis database `redis_db`.
+pub fn fanout_channel(redis_db: i64, exchange: &str, routing_key: &str) -> String {
     if routing_key.is_empty() {
-        format!("/{db}.{exchange}")
+        format!("/{redis_db}.{exchange}")
     } else {
-        format!("/{db}.{exchange}/{routing_key}")
+        format!("/{redis_db}.{exchange}/{routing_key}")
     }
 }
 
@@ -66,7 +66,8 @@ pub struct EventSender {
 #[derive(Debug)]
 struct Inner {
     pool: RedisPool,
-    db: i64,
+    /// The Redis database number, part of fanout channel names.
+    redis_db: i64,
     hostname: String,
     clock: Arc<Clock>,
     task_events: AtomicBool,
@@ -80,7 +81,7 @@ impl EventSender {
     /// Starts the sender and its batching task. Call inside a Tokio runtime.
     pub fn start(
         pool: RedisPool,
-        db: i64,
+        redis_db: i64,
         hostname: String,
         clock: Arc<Clock>,
         task_events: bool,
@@ -88,7 +89,7 @@ impl EventSender {
         let (tx, rx) = mpsc::channel(65_536);
         let inner = Arc::new(Inner {
             pool,
-            db,
+            redis_db,
             hostname,
             clock,
             task_events: AtomicBool::new(task_events),
@@ -158,7 +159,7 @@ impl EventSender {
         let rk = kind.replace('-', ".");
         publish(
             &self.inner.pool,
-            self.inner.db,
+            self.inner.redis_db,
             &self.inner.hostname,
             &rk,
             &ev,
@@ -184,17 +185,17 @@ impl EventSender {
     }
 }
 
-async fn publish(pool: &RedisPool, db: i64, hostname: &str, rk: &str, body: &Value) {
+async fn publish(pool: &RedisPool, redis_db: i64, hostname: &str, rk: &str, body: &Value) {
     let payload = envelope(body, "celeryev", rk, json!({"hostname": hostname}), 1);
-    let channel = fanout_channel(db, "celeryev", rk);
+    let channel = fanout_channel(redis_db, "celeryev", rk);
     let result = async {
-        let mut conn = crate::jobs::pooled(pool).await.map_err(|e| e.to_string())?;
+        let mut conn = crate::jobs::pooled(pool).await?;
         redis::cmd("PUBLISH")
             .arg(&channel)
             .arg(&payload)
             .query_async::<i64>(&mut *conn)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(crate::jobs::broker::redis_error)
     }
     .await;
     if let Err(e) = result {
@@ -214,7 +215,14 @@ async fn batcher(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Value>) {
         }
         let Some(inner) = inner.upgrade() else { break };
         let body = Value::Array(std::mem::take(&mut batch));
-        publish(&inner.pool, inner.db, &inner.hostname, "task.multi", &body).await;
+        publish(
+            &inner.pool,
+            inner.redis_db,
+            &inner.hostname,
+            "task.multi",
+            &body,
+        )
+        .await;
     }
 }
 

@@ -12,6 +12,9 @@
 //!   warm shutdown. The `xenios-worker` binary is a shell over it.
 //! - [`tasks`]: the handlers shipped with the worker (`xenios.echo`, `xenios.noop`...).
 //! - [`catalog`]: which tasks HTTP callers may enqueue, on which queue, by whom, how large.
+//! - `job_state`: [`JobState`], the six states of a job, with its diesel mapping to
+//!   `job_queue_metadata.status`.
+//! - `names`: the checked names [`TaskName`], [`QueueName`] and [`TaskId`].
 //!
 //! ## Names and owners
 //! A queue is a Redis key, so a queue name may never be a key the broker, Celery or this
@@ -29,6 +32,8 @@ pub(crate) mod broker;
 pub mod catalog;
 mod client;
 pub(crate) mod events;
+mod job_state;
+mod names;
 pub mod pidbox;
 pub mod protocol;
 pub mod result;
@@ -46,12 +51,14 @@ use serde_json::{Map, Value};
 
 use crate::config::JobsConfig;
 use crate::context::RequestContext;
-use crate::db::models::{JobStateChange, JobStatus};
+use crate::db::models::JobStateChange;
 use crate::error::{Error, Result};
 use crate::jobs::protocol::TaskMessage;
 use crate::redis::RedisPool;
 
-pub use crate::jobs::result::{JobResult, TaskState};
+pub use crate::jobs::job_state::JobState;
+pub use crate::jobs::names::{NameError, QueueName, TaskId, TaskName};
+pub use crate::jobs::result::JobResult;
 pub use crate::jobs::worker::{
     TaskContext, TaskError, TaskRegistry, Worker, WorkerOptions, WorkerSummary,
 };
@@ -113,20 +120,9 @@ pub fn reserved_queue(name: &str) -> Option<&'static str> {
 }
 
 /// Checks a queue name: 1-128 characters of `[A-Za-z0-9_.:-]` and not [`reserved_queue`].
-/// The error ([`Error::Validation`]) names the queue and why.
-pub fn check_queue_name(name: &str) -> Result<()> {
-    if !valid_queue_name(name) {
-        return Err(Error::Validation(format!(
-            "queue `{}` is not 1-128 characters of [A-Za-z0-9_.:-]",
-            name.chars().take(140).collect::<String>()
-        )));
-    }
-    match reserved_queue(name) {
-        Some(why) => Err(Error::Validation(format!(
-            "queue `{name}` is a reserved name ({why}) and cannot be used"
-        ))),
-        None => Ok(()),
-    }
+/// The error names the queue and why. [`QueueName::parse`] keeps the checked name.
+pub fn check_queue_name(name: &str) -> std::result::Result<(), NameError> {
+    QueueName::parse(name).map(drop)
 }
 
 /// Who a job belongs to: the user who enqueued it, or the service (API-key calls without a
@@ -181,24 +177,6 @@ impl fmt::Display for Owner {
 /// that an ownership check never waits on the job row.
 pub fn owner_key(task_id: &str) -> String {
     format!("{OWNER_PREFIX}{task_id}")
-}
-
-/// A Celery task id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct TaskId(pub String);
-
-impl TaskId {
-    /// The id as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// Soft and hard time limits of one job (the worker's defaults when unset).
@@ -446,10 +424,10 @@ pub(crate) fn args_digest(args: &[Value], kwargs: &Map<String, Value>) -> String
 /// The job row change of a message. A failure's error text may quote the arguments (Celery's
 /// `MaxRetriesExceededError` names them): the change carries that quote so the audit writer
 /// cuts it out, and job rows never hold arguments.
-pub(crate) fn job_change(m: &TaskMessage, status: JobStatus) -> JobStateChange {
+pub(crate) fn job_change(m: &TaskMessage, status: JobState) -> JobStateChange {
     let mut c = JobStateChange::new(&m.id, &m.task, &m.queue, status);
     c.args_digest = Some(args_digest(&m.args, &m.kwargs));
-    if status == JobStatus::Failure {
+    if status == JobState::Failure {
         c.redact = Some(result::args_quote(m));
     }
     c.owner = m.owner.clone();

@@ -118,7 +118,7 @@ fn stats(shared: &Shared) -> Value {
             ],
         },
         "broker": {
-            "hostname": host, "userid": null, "virtual_host": shared.db.to_string(),
+            "hostname": host, "userid": null, "virtual_host": shared.redis_db.to_string(),
             "port": port, "insist": false, "ssl": false, "transport": "redis",
             "connect_timeout": 4, "transport_options": {}, "login_method": null,
             "uri_prefix": null, "heartbeat": 120.0, "failover_strategy": "round-robin",
@@ -355,14 +355,12 @@ pub(crate) async fn handle(shared: &Shared, payload: &[u8]) {
         1,
     );
     let result = async {
-        let mut conn = crate::jobs::pooled(shared.backend.redis_pool())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut conn = crate::jobs::pooled(shared.backend.redis_pool()).await?;
         let members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(format!("{}{exchange}", broker::BINDING_PREFIX))
             .query_async(&mut *conn)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(broker::redis_error)?;
         let mut queues: Vec<String> = members
             .iter()
             .filter_map(|m| {
@@ -382,7 +380,7 @@ pub(crate) async fn handle(shared: &Shared, payload: &[u8]) {
         }
         pipe.query_async::<()>(&mut *conn)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(broker::redis_error)
     }
     .await;
     if let Err(e) = result {

@@ -10,8 +10,9 @@
 //! quote cut out. Anyone holding a task id can read its result, and the arguments may be a
 //! user's document or prompt.
 
+use crate::jobs::JobState;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::jobs::protocol::{TaskMessage, args_repr, iso, kwargs_repr};
@@ -21,61 +22,13 @@ pub fn result_key(task_id: &str) -> String {
     format!("celery-task-meta-{task_id}")
 }
 
-/// Celery task states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum TaskState {
-    /// Unknown or waiting (Celery reports unknown ids as PENDING too).
-    Pending,
-    /// Taken by a worker.
-    Started,
-    /// Failed, another attempt is scheduled.
-    Retry,
-    /// Finished successfully.
-    Success,
-    /// Finished with an error.
-    Failure,
-    /// Revoked (or expired) before it ran.
-    Revoked,
-}
-
-impl TaskState {
-    /// Celery's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Started => "STARTED",
-            Self::Retry => "RETRY",
-            Self::Success => "SUCCESS",
-            Self::Failure => "FAILURE",
-            Self::Revoked => "REVOKED",
-        }
-    }
-
-    /// Whether no further change will happen.
-    pub fn is_ready(self) -> bool {
-        matches!(self, Self::Success | Self::Failure | Self::Revoked)
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "STARTED" => Self::Started,
-            "RETRY" => Self::Retry,
-            "SUCCESS" => Self::Success,
-            "FAILURE" => Self::Failure,
-            "REVOKED" => Self::Revoked,
-            _ => Self::Pending,
-        }
-    }
-}
-
 /// A stored task result, as Celery stores it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobResult {
     /// Task id.
     pub task_id: String,
     /// State.
-    pub state: TaskState,
+    pub state: JobState,
     /// The return value (SUCCESS) or the exception `{exc_type, exc_message, exc_module}`.
     pub result: Value,
     /// Traceback text of a failure.
@@ -100,7 +53,7 @@ impl JobResult {
         let s = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_owned);
         Some(Self {
             task_id: s("task_id").unwrap_or_else(|| task_id.to_owned()),
-            state: TaskState::parse(o.get("status").and_then(Value::as_str).unwrap_or("")),
+            state: JobState::from_celery(o.get("status").and_then(Value::as_str).unwrap_or("")),
             result: o.get("result").cloned().unwrap_or(Value::Null),
             traceback: s("traceback"),
             date_done: s("date_done").and_then(|d| crate::jobs::protocol::parse_time(&d)),
@@ -115,7 +68,7 @@ impl JobResult {
     pub fn pending(task_id: &str) -> Self {
         Self {
             task_id: task_id.to_owned(),
-            state: TaskState::Pending,
+            state: JobState::Pending,
             result: Value::Null,
             traceback: None,
             date_done: None,
@@ -195,13 +148,13 @@ pub fn args_quote(message: &TaskMessage) -> String {
 /// that are not the job's input; see the module doc).
 pub fn meta(
     message: &TaskMessage,
-    state: TaskState,
+    state: JobState,
     result: &Value,
     traceback: Option<&str>,
     worker: &str,
 ) -> String {
     let quote =
-        (state == TaskState::Failure || state == TaskState::Retry).then(|| args_quote(message));
+        (state == JobState::Failure || state == JobState::Retry).then(|| args_quote(message));
     let cut = |text: &str| match &quote {
         Some(q) if text.contains(q.as_str()) => text.replace(q.as_str(), ""),
         _ => text.to_owned(),
@@ -246,7 +199,7 @@ mod tests {
     fn meta_has_celerys_keys_and_parses_back() {
         let mut m = TaskMessage::new("xenios.echo", "default");
         m.args = vec![json!(1)];
-        let raw = meta(&m, TaskState::Success, &json!([1]), None, "w@h");
+        let raw = meta(&m, JobState::Success, &json!([1]), None, "w@h");
         let v: Value = serde_json::from_str(&raw).unwrap();
         for k in [
             "status",
@@ -263,7 +216,7 @@ mod tests {
             "{raw}"
         );
         let r = JobResult::parse(&m.id, &raw).unwrap();
-        assert_eq!(r.state, TaskState::Success);
+        assert_eq!(r.state, JobState::Success);
         assert_eq!(r.result, json!([1]));
         assert!(r.date_done.is_some());
         let e = PyException::new("billiard.exceptions", "TimeLimitExceeded", "600");
@@ -282,7 +235,7 @@ mod tests {
         let text = format!("Can't retry t.x[{}]{}: upstream down", m.id, args_quote(&m));
         let e = PyException::new("celery.exceptions", "MaxRetriesExceededError", text);
         let tb = e.traceback(&m.task);
-        let raw = meta(&m, TaskState::Failure, &e.to_json(), Some(&tb), "w@h");
+        let raw = meta(&m, JobState::Failure, &e.to_json(), Some(&tb), "w@h");
         assert!(!raw.contains("secret"), "{raw}");
         assert!(raw.contains("upstream down"), "{raw}");
     }

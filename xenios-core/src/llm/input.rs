@@ -59,5 +59,5 @@ pub fn task_or_model(model: String) -> (Task, Option<Vec<String>>) {
 /// A task name from a request; [`Error::Validation`] for an unknown one.
 pub fn task(name: &str) -> Result<Task> {
     name.parse()
-        .map_err(|e: String| Error::Validation(format!("task: {e}")))
+        .map_err(|e: super::routing::UnknownTaskName| Error::Validation(format!("task: {e}")))
 }

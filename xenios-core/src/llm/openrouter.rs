@@ -28,8 +28,10 @@ use super::types::{Message, Usage};
 #[derive(Clone)]
 pub struct OpenRouterProvider {
     http: reqwest::Client,
-    url: Result<reqwest::Url, String>,
-    authorization: Result<HeaderValue, String>,
+    /// An unusable URL or key fails every call the same way: 401-like, so no fallback is
+    /// tried (the configuration refuses both, so this is for embedders' mistakes).
+    url: Result<reqwest::Url, ProviderError>,
+    authorization: Result<HeaderValue, ProviderError>,
 }
 
 impl std::fmt::Debug for OpenRouterProvider {
@@ -69,17 +71,18 @@ impl OpenRouterProvider {
     /// A provider on `http`, against `base_url` (e.g. `https://openrouter.ai/api/v1`).
     /// An invalid URL or key (the configuration refuses both) fails every call.
     pub fn new(http: reqwest::Client, base_url: &str, api_key: SecretString) -> Self {
+        let refused = |m: String| ProviderError::new(ProviderErrorKind::Status(401), m);
         let url = reqwest::Url::parse(&format!(
             "{}/chat/completions",
             base_url.trim_end_matches('/')
         ))
-        .map_err(|e| format!("OPENROUTER_BASE_URL is not a valid URL: {e}"));
+        .map_err(|e| refused(format!("OPENROUTER_BASE_URL is not a valid URL: {e}")));
         let authorization = HeaderValue::from_str(&format!("Bearer {}", api_key.expose_secret()))
             .map(|mut v| {
                 v.set_sensitive(true);
                 v
             })
-            .map_err(|_| "OPENROUTER_API_KEY is not a valid header value".to_owned());
+            .map_err(|_| refused("OPENROUTER_API_KEY is not a valid header value".to_owned()));
         Self {
             http,
             url,
@@ -92,10 +95,8 @@ impl OpenRouterProvider {
         req: &ProviderRequest,
         stream: bool,
     ) -> Result<reqwest::Response, ProviderError> {
-        // Both fail the same way for every model: 401-like, so no fallback is tried.
-        let refused = |m: &String| ProviderError::new(ProviderErrorKind::Status(401), m.clone());
-        let url = self.url.as_ref().map_err(refused)?;
-        let authorization = self.authorization.as_ref().map_err(refused)?;
+        let url = self.url.as_ref().map_err(Clone::clone)?;
+        let authorization = self.authorization.as_ref().map_err(Clone::clone)?;
         let body = ChatBody {
             model: &req.model,
             messages: &req.messages,
@@ -141,9 +142,10 @@ impl OpenRouterProvider {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
+        // An OpenAI-shaped error object: `{"error": {"message": ..}}` (or any `error`).
+        let message = serde_json::from_str::<serde_json::Map<String, Value>>(&text)
             .ok()
-            .and_then(|v| v.get("error").map(error_text))
+            .and_then(|body| body.get("error").map(error_text))
             .unwrap_or_else(|| {
                 status
                     .canonical_reason()

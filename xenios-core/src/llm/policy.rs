@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 
 use super::routing::{LlmConfig, RoutingTable};
-use super::types::CompletionRequest;
+use super::types::{CompletionRequest, ModelListError};
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 
@@ -43,7 +43,7 @@ impl ModelAllowList {
     }
 
     /// Parses a comma-separated list; `Err` names the bad entry.
-    pub fn parse(raw: &str) -> std::result::Result<Self, String> {
+    pub fn parse(raw: &str) -> std::result::Result<Self, ModelListError> {
         let mut list = Self {
             exact: HashSet::new(),
             prefixes: Vec::new(),
@@ -51,17 +51,17 @@ impl ModelAllowList {
         for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             if let Some(prefix) = entry.strip_suffix('*') {
                 if prefix.contains('*') {
-                    return Err(format!("`{entry}`: `*` may only end an entry"));
+                    return Err(ModelListError::MisplacedStar(entry.to_owned()));
                 }
                 list.prefixes.push(prefix.to_owned());
             } else if super::types::is_valid_model_id(entry) {
                 list.exact.insert(entry.to_owned());
             } else {
-                return Err(format!("`{entry}` is not a model id"));
+                return Err(ModelListError::NotAnEntry(entry.to_owned()));
             }
         }
         if list.exact.is_empty() && list.prefixes.is_empty() {
-            return Err("the list is empty".to_owned());
+            return Err(ModelListError::EmptyAllowList);
         }
         Ok(list)
     }

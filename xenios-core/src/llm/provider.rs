@@ -4,7 +4,6 @@
 //! wraps every call with those, so the fake provider exercises exactly the same rules as
 //! OpenRouter.
 
-use std::fmt;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -74,7 +73,7 @@ impl ProviderChunk {
 pub type ChunkStream = BoxStream<'static, Result<ProviderChunk, ProviderError>>;
 
 /// A model provider (OpenRouter, the fake).
-pub trait Provider: Send + Sync + fmt::Debug {
+pub trait Provider: Send + Sync + std::fmt::Debug {
     /// A short name for logs (`openrouter`, `fake`).
     fn name(&self) -> &'static str;
 
@@ -107,8 +106,10 @@ pub enum ProviderErrorKind {
     InvalidResponse,
 }
 
-/// A failed call to one model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A failed call to one model: `connect error: ...`, `timeout: ...`, `HTTP 503: ...`,
+/// `stream failed: ...` or `invalid response: ...` (the upstream's text, for logs).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", .kind.label())]
 pub struct ProviderError {
     /// What kind of failure.
     pub kind: ProviderErrorKind,
@@ -170,12 +171,25 @@ const ENGINE_TIMEOUTS: [&str; 3] = [
     "stream not finished within ",
 ];
 
+impl ProviderErrorKind {
+    /// How logs and clients name the kind: `connect error`, `timeout`, `HTTP 503`,
+    /// `stream failed`, `invalid response`.
+    pub fn label(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            ProviderErrorKind::Connect => "connect error".into(),
+            ProviderErrorKind::Timeout => "timeout".into(),
+            ProviderErrorKind::Status(s) => format!("HTTP {s}").into(),
+            ProviderErrorKind::MidStream => "stream failed".into(),
+            ProviderErrorKind::InvalidResponse => "invalid response".into(),
+        }
+    }
+}
+
 impl ProviderError {
     /// What a client may see of this failure: its kind and HTTP status, never the upstream's
     /// own text (which can carry account details such as a credit balance).
     pub fn public_summary(&self) -> String {
         match self.kind {
-            ProviderErrorKind::Connect => "connect error".to_owned(),
             // The engine's own deadlines say which one passed; a client library's timeout
             // text is not repeated.
             ProviderErrorKind::Timeout
@@ -183,27 +197,10 @@ impl ProviderError {
             {
                 format!("timeout: {}", self.message)
             }
-            ProviderErrorKind::Timeout => "timeout".to_owned(),
-            ProviderErrorKind::Status(s) => format!("HTTP {s}"),
-            ProviderErrorKind::MidStream => "stream failed".to_owned(),
-            ProviderErrorKind::InvalidResponse => "invalid response".to_owned(),
+            kind => kind.label().into_owned(),
         }
     }
 }
-
-impl fmt::Display for ProviderError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            ProviderErrorKind::Connect => write!(f, "connect error: {}", self.message),
-            ProviderErrorKind::Timeout => write!(f, "timeout: {}", self.message),
-            ProviderErrorKind::Status(s) => write!(f, "HTTP {s}: {}", self.message),
-            ProviderErrorKind::MidStream => write!(f, "stream failed: {}", self.message),
-            ProviderErrorKind::InvalidResponse => write!(f, "invalid response: {}", self.message),
-        }
-    }
-}
-
-impl std::error::Error for ProviderError {}
 
 /// Parses a `Retry-After` value in seconds (integer or decimal); dates are ignored.
 pub fn parse_retry_after(raw: &str) -> Option<Duration> {
@@ -229,6 +226,21 @@ mod tests {
         assert!(e(404).allows_fallback() && !e(404).is_retryable());
         assert!(ProviderError::new(ProviderErrorKind::Timeout, "t").allows_fallback());
         assert!(ProviderError::new(ProviderErrorKind::MidStream, "t").is_retryable());
+    }
+
+    #[test]
+    fn display_names_the_kind_then_the_upstream_text() {
+        let e = |kind| ProviderError::new(kind, "boom").to_string();
+        assert_eq!(e(ProviderErrorKind::Connect), "connect error: boom");
+        assert_eq!(e(ProviderErrorKind::Timeout), "timeout: boom");
+        assert_eq!(e(ProviderErrorKind::Status(503)), "HTTP 503: boom");
+        assert_eq!(e(ProviderErrorKind::MidStream), "stream failed: boom");
+        assert_eq!(
+            e(ProviderErrorKind::InvalidResponse),
+            "invalid response: boom"
+        );
+        let quiet = ProviderError::new(ProviderErrorKind::Status(402), "credit balance 3.10");
+        assert_eq!(quiet.public_summary(), "HTTP 402");
     }
 
     #[test]

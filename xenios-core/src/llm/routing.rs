@@ -20,7 +20,6 @@
 //! other configuration problems at startup.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -36,8 +35,22 @@ pub const SONNET: &str = "anthropic/claude-sonnet-4";
 /// OpenRouter id of GPT-4o mini.
 pub const GPT_4O_MINI: &str = "openai/gpt-4o-mini";
 
-/// The kinds of work the backend asks models for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The kinds of work the backend asks models for; named in snake_case (`session_summary`)
+/// in APIs, config and audit rows.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Task {
     /// Summary of a coaching session (reasoning).
     SessionSummary,
@@ -53,46 +66,31 @@ pub enum Task {
 
 impl Task {
     /// Every task.
-    pub const ALL: [Task; 5] = [
-        Task::SessionSummary,
-        Task::InsightGeneration,
-        Task::Chat,
-        Task::IntentClassification,
-        Task::EntityExtraction,
-    ];
+    pub const ALL: &'static [Task] = <Task as strum::VariantArray>::VARIANTS;
 
     /// The name used in APIs, config and audit rows.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Task::SessionSummary => "session_summary",
-            Task::InsightGeneration => "insight_generation",
-            Task::Chat => "chat",
-            Task::IntentClassification => "intent_classification",
-            Task::EntityExtraction => "entity_extraction",
-        }
+        self.into()
     }
 }
+
+/// A name that is not one of the [`Task`]s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown task `{}` (one of {})",
+    .0.chars().take(64).collect::<String>(),
+    Task::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+)]
+pub struct UnknownTaskName(pub String);
 
 impl FromStr for Task {
-    type Err = String;
+    type Err = UnknownTaskName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Task::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|t| t.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Task::ALL.iter().map(|t| t.as_str()).collect();
-                format!(
-                    "unknown task `{}` (one of {})",
-                    s.chars().take(64).collect::<String>(),
-                    names.join(", ")
-                )
-            })
-    }
-}
-
-impl fmt::Display for Task {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+            .ok_or_else(|| UnknownTaskName(s.to_owned()))
     }
 }
 
@@ -126,8 +124,8 @@ pub struct RoutingTable {
 impl Default for RoutingTable {
     fn default() -> Self {
         let routes = Task::ALL
-            .into_iter()
-            .map(|t| {
+            .iter()
+            .map(|&t| {
                 let route = match t {
                     Task::SessionSummary => Route::new(&[OPUS, SONNET], 0.3, 4000),
                     Task::InsightGeneration => Route::new(&[OPUS, SONNET], 0.5, 2000),

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::error::StreamErrorCode;
 use super::routing::Task;
 use crate::error::{Error, Result};
 
@@ -10,11 +11,25 @@ const MAX_MODEL_ID_LEN: usize = 200;
 /// Most messages in one request.
 const MAX_MESSAGES: usize = 1_000;
 
-/// Who wrote a chat message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Who wrote a chat message. Its wire name is `system`, `user` or `assistant`; parsing also
+/// takes OpenAI's `developer` as `system`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Role {
     /// Instructions for the model.
+    #[strum(to_string = "system", serialize = "developer")]
     System,
     /// The end user.
     User,
@@ -25,21 +40,12 @@ pub enum Role {
 impl Role {
     /// The wire name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::System => "system",
-            Self::User => "user",
-            Self::Assistant => "assistant",
-        }
+        self.into()
     }
 
     /// Parses `system`, `user`, `assistant` (and OpenAI's `developer` as `system`).
     pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "system" | "developer" => Some(Self::System),
-            "user" => Some(Self::User),
-            "assistant" => Some(Self::Assistant),
-            _ => None,
-        }
+        raw.parse().ok()
     }
 }
 
@@ -135,22 +141,46 @@ impl CompletionRequest {
     }
 }
 
+/// What is wrong with a list of model ids (a request's `models`, a route,
+/// `LLM_ALLOWED_MODELS`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelListError {
+    /// No model at all.
+    #[error("the list of models is empty")]
+    Empty,
+    /// An entry that is not a model id (quoted up to 200 characters).
+    #[error("`{0}` is not a model id like `anthropic/claude-sonnet-4`")]
+    NotAModelId(String),
+    /// The same model twice.
+    #[error("model `{0}` is listed twice")]
+    Twice(String),
+    /// An allow-list entry with `*` elsewhere than at its end.
+    #[error("`{0}`: `*` may only end an entry")]
+    MisplacedStar(String),
+    /// An allow-list entry that is not a model id.
+    #[error("`{0}` is not a model id")]
+    NotAnEntry(String),
+    /// An allow list without entries.
+    #[error("the list is empty")]
+    EmptyAllowList,
+}
+
 /// Checks a list of model ids: not empty, sane ids, no duplicates (in linear time: a hostile
 /// list is checked with one hash set, not by comparing every pair).
-pub(crate) fn validate_models(models: &[String]) -> std::result::Result<(), String> {
+pub(crate) fn validate_models(models: &[String]) -> std::result::Result<(), ModelListError> {
     if models.is_empty() {
-        return Err("the list of models is empty".to_owned());
+        return Err(ModelListError::Empty);
     }
     let mut seen = std::collections::HashSet::with_capacity(models.len());
     for m in models {
         if !is_valid_model_id(m) {
-            return Err(format!(
-                "`{}` is not a model id like `anthropic/claude-sonnet-4`",
-                m.chars().take(MAX_MODEL_ID_LEN).collect::<String>()
+            return Err(ModelListError::NotAModelId(
+                m.chars().take(MAX_MODEL_ID_LEN).collect(),
             ));
         }
         if !seen.insert(m.as_str()) {
-            return Err(format!("model `{m}` is listed twice"));
+            return Err(ModelListError::Twice(m.clone()));
         }
     }
     Ok(())
@@ -230,7 +260,7 @@ pub enum StreamEvent {
     /// The stream failed after tokens were sent; always the last event.
     Error {
         /// Machine-readable code.
-        code: String,
+        code: StreamErrorCode,
         /// What went wrong.
         message: String,
     },

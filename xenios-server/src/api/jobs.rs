@@ -10,7 +10,7 @@ use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde_json::{Value, json};
 use xenios_core::AiBackend;
-use xenios_core::jobs::{EnqueueRequest, JobResult, TaskState};
+use xenios_core::jobs::{EnqueueRequest, JobResult, JobState as CoreJobState};
 
 use super::ApiTags;
 use super::security::Caller;
@@ -62,15 +62,15 @@ pub enum JobState {
     Revoked,
 }
 
-impl From<TaskState> for JobState {
-    fn from(s: TaskState) -> Self {
+impl From<CoreJobState> for JobState {
+    fn from(s: CoreJobState) -> Self {
         match s {
-            TaskState::Pending => Self::Pending,
-            TaskState::Started => Self::Started,
-            TaskState::Retry => Self::Retry,
-            TaskState::Success => Self::Success,
-            TaskState::Failure => Self::Failure,
-            TaskState::Revoked => Self::Revoked,
+            CoreJobState::Pending => Self::Pending,
+            CoreJobState::Started => Self::Started,
+            CoreJobState::Retry => Self::Retry,
+            CoreJobState::Success => Self::Success,
+            CoreJobState::Failure => Self::Failure,
+            CoreJobState::Revoked => Self::Revoked,
         }
     }
 }

@@ -4,7 +4,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use poem::web::sse::Event;
 use poem_openapi::payload::{EventStream, Json, PlainText};
-use poem_openapi::{Enum, Object, OpenApi};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use xenios_core::AiBackend;
 use xenios_core::llm::{CompletionRequest, Message, Role, StreamEvent, Task, Usage};
 
@@ -228,7 +228,7 @@ impl From<StreamEvent> for StreamEventBody {
                 ..Self::empty(StreamEventType::Done)
             },
             StreamEvent::Error { code, message } => Self {
-                code: Some(code),
+                code: Some(code.to_string()),
                 message: Some(message),
                 ..Self::empty(StreamEventType::Error)
             },
@@ -349,14 +349,16 @@ impl LlmApi {
     /// errors and a latency histogram (seconds); audit rows; the shared rate limiter (Redis
     /// up, leases, fallback checks); uses of the previous API key.
     #[oai(path = "/metrics", method = "get")]
-    async fn metrics(&self, caller: Caller) -> Result<PlainText<String>, Errors<KeyOnlyErrors>> {
+    async fn metrics(&self, caller: Caller) -> Result<MetricsResponse, Errors<KeyOnlyErrors>> {
         caller.context()?;
-        let mut text = prometheus_text(
-            &self.backend.llm().metrics(),
-            &self.backend.database().audit_stats(),
-        );
-        security_metrics(&mut text, &self.backend);
-        Ok(PlainText(text))
+        let b = &self.backend;
+        let readings = xenios_core::metrics::Readings {
+            audit: b.database().audit_stats(),
+            rate_limit: b.auth().rate_limit_stats(),
+            previous_api_key_uses: b.auth().previous_api_key_uses(),
+        };
+        let text = xenios_core::metrics::render(b.llm().metrics(), &readings);
+        Ok(MetricsResponse::Ok(PlainText(text)))
     }
 
     /// Stream: the same as server-sent events. `delta` events carry text as it arrives, then
@@ -384,114 +386,13 @@ impl LlmApi {
     }
 }
 
-/// Appends the rate limiter's and the API key rotation's metrics.
-pub fn security_metrics(out: &mut String, backend: &AiBackend) {
-    use std::fmt::Write;
-    let rl = backend.auth().rate_limit_stats();
-    for (name, kind, help, value) in [
-        (
-            "xenios_rate_limit_redis_up",
-            "gauge",
-            "1 while rate limits are shared through Redis, 0 while this process uses its in-process fallback.",
-            u64::from(rl.redis_up),
-        ),
-        (
-            "xenios_rate_limit_leases_total",
-            "counter",
-            "Token leases taken from the shared Redis bucket (Redis round trips of the limiter).",
-            rl.leases,
-        ),
-        (
-            "xenios_rate_limit_fallback_checks_total",
-            "counter",
-            "Requests rate-limited in process because Redis was unreachable.",
-            rl.fallback_checks,
-        ),
-        (
-            "xenios_rate_limit_redis_failures_total",
-            "counter",
-            "Failed or timed-out Redis calls of the rate limiter.",
-            rl.redis_failures,
-        ),
-        (
-            "xenios_api_key_previous_uses_total",
-            "counter",
-            "Requests authenticated with XENIOS_BACKEND_API_KEY_PREVIOUS.",
-            backend.auth().previous_api_key_uses(),
-        ),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
-}
-
-/// Renders the LLM and audit-writer counters in the Prometheus text format.
-pub fn prometheus_text(
-    m: &xenios_core::llm::LlmMetricsSnapshot,
-    audit: &xenios_core::db::AuditStatsSnapshot,
-) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    for (name, help, value) in [
-        (
-            "xenios_audit_rows_queued_total",
-            "Audit rows (inference_logs, job_queue_metadata) queued for Postgres.",
-            audit.queued,
-        ),
-        (
-            "xenios_audit_rows_written_total",
-            "Audit rows written to Postgres.",
-            audit.written,
-        ),
-        (
-            "xenios_audit_rows_dropped_total",
-            "Audit rows dropped because the queue was full.",
-            audit.dropped,
-        ),
-        (
-            "xenios_audit_rows_failed_total",
-            "Audit rows given up on after write errors.",
-            audit.failed,
-        ),
-        (
-            "xenios_llm_calls_total",
-            "LLM calls (complete and stream).",
-            m.calls,
-        ),
-        ("xenios_llm_streams_total", "Streamed LLM calls.", m.streams),
-        (
-            "xenios_llm_fallbacks_total",
-            "Calls answered by a fallback model.",
-            m.fallbacks,
-        ),
-        (
-            "xenios_llm_retries_total",
-            "Retries of one model.",
-            m.retries,
-        ),
-        ("xenios_llm_errors_total", "Calls that failed.", m.errors),
-    ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    }
-    let name = "xenios_llm_latency_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Wall time of LLM calls.\n# TYPE {name} histogram"
-    );
-    for (bound, count) in xenios_core::llm::LATENCY_BUCKETS_MS
-        .iter()
-        .zip(&m.latency_buckets)
-    {
-        let le = *bound as f64 / 1000.0;
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", m.latency_count);
-    let _ = writeln!(out, "{name}_sum {}", m.latency_sum_ms as f64 / 1000.0);
-    let _ = writeln!(out, "{name}_count {}", m.latency_count);
-    out
+/// `/metrics`: the OpenMetrics text of [`xenios_core::metrics::render`].
+#[derive(ApiResponse)]
+enum MetricsResponse {
+    /// The metrics.
+    #[oai(
+        status = 200,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )]
+    Ok(PlainText<String>),
 }

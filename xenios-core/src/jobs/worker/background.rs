@@ -58,12 +58,12 @@ pub(super) async fn enable_notifications<C: ConnectionLike + Send>(c: &mut C) ->
 /// that is opened again (with backoff, at most 1 s apart) whenever it drops.
 pub(super) async fn listen(shared: Arc<Shared>, client: redis::Client) {
     use futures::StreamExt;
-    let pidbox_channel = crate::jobs::events::fanout_channel(shared.db, "celery.pidbox", "");
+    let pidbox_channel = crate::jobs::events::fanout_channel(shared.redis_db, "celery.pidbox", "");
     let subscribe = || async {
         let mut pubsub = client.get_async_pubsub().await?;
         for q in &shared.queues {
             pubsub
-                .psubscribe(format!("__keyspace@{}__:{q}*", shared.db))
+                .psubscribe(format!("__keyspace@{}__:{q}*", shared.redis_db))
                 .await?;
         }
         pubsub.subscribe(&pidbox_channel).await?;

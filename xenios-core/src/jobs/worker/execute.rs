@@ -11,11 +11,11 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use crate::db::models::JobStatus;
+use crate::jobs::JobState;
 use crate::jobs::broker;
 use crate::jobs::job_change;
 use crate::jobs::protocol::{args_repr, kwargs_repr, py_repr};
-use crate::jobs::result::{PyException, TaskState};
+use crate::jobs::result::PyException;
 
 use super::handler::{TaskContext, TaskError};
 use super::state::{Held, Revocation, Shared, Slot, lock, now_ts};
@@ -90,7 +90,7 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
         return;
     }
     shared.events.task("task-started", json!({"uuid": m.id}));
-    let mut started_row = job_change(&m, JobStatus::Started);
+    let mut started_row = job_change(&m, JobState::Started);
     started_row.worker = Some(shared.hostname.clone());
     started_row.attempts = started_row.attempts.saturating_add(1);
     shared.backend.audit_writer().job(started_row);
@@ -147,7 +147,7 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
     match outcome {
         Outcome::Done(Ok(value)) => {
             shared
-                .conclude(&m, &tag, TaskState::Success, &value, None, None)
+                .conclude(&m, &tag, JobState::Success, &value, None, None)
                 .await;
             shared.counters.succeeded.fetch_add(1, Ordering::Relaxed);
             if shared.events.task_events() {
@@ -156,7 +156,7 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
                     json!({"uuid": m.id, "result": py_repr(&value), "runtime": runtime}),
                 );
             }
-            let mut c = job_change(&m, JobStatus::Success);
+            let mut c = job_change(&m, JobState::Success);
             c.worker = Some(shared.hostname.clone());
             c.attempts = c.attempts.saturating_add(1);
             shared.backend.audit_writer().job(c);
@@ -198,7 +198,7 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
                     .conclude(
                         &m,
                         &tag,
-                        TaskState::Retry,
+                        JobState::Retry,
                         &exc.to_json(),
                         Some(&tb),
                         Some(broker::outgoing(&next)),
@@ -209,7 +209,7 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
                     "task-retried",
                     json!({"uuid": m.id, "exception": exc.repr(), "traceback": tb}),
                 );
-                let mut c = job_change(&m, JobStatus::Retry);
+                let mut c = job_change(&m, JobState::Retry);
                 c.worker = Some(shared.hostname.clone());
                 c.error = Some(reason);
                 c.attempts = c.attempts.saturating_add(1);

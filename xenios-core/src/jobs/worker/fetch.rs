@@ -10,10 +10,11 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::error::Result;
+use crate::jobs::JobState;
 use crate::jobs::REVOKED_PREFIX;
 use crate::jobs::broker::{self, Finish, Taken};
 use crate::jobs::protocol::{DecodeError, TaskMessage};
-use crate::jobs::result::{PyException, TaskState, meta};
+use crate::jobs::result::{PyException, meta};
 
 use super::execute::execute;
 use super::state::{Held, Revocation, Shared, Slot, lock};
@@ -272,7 +273,7 @@ pub(super) async fn reject_undecodable(
         let exc = PyException::new("kombu.exceptions", "DecodeError", e.reason.clone());
         let result = meta(
             &m,
-            TaskState::Failure,
+            JobState::Failure,
             &exc.to_json(),
             Some(&exc.traceback(&m.task)),
             &shared.hostname,

@@ -14,9 +14,10 @@ use std::sync::atomic::Ordering;
 use backon::BackoffBuilder;
 use tokio::sync::mpsc;
 
+use crate::jobs::JobState;
 use crate::jobs::broker::{self, Finish};
 use crate::jobs::protocol::TaskMessage;
-use crate::jobs::result::{PyException, TaskState, meta};
+use crate::jobs::result::{PyException, meta};
 
 use super::state::Shared;
 
@@ -116,7 +117,7 @@ async fn finish_batch(shared: &Shared, batch: &mut Vec<Item>) {
                     _ => false,
                 });
                 for (f, e) in refused {
-                    dead_letter(shared, &f, &e).await;
+                    dead_letter(shared, &f, &e.to_string()).await;
                 }
                 if !batch.is_empty() {
                     tokio::time::sleep(backoff.next().unwrap_or_default()).await;
@@ -156,7 +157,7 @@ async fn dead_letter(shared: &Shared, f: &Finish, error: &str) {
         task_id: f.task_id.clone(),
         result: Some(meta(
             &m,
-            TaskState::Failure,
+            JobState::Failure,
             &exc.to_json(),
             None,
             &shared.hostname,

@@ -20,9 +20,22 @@ impl std::fmt::Debug for RateLimit {
     }
 }
 
+/// Why a Celery rate (`10/s`, `100/m`, `1000/h`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RateSpecError {
+    #[error("unknown rate unit in {0:?} (use s, m or h)")]
+    Unit(String),
+    #[error("{0:?} is not a rate such as 10/s, 100/m or 1000/h")]
+    NotARate(String),
+    #[error("{0:?} is not a positive rate")]
+    Negative(String),
+    #[error("{0:?} is too fast a rate")]
+    TooFast(String),
+}
+
 impl RateLimit {
     /// Parses a Celery rate (as kombu's `rate()`): `None` for `0` (no limit).
-    pub(crate) fn parse(spec: &str) -> std::result::Result<Option<Self>, String> {
+    pub(crate) fn parse(spec: &str) -> std::result::Result<Option<Self>, RateSpecError> {
         let s = spec.trim();
         let (ops, per) = match s.split_once('/') {
             Some((ops, unit)) => {
@@ -30,7 +43,7 @@ impl RateLimit {
                     Some('s') => 1.0,
                     Some('m') => 60.0,
                     Some('h') => 3600.0,
-                    _ => return Err(format!("unknown rate unit in {s:?} (use s, m or h)")),
+                    _ => return Err(RateSpecError::Unit(s.to_owned())),
                 };
                 (ops.trim(), per)
             }
@@ -38,9 +51,9 @@ impl RateLimit {
         };
         let ops: f64 = ops
             .parse()
-            .map_err(|_| format!("{s:?} is not a rate such as 10/s, 100/m or 1000/h"))?;
+            .map_err(|_| RateSpecError::NotARate(s.to_owned()))?;
         if !ops.is_finite() || ops < 0.0 {
-            return Err(format!("{s:?} is not a positive rate"));
+            return Err(RateSpecError::Negative(s.to_owned()));
         }
         if ops == 0.0 {
             return Ok(None);
@@ -49,7 +62,7 @@ impl RateLimit {
         let period =
             Duration::try_from_secs_f64(per / ops).map_or(MAX_PERIOD, |p| p.min(MAX_PERIOD));
         let quota = governor::Quota::with_period(period)
-            .ok_or_else(|| format!("{s:?} is too fast a rate"))?;
+            .ok_or_else(|| RateSpecError::TooFast(s.to_owned()))?;
         Ok(Some(Self {
             spec: s.to_owned(),
             limiter: governor::RateLimiter::direct(quota),

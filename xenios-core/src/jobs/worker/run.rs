@@ -113,7 +113,7 @@ impl Worker {
         // before anything else, naming the queue (broker::declare_queues refuses them too,
         // for callers of the broker itself).
         for q in &queues {
-            crate::jobs::check_queue_name(q)?;
+            crate::jobs::check_queue_name(q).map_err(|e| Error::Validation(e.to_string()))?;
         }
         if !self.allow_unhandled_queues {
             let unhandled = self.unhandled_queues(&queues);
@@ -131,13 +131,13 @@ impl Worker {
         let prefetch = concurrency * self.options.prefetch_multiplier.max(1);
         let jobs = self.backend.jobs();
         let client = jobs.client()?.clone();
-        let db = jobs.redis_db();
+        let redis_db = jobs.redis_db();
         // The worker's own connection (pipelined, shared by its tasks), reconnecting.
         let link = RedisLink::connect(client.clone()).await?;
         let clock = Arc::new(Clock::default());
         let events = EventSender::start(
             self.backend.redis_pool().clone(),
-            db,
+            redis_db,
             hostname.clone(),
             clock.clone(),
             self.backend.config().jobs.task_events,
@@ -173,7 +173,7 @@ impl Worker {
             abandon_notify: Notify::new(),
             gave_up: AtomicBool::new(false),
             started: Instant::now(),
-            db,
+            redis_db,
         });
         {
             // None of these is needed to start: a Redis that refuses writes (`maxmemory`)

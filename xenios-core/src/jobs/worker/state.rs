@@ -11,12 +11,12 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::AiBackend;
-use crate::db::models::JobStatus;
+use crate::jobs::JobState;
 use crate::jobs::broker::Finish;
 use crate::jobs::events::{Clock, EventSender};
 use crate::jobs::job_change;
 use crate::jobs::protocol::{TaskMessage, args_repr, iso, kwargs_repr};
-use crate::jobs::result::{PyException, TaskState, meta};
+use crate::jobs::result::{PyException, meta};
 
 use super::handler::TaskRegistry;
 use super::limits::RateLimit;
@@ -150,7 +150,8 @@ pub(crate) struct Shared {
     /// Set when Redis stayed unreachable longer than `WORKER_REDIS_GIVE_UP_SECS`.
     pub(super) gave_up: AtomicBool,
     pub(crate) started: Instant,
-    pub(crate) db: i64,
+    /// The Redis database number (of `REDIS_URL`), part of fanout channel names.
+    pub(crate) redis_db: i64,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -332,12 +333,12 @@ impl Shared {
         &self,
         m: &TaskMessage,
         tag: &str,
-        state: TaskState,
+        state: JobState,
         result: &Value,
         traceback: Option<&str>,
         push: Option<(String, String)>,
     ) {
-        let stored = (!m.ignore_result || state != TaskState::Success)
+        let stored = (!m.ignore_result || state != JobState::Success)
             .then(|| meta(m, state, result, traceback, &self.hostname));
         self.submit(Finish {
             tag: tag.to_owned(),
@@ -356,7 +357,7 @@ impl Shared {
         runtime: Option<f64>,
     ) {
         let tb = exc.traceback(&m.task);
-        self.conclude(m, tag, TaskState::Failure, &exc.to_json(), Some(&tb), None)
+        self.conclude(m, tag, JobState::Failure, &exc.to_json(), Some(&tb), None)
             .await;
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
         // Sentry (when configured) gets the exception's type only: its text may quote the job's
@@ -371,7 +372,7 @@ impl Shared {
             "task-failed",
             json!({"uuid": m.id, "exception": exc.repr(), "traceback": tb, "runtime": runtime}),
         );
-        let mut c = job_change(m, JobStatus::Failure);
+        let mut c = job_change(m, JobState::Failure);
         c.worker = Some(self.hostname.clone());
         c.error = Some(format!("{}: {}", exc.kind, exc.message));
         c.attempts = c.attempts.saturating_add(1);
@@ -380,7 +381,7 @@ impl Shared {
 
     pub(super) async fn revoked(&self, m: &TaskMessage, tag: &str, why: Revocation) {
         let exc = PyException::new("celery.exceptions", "TaskRevokedError", why.reason());
-        self.conclude(m, tag, TaskState::Revoked, &exc.to_json(), None, None)
+        self.conclude(m, tag, JobState::Revoked, &exc.to_json(), None, None)
             .await;
         self.counters.revoked.fetch_add(1, Ordering::Relaxed);
         let terminated = why == Revocation::Terminated;
@@ -392,7 +393,7 @@ impl Shared {
                 "expired": why == Revocation::Expired,
             }),
         );
-        let mut c = job_change(m, JobStatus::Revoked);
+        let mut c = job_change(m, JobState::Revoked);
         c.worker = Some(self.hostname.clone());
         if why != Revocation::Revoked {
             c.error = Some(why.reason().to_owned());
