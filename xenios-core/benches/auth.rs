@@ -1,5 +1,7 @@
 //! Cost of verifying one Supabase access token through `JwtVerifier::verify`: HS256 (shared
-//! secret) and ES256 (key from a JWKS, already cached), plus the API-key check.
+//! secret) and ES256 (key from a JWKS, already cached), the same ES256 token again (remembered
+//! by the verified-token cache) and ES256 tokens seen for the first time, plus the API-key
+//! check. Compare ES256 with HS256 of the same run: absolute times drift between machines.
 //!
 //! `cargo bench -p xenios-core --bench auth`
 
@@ -94,8 +96,25 @@ fn bench(c: &mut Criterion) {
     c.bench_function("verify HS256", |b| {
         b.iter(|| rt.block_on(verifier.verify(black_box(&hs))).unwrap())
     });
-    c.bench_function("verify ES256 (cached JWKS)", |b| {
+    // The token of a session, sent again with each of its requests: remembered.
+    c.bench_function("verify ES256 (same token again)", |b| {
         b.iter(|| rt.block_on(verifier.verify(black_box(&es))).unwrap())
+    });
+    // A token seen for the first time (a new session): the signature check itself. Each
+    // iteration gets a token of its own (another `jti`), signed outside the timing.
+    let encoding = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    let mut n = 0u64;
+    c.bench_function("verify ES256 (first sight)", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                let mut fresh = claims.clone();
+                fresh["jti"] = json!(n);
+                encode(&header, &fresh, &encoding).unwrap()
+            },
+            |token| rt.block_on(verifier.verify(black_box(&token))).unwrap(),
+            criterion::BatchSize::SmallInput,
+        )
     });
     let keys = ApiKeyVerifier::new(&SecretString::from("bench-api-key-0123456789"));
     c.bench_function("verify API key", |b| {

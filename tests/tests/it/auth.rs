@@ -791,3 +791,45 @@ async fn the_openapi_document_declares_both_schemes() {
     assert!(spec["paths"]["/api/v1/status"]["get"]["security"].is_array());
     assert!(spec["paths"]["/health"]["get"]["security"].is_null());
 }
+
+/// A verified ES256 token is remembered (by its hash, until its `exp`), so its user is served
+/// again without another signature check; but any other byte string, however close, is not
+/// that token: a flipped signature, a payload with another user, the same claims signed by a
+/// key the JWKS does not hold, all go through the full check and are refused.
+#[tokio::test]
+async fn a_remembered_token_vouches_for_itself_only() {
+    let key = ec_key("k1");
+    let jwks = Jwks::start(&[&key]).await;
+    let app = app(&jwks, &[]).await;
+    let iss = jwks.issuer();
+    let good = sign(&key, &claims(&iss, "u-good"));
+    for _ in 0..3 {
+        let (status, body, _) = me(&app, Some(&good)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["user_id"], "u-good", "{body}");
+    }
+    let (header, rest) = good.split_once('.').unwrap();
+    let (payload, signature) = rest.split_once('.').unwrap();
+    // The signature's first character changed (base64url: still well-formed).
+    let first = signature.chars().next().unwrap();
+    let flipped = format!(
+        "{header}.{payload}.{}{}",
+        if first == 'A' { 'B' } else { 'A' },
+        &signature[1..]
+    );
+    // Another user's claims under the good token's header and signature.
+    let other_claims = b64(serde_json::to_vec(&claims(&iss, "u-other")).unwrap());
+    let swapped = format!("{header}.{other_claims}.{signature}");
+    // The same claims, the same kid, signed by a key the JWKS does not hold.
+    let forged = sign(&ec_key("k1"), &claims(&iss, "u-good"));
+    for (case, token) in [
+        ("flipped signature", &flipped),
+        ("swapped payload", &swapped),
+        ("forged with the same kid", &forged),
+    ] {
+        let (status, body, _) = me(&app, Some(token)).await;
+        assert_invalid_token(case, status, &body);
+    }
+    // The remembered token still works after the refusals.
+    assert_eq!(me(&app, Some(&good)).await.0, 200);
+}

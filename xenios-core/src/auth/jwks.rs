@@ -107,6 +107,20 @@ impl JwksCache {
         }
     }
 
+    /// The key named `kid` in the current set while that set is fresh (younger than the
+    /// TTL); never fetches. A cached verification holds only while this is its key.
+    pub(crate) fn fresh_key(&self, kid: &str) -> Option<Arc<JwksKey>> {
+        let set = self.snapshot();
+        let fresh = set
+            .fetched_at
+            .is_some_and(|t| t.elapsed() < self.settings.ttl);
+        if fresh {
+            set.keys.get(kid).cloned()
+        } else {
+            None
+        }
+    }
+
     /// The key named `kid`, fetching the set when it is stale or does not know `kid`.
     pub(crate) async fn key(&self, kid: &str) -> Result<Arc<JwksKey>, KeyLookupError> {
         let set = self.snapshot();

@@ -16,6 +16,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::jwks::{JwksCache, JwksSettings, KeyLookupError};
+use super::verified::{self, VerifiedTokens};
 use super::{AuthError, Principal, UserContext};
 use crate::config::{MAX_JWKS_CACHE_TTL, SupabaseConfig};
 
@@ -32,6 +33,9 @@ pub const AUDIENCE: &str = "authenticated";
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// Required and checked by `jsonwebtoken`; read to bound a cached verification (a
+    /// number, which JSON lets be fractional).
+    exp: f64,
     #[serde(default)]
     role: Option<String>,
     #[serde(default)]
@@ -51,6 +55,9 @@ pub struct JwtVerifier {
     es256: Validation,
     rs256: Validation,
     jwks: Option<Arc<JwksCache>>,
+    /// Asymmetric tokens verified before ([`verified`]): a session's token costs one
+    /// signature check, not one per request.
+    verified: VerifiedTokens,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -114,6 +121,7 @@ impl JwtVerifier {
             es256: validation(Algorithm::ES256, issuer),
             rs256: validation(Algorithm::RS256, issuer),
             jwks,
+            verified: VerifiedTokens::new(),
         }
     }
 
@@ -139,19 +147,33 @@ impl JwtVerifier {
         {
             return Err(invalid("not a compact JWS (three base64url parts)"));
         }
+        let hash = self.jwks.as_ref().map(|jwks| {
+            let hash = verified::digest(token);
+            (jwks, hash)
+        });
+        if let Some((jwks, hash)) = &hash
+            && let Some(principal) = self.verified.get(hash, |kid| jwks.fresh_key(kid))
+        {
+            return Ok(principal);
+        }
         // `alg: none` and unknown algorithms fail here: jsonwebtoken has no such variants.
         let header = decode_header(token).map_err(|e| invalid(format!("bad header: {e}")))?;
-        let claims = match header.alg {
+        match header.alg {
             Algorithm::HS256 => {
                 let (key, validation) = self.hs256.as_ref().ok_or_else(|| {
                     invalid("HS256 token but SUPABASE_JWT_SECRET is not configured")
                 })?;
-                decode::<Claims>(token, key, validation)
+                let claims = decode::<Claims>(token, key, validation)
+                    .map_err(|e| invalid(format!("verification failed: {e}")))?
+                    .claims;
+                principal_from(claims)
             }
             Algorithm::ES256 | Algorithm::RS256 => {
-                let jwks = self.jwks.as_ref().ok_or_else(|| {
-                    invalid("asymmetric token but no JWKS is configured (SUPABASE_URL)")
-                })?;
+                let Some((jwks, hash)) = hash else {
+                    return Err(invalid(
+                        "asymmetric token but no JWKS is configured (SUPABASE_URL)",
+                    ));
+                };
                 let kid = header
                     .kid
                     .as_deref()
@@ -169,13 +191,16 @@ impl JwtVerifier {
                     Algorithm::ES256 => &self.es256,
                     _ => &self.rs256,
                 };
-                decode::<Claims>(token, &key.key, validation)
+                let claims = decode::<Claims>(token, &key.key, validation)
+                    .map_err(|e| invalid(format!("verification failed: {e}")))?
+                    .claims;
+                let exp = claims.exp as u64;
+                let principal = principal_from(claims)?;
+                self.verified.insert(hash, &principal, exp, kid, key);
+                Ok(principal)
             }
-            other => return Err(invalid(format!("algorithm {other:?} is not accepted"))),
+            other => Err(invalid(format!("algorithm {other:?} is not accepted"))),
         }
-        .map_err(|e| invalid(format!("verification failed: {e}")))?
-        .claims;
-        principal_from(claims)
     }
 }
 

@@ -17,6 +17,7 @@ mod jwks;
 mod jwt;
 mod rate_limit;
 mod shared_rate_limit;
+mod verified;
 
 pub use gate::Auth;
 pub use jwt::{AUDIENCE, JwtVerifier, LEEWAY_SECS, MAX_TOKEN_LEN};
