@@ -71,8 +71,9 @@ inside() {
   [[ -n "$status" ]] || { docker logs image-check-api 2>&1 | tail -20; fail "/api/v1/status did not answer"; }
   python3 -c 'import json,sys; s=json.loads(sys.argv[1]); assert s["git_commit"]==sys.argv[2], s' "$status" "$commit" \
     || fail "/api/v1/status reports another commit: $status"
-  [[ "$(docker top image-check-api -eo user | tail -n +2 | sort -u | tr '\n' ' ')" == "10001 " ]] \
-    || fail "processes in the api container not all uid 10001: $(docker top image-check-api -eo user,comm)"
+  # `docker top` needs a PID column in its ps options; the user is the second column.
+  [[ "$(docker top image-check-api -eo pid,user | awk 'NR > 1 {print $2}' | sort -u | tr '\n' ' ')" == "10001 " ]] \
+    || fail "processes in the api container not all uid 10001: $(docker top image-check-api -eo pid,user,comm)"
   echo "image-build: ok $repo:$commit non-root, ENVIRONMENT=production, /api/v1/status git_commit=$commit"
   docker rm -f image-check-api image-check-db image-check-redis >/dev/null
   docker network rm image-check >/dev/null
