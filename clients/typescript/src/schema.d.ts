@@ -83,6 +83,15 @@ export interface paths {
                         "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                    };
+                };
                 /** @description Postgres or Redis is unreachable (`service_unavailable`, `queue_unavailable`). */
                 503: {
                     headers: {
@@ -162,6 +171,15 @@ export interface paths {
                     headers: {
                         /** @description Seconds until a retry may succeed. */
                         "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
+                    headers: {
                         [name: string]: unknown;
                     };
                     content: {
@@ -249,6 +267,15 @@ export interface paths {
                     headers: {
                         /** @description Seconds until a retry may succeed. */
                         "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
+                    headers: {
                         [name: string]: unknown;
                     };
                     content: {
@@ -357,6 +384,15 @@ export interface paths {
                     headers: {
                         /** @description Seconds until a retry may succeed. */
                         "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
+                    headers: {
                         [name: string]: unknown;
                     };
                     content: {
@@ -495,6 +531,15 @@ export interface paths {
                         "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                    };
+                };
                 /** @description Every model of the route failed (`all_models_failed`, `upstream_refused`). */
                 502: {
                     headers: {
@@ -579,6 +624,15 @@ export interface paths {
                         "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                    };
+                };
                 /** @description Postgres or Redis is unreachable (`service_unavailable`, `queue_unavailable`). */
                 503: {
                     headers: {
@@ -643,6 +697,15 @@ export interface paths {
                         "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                     };
                 };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         put?: never;
@@ -678,6 +741,15 @@ export interface paths {
                         "application/json; charset=utf-8": components["schemas"]["HealthBody"];
                     };
                 };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                    };
+                };
             };
         };
         put?: never;
@@ -711,6 +783,15 @@ export interface paths {
                     };
                     content: {
                         "application/json; charset=utf-8": components["schemas"]["HealthBody"];
+                    };
+                };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                     };
                 };
             };
@@ -750,6 +831,15 @@ export interface paths {
                     };
                     content: {
                         "application/json; charset=utf-8": components["schemas"]["ReadinessBody"];
+                    };
+                };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                     };
                 };
                 /** @description At least one dependency is down; the body says which and why. */
@@ -803,6 +893,15 @@ export interface paths {
                 };
                 /** @description `X-API-Key` missing or wrong, or the bearer token invalid (`missing_api_key`, `invalid_api_key`, `missing_token`, `invalid_token`). */
                 401: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
                     headers: {
                         [name: string]: unknown;
                     };
@@ -911,6 +1010,15 @@ export interface paths {
                     headers: {
                         /** @description Seconds until a retry may succeed. */
                         "Retry-After": number;
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                    };
+                };
+                /** @description An unexpected server error (`internal_error`); the server logs it once, with the correlation ID the body carries. */
+                500: {
+                    headers: {
                         [name: string]: unknown;
                     };
                     content: {

@@ -182,6 +182,7 @@ pub fn finish(spec: &str, facts: &Facts) -> String {
                 continue;
             };
             for op in item.values_mut() {
+                declare_internal_error(op);
                 fix_security(op);
                 describe_events(op);
                 if path.contains("{id}") {
@@ -354,6 +355,24 @@ fn describe_events(op: &mut Value) {
 }
 
 /// Merges `extra` into `target`, object members recursively.
+/// Every route can fail in a way nobody planned for (a bug, a panic caught by the server):
+/// that is a 500 in the error shape, `code` `internal_error`, logged once with its
+/// correlation ID.
+fn declare_internal_error(op: &mut Value) {
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+        return;
+    };
+    responses.entry("500").or_insert_with(|| {
+        json!({
+            "description": "An unexpected server error (`internal_error`); the server logs it \
+                            once, with the correlation ID the body carries.",
+            "content": {"application/json; charset=utf-8": {
+                "schema": {"$ref": "#/components/schemas/ErrorBody"}
+            }}
+        })
+    });
+}
+
 fn merge(target: &mut Value, extra: Value) {
     match (target, extra) {
         (Value::Object(t), Value::Object(e)) => {
