@@ -20,6 +20,7 @@ use crate::db::{self, Database, PgPool};
 use crate::error::{Component, Error, Result};
 use crate::health::{self, ComponentHealth, Readiness};
 use crate::jobs::Jobs;
+use crate::jobs::worker::WorkerDeps;
 use crate::llm::{FakeProvider, Llm, OpenRouterProvider, Provider, TokenBudget, TokenUsage};
 use crate::redis::{self as xredis, RedisPool};
 
@@ -365,14 +366,18 @@ impl AiBackend {
         self.inner.has_redis
     }
 
-    /// The Redis pool (the worker runtime's, inside the crate).
-    pub(crate) fn redis_pool(&self) -> &RedisPool {
-        &self.inner.redis
-    }
-
-    /// The audit writer (the worker runtime's job rows, inside the crate).
-    pub(crate) fn audit_writer(&self) -> &AuditWriter {
-        self.inner.database.audit()
+    /// The parts a [`crate::jobs::worker::Worker`] runs on (jobs settings and client, Redis,
+    /// job rows, the LLM handle), handed over so the worker never holds the facade.
+    pub fn worker_deps(&self) -> WorkerDeps {
+        let i = &self.inner;
+        WorkerDeps::new(
+            i.config.jobs.clone(),
+            i.config.redis.url.clone(),
+            i.jobs.clone(),
+            i.redis.clone(),
+            i.database.clone(),
+            i.llm.clone(),
+        )
     }
 
     /// Time since the backend was built.
@@ -486,5 +491,17 @@ impl AiBackend {
                 "unexpected PING reply `{pong}`"
             )))
         }
+    }
+}
+
+impl From<&AiBackend> for WorkerDeps {
+    fn from(backend: &AiBackend) -> Self {
+        backend.worker_deps()
+    }
+}
+
+impl From<AiBackend> for WorkerDeps {
+    fn from(backend: AiBackend) -> Self {
+        backend.worker_deps()
     }
 }

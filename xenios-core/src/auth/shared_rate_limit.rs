@@ -28,6 +28,21 @@ use crate::error::Error;
 use crate::redis::redis;
 use crate::redis::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+/// Why the shared bucket could not be asked (the limiter then falls back to the in-process
+/// one).
+#[derive(Debug, thiserror::Error)]
+enum LeaseError {
+    /// `REDIS_URL` gave no connection.
+    #[error("REDIS_URL cannot be used")]
+    NoConnection,
+    /// Redis refused or failed the script.
+    #[error("{0}")]
+    Redis(#[source] redis::RedisError),
+    /// Redis did not answer in time.
+    #[error("no answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+}
+
 /// How long leased tokens stay spendable.
 pub const LEASE_TTL: Duration = Duration::from_secs(2);
 /// How long the limiter uses only the in-process limiter after Redis failed.
@@ -245,12 +260,9 @@ impl SharedRateLimiter {
         self.local.check(principal)
     }
 
-    async fn lease(&self, key: &Key, want: u32) -> Result<(u32, u64), String> {
+    async fn lease(&self, key: &Key, want: u32) -> Result<(u32, u64), LeaseError> {
         let attempt = async {
-            let mut conn = self
-                .conn
-                .clone()
-                .ok_or_else(|| "REDIS_URL cannot be used".to_owned())?;
+            let mut conn = self.conn.clone().ok_or(LeaseError::NoConnection)?;
             let rate = f64::from(self.config.per_minute) / 60_000.0;
             let (granted, wait): (i64, i64) = self
                 .script
@@ -260,15 +272,15 @@ impl SharedRateLimiter {
                 .arg(want)
                 .invoke_async(&mut conn)
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((
+                .map_err(LeaseError::Redis)?;
+            Ok::<_, LeaseError>((
                 u32::try_from(granted.max(0)).unwrap_or(0),
                 u64::try_from(wait.max(0)).unwrap_or(0),
             ))
         };
         let result = tokio::time::timeout(self.timeout, attempt)
             .await
-            .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))??;
+            .map_err(|_| LeaseError::Timeout(self.timeout))??;
         if !self.redis_up.swap(true, Ordering::Relaxed) {
             tracing::info!("rate limits: Redis reachable again, limits are shared again");
         }

@@ -10,12 +10,14 @@
 //! Each section reads its own variables (`fn read`) through the shared `Reader` (`reader.rs`):
 //! `environment.rs` ([`Environment`], [`LogFormat`]), `database.rs`, `redis.rs`,
 //! `supabase.rs`, `openrouter.rs`, `server.rs` (with CORS and rate limits), `jobs.rs`;
-//! the LLM section is read by [`crate::llm::LlmConfig::from_lookup`]. This file holds
+//! `llm.rs` ([`LlmConfig`]: routes, timeouts, retries, allowed models; the engine in
+//! [`crate::llm`] applies them). This file holds
 //! [`Config`], the API keys and the telemetry settings, and the order sections are read in.
 
 mod database;
 mod environment;
 mod jobs;
+pub mod llm;
 mod openrouter;
 pub(crate) mod reader;
 mod redis;
@@ -31,6 +33,7 @@ use secrecy::{ExposeSecret, SecretString};
 pub use database::DatabaseConfig;
 pub use environment::{DEV_API_KEY, Environment, LogFormat};
 pub use jobs::{DEFAULT_JOB_ROUTES, JobsConfig};
+pub use llm::LlmConfig;
 pub use openrouter::OpenRouterConfig;
 pub use redis::RedisConfig;
 pub use server::{CorsPolicy, RateLimitConfig, ServerConfig};
@@ -72,8 +75,8 @@ pub struct Config {
     /// `http://otel-collector:4318`; spans go to `<it>/v1/traces` (see
     /// [`crate::telemetry::trace`]).
     pub otel_endpoint: Option<String>,
-    /// LLM routes, timeouts and retries (`LLM_*`, see [`crate::llm::routing`]).
-    pub llm: crate::llm::LlmConfig,
+    /// LLM routes, timeouts and retries (`LLM_*`, see [`llm`]).
+    pub llm: LlmConfig,
     /// Job queue settings.
     pub jobs: JobsConfig,
 }
@@ -159,7 +162,7 @@ impl Config {
         let openrouter = OpenRouterConfig::read(&mut r, prod);
         let server = ServerConfig::read(&mut r, environment);
         let telemetry = Telemetry::read(&mut r, dev);
-        let llm = crate::llm::LlmConfig::from_lookup(lookup, &mut r.problems);
+        let llm = LlmConfig::from_lookup(lookup, &mut r.problems);
         let jobs = JobsConfig::read(&mut r, dev);
         let config = Config {
             llm,

@@ -19,9 +19,9 @@ use diesel::sql_types::{Array, Int4, Nullable, Text, Timestamptz};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::PgPool;
 use super::models::{JobStateChange, NewInferenceLog};
 use super::schema::inference_logs;
+use super::{DbError, PgPool};
 use crate::jobs::JobState;
 
 /// Most rows written in one statement.
@@ -277,7 +277,7 @@ fn attempts(down: bool) -> u32 {
 }
 
 /// Counts a batch of `n` rows as written or failed; true when it failed (Postgres down).
-fn account(stats: &AuditStats, n: usize, result: Result<(), String>, lost: &str) -> bool {
+fn account(stats: &AuditStats, n: usize, result: Result<(), DbError>, lost: &str) -> bool {
     let n = n as u64;
     match result {
         Ok(()) => {
@@ -292,10 +292,10 @@ fn account(stats: &AuditStats, n: usize, result: Result<(), String>, lost: &str)
     }
 }
 
-async fn with_retries<F, Fut>(attempts: u32, mut write: F) -> Result<(), String>
+async fn with_retries<F, Fut>(attempts: u32, mut write: F) -> Result<(), DbError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), DbError>>,
 {
     use backon::Retryable;
     // 100 ms, then four times longer each time: 100, 400, 1600 ms...
@@ -320,9 +320,9 @@ where
     .await
 }
 
-async fn write_inference(pool: &PgPool, rows: &[NewInferenceLog]) -> Result<(), String> {
+async fn write_inference(pool: &PgPool, rows: &[NewInferenceLog]) -> Result<(), DbError> {
     use diesel_async::RunQueryDsl;
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let mut conn = pool.get().await.map_err(DbError::Pool)?;
     // Several rows of one call may repeat an id only if a caller reused a row: skip those.
     diesel::insert_into(inference_logs::table)
         .values(rows)
@@ -330,7 +330,7 @@ async fn write_inference(pool: &PgPool, rows: &[NewInferenceLog]) -> Result<(), 
         .execute(&mut conn)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(DbError::query)
 }
 
 /// A job's changes within one batch, folded together, with the time it first started.
@@ -422,7 +422,7 @@ struct JobColumns {
     owner: Vec<Option<String>>,
 }
 
-async fn write_jobs(pool: &PgPool, changes: &[MergedJob]) -> Result<(), String> {
+async fn write_jobs(pool: &PgPool, changes: &[MergedJob]) -> Result<(), DbError> {
     use diesel_async::RunQueryDsl;
     let mut cols = JobColumns::default();
     for MergedJob {
@@ -448,7 +448,7 @@ async fn write_jobs(pool: &PgPool, changes: &[MergedJob]) -> Result<(), String> 
         cols.user_id.push(c.user_id.map(|u| u.to_string()));
         cols.owner.push(c.owner.clone());
     }
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let mut conn = pool.get().await.map_err(DbError::Pool)?;
     diesel::sql_query(UPSERT_JOBS)
         .bind::<Array<Text>, _>(cols.task_id)
         .bind::<Array<Text>, _>(cols.task_name)
@@ -467,7 +467,7 @@ async fn write_jobs(pool: &PgPool, changes: &[MergedJob]) -> Result<(), String> 
         .execute(&mut conn)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(DbError::query)
 }
 
 #[cfg(test)]

@@ -92,10 +92,7 @@ fn max_rss_kib() -> u64 {
 }
 
 fn stats(shared: &Shared) -> Value {
-    let url = url::Url::parse(secrecy::ExposeSecret::expose_secret(
-        &shared.backend.config().redis.url,
-    ))
-    .ok();
+    let url = url::Url::parse(secrecy::ExposeSecret::expose_secret(&shared.deps.redis_url)).ok();
     let host = url
         .as_ref()
         .and_then(|u| u.host_str().map(str::to_owned))
@@ -113,8 +110,8 @@ fn stats(shared: &Shared) -> Value {
             "max-tasks-per-child": "N/A",
             "put-guarded-by-semaphore": false,
             "timeouts": [
-                shared.backend.config().jobs.soft_time_limit.as_secs_f64(),
-                shared.backend.config().jobs.hard_time_limit.as_secs_f64(),
+                shared.deps.jobs_config().soft_time_limit.as_secs_f64(),
+                shared.deps.jobs_config().hard_time_limit.as_secs_f64(),
             ],
         },
         "broker": {
@@ -184,11 +181,11 @@ fn reply(shared: &Shared, method: &str, args: &Value) -> Value {
         }
         "revoked" => json!(shared.revoked_ids()),
         "conf" => json!({
-            "task_default_queue": shared.backend.config().jobs.default_queue,
+            "task_default_queue": shared.deps.jobs_config().default_queue,
             "worker_concurrency": shared.concurrency,
             "worker_prefetch_multiplier": shared.prefetch / shared.concurrency.max(1),
-            "task_soft_time_limit": shared.backend.config().jobs.soft_time_limit.as_secs_f64(),
-            "task_time_limit": shared.backend.config().jobs.hard_time_limit.as_secs_f64(),
+            "task_soft_time_limit": shared.deps.jobs_config().soft_time_limit.as_secs_f64(),
+            "task_time_limit": shared.deps.jobs_config().hard_time_limit.as_secs_f64(),
             "task_acks_late": true,
             "task_reject_on_worker_lost": true,
             "result_extended": true,
@@ -246,7 +243,7 @@ fn reply(shared: &Shared, method: &str, args: &Value) -> Value {
         "time_limit" => {
             let task = args.get("task_name").and_then(Value::as_str).unwrap_or("");
             // Clamped to `JOB_MAX_TIME_LIMIT_SECS`, as a message's own limits are.
-            let max = shared.backend.config().jobs.max_time_limit;
+            let max = shared.deps.jobs_config().max_time_limit;
             let secs = |k: &str| -> Result<Option<Duration>, String> {
                 match args.get(k) {
                     None | Some(Value::Null) => Ok(None),
@@ -355,7 +352,7 @@ pub(crate) async fn handle(shared: &Shared, payload: &[u8]) {
         1,
     );
     let result = async {
-        let mut conn = crate::jobs::pooled(shared.backend.redis_pool()).await?;
+        let mut conn = crate::jobs::pooled(&shared.deps.redis).await?;
         let members: Vec<String> = redis::cmd("SMEMBERS")
             .arg(format!("{}{exchange}", broker::BINDING_PREFIX))
             .query_async(&mut *conn)

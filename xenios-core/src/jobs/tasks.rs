@@ -190,7 +190,7 @@ async fn llm_complete(
     };
     let request_ctx = RequestContext::new(correlation_id, principal);
     let completion = tokio::select! {
-        r = ctx.backend.llm().complete(&request_ctx, req) => r,
+        r = ctx.llm.complete(&request_ctx, req) => r,
         () = ctx.soft_time_limit() => return Err(TaskError::SoftTimeLimitExceeded),
     };
     match completion {

@@ -3,7 +3,8 @@
 //! ## Layout
 //! - [`types`]: what callers send and get back ([`CompletionRequest`], [`Completion`],
 //!   [`StreamEvent`]).
-//! - [`routing`]: the [`Task`] routing table and [`LlmConfig`] (timeouts, retries).
+//! - [`routing`]: the [`Task`] routing table and [`LlmConfig`] (timeouts, retries),
+//!   defined and read in [`crate::config::llm`] and re-exported here.
 //! - [`provider`]: the [`Provider`] trait and [`ProviderError`] with the fallback rules.
 //! - [`openrouter`]: the real provider. [`fake`]: the offline one, driven by model names.
 //! - [`input`]: the rules for requests from outside: roles, OpenAI content parts, whether

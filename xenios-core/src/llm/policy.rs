@@ -10,67 +10,15 @@
 //! [`authorize`] applies these rules; the engine calls it on every call, whatever the
 //! transport (HTTP, jobs, CLI).
 
-use std::collections::HashSet;
-
-use super::routing::{LlmConfig, RoutingTable};
-use super::types::{CompletionRequest, ModelListError};
+use super::routing::LlmConfig;
+use super::types::CompletionRequest;
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 
+pub use crate::config::llm::ModelAllowList;
+
 /// Most models one call may name.
 pub const MAX_MODELS_PER_CALL: usize = 5;
-
-/// The models the service may name in a call (`LLM_ALLOWED_MODELS`).
-///
-/// Entries are exact model ids, or prefixes ending in `*` (`anthropic/*`; a lone `*` allows
-/// any model, meant for development and tests).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelAllowList {
-    exact: HashSet<String>,
-    prefixes: Vec<String>,
-}
-
-impl ModelAllowList {
-    /// Every model of the routing table (the default).
-    pub fn from_routes(routes: &RoutingTable) -> Self {
-        Self {
-            exact: routes
-                .iter()
-                .flat_map(|(_, r)| r.models.iter().cloned())
-                .collect(),
-            prefixes: Vec::new(),
-        }
-    }
-
-    /// Parses a comma-separated list; `Err` names the bad entry.
-    pub fn parse(raw: &str) -> std::result::Result<Self, ModelListError> {
-        let mut list = Self {
-            exact: HashSet::new(),
-            prefixes: Vec::new(),
-        };
-        for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            if let Some(prefix) = entry.strip_suffix('*') {
-                if prefix.contains('*') {
-                    return Err(ModelListError::MisplacedStar(entry.to_owned()));
-                }
-                list.prefixes.push(prefix.to_owned());
-            } else if super::types::is_valid_model_id(entry) {
-                list.exact.insert(entry.to_owned());
-            } else {
-                return Err(ModelListError::NotAnEntry(entry.to_owned()));
-            }
-        }
-        if list.exact.is_empty() && list.prefixes.is_empty() {
-            return Err(ModelListError::EmptyAllowList);
-        }
-        Ok(list)
-    }
-
-    /// Whether `model` may be named.
-    pub fn allows(&self, model: &str) -> bool {
-        self.exact.contains(model) || self.prefixes.iter().any(|p| model.starts_with(p))
-    }
-}
 
 /// Checks what `principal` chose in `req` against the rules of this module.
 pub fn authorize(principal: &Principal, req: &CompletionRequest, config: &LlmConfig) -> Result<()> {

@@ -6,8 +6,9 @@ use super::error::StreamErrorCode;
 use super::routing::Task;
 use crate::error::{Error, Result};
 
-/// Longest accepted model id.
-const MAX_MODEL_ID_LEN: usize = 200;
+pub use crate::config::llm::ModelListError;
+pub(crate) use crate::config::llm::validate_models;
+
 /// Most messages in one request.
 const MAX_MESSAGES: usize = 1_000;
 
@@ -139,56 +140,6 @@ impl CompletionRequest {
         }
         Ok(())
     }
-}
-
-/// What is wrong with a list of model ids (a request's `models`, a route,
-/// `LLM_ALLOWED_MODELS`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ModelListError {
-    /// No model at all.
-    #[error("the list of models is empty")]
-    Empty,
-    /// An entry that is not a model id (quoted up to 200 characters).
-    #[error("`{0}` is not a model id like `anthropic/claude-sonnet-4`")]
-    NotAModelId(String),
-    /// The same model twice.
-    #[error("model `{0}` is listed twice")]
-    Twice(String),
-    /// An allow-list entry with `*` elsewhere than at its end.
-    #[error("`{0}`: `*` may only end an entry")]
-    MisplacedStar(String),
-    /// An allow-list entry that is not a model id.
-    #[error("`{0}` is not a model id")]
-    NotAnEntry(String),
-    /// An allow list without entries.
-    #[error("the list is empty")]
-    EmptyAllowList,
-}
-
-/// Checks a list of model ids: not empty, sane ids, no duplicates (in linear time: a hostile
-/// list is checked with one hash set, not by comparing every pair).
-pub(crate) fn validate_models(models: &[String]) -> std::result::Result<(), ModelListError> {
-    if models.is_empty() {
-        return Err(ModelListError::Empty);
-    }
-    let mut seen = std::collections::HashSet::with_capacity(models.len());
-    for m in models {
-        if !is_valid_model_id(m) {
-            return Err(ModelListError::NotAModelId(
-                m.chars().take(MAX_MODEL_ID_LEN).collect(),
-            ));
-        }
-        if !seen.insert(m.as_str()) {
-            return Err(ModelListError::Twice(m.clone()));
-        }
-    }
-    Ok(())
-}
-
-/// A model id: 1 to 200 printable ASCII characters without spaces.
-pub(crate) fn is_valid_model_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_MODEL_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Token counts and cost of one call, as the upstream reported them.

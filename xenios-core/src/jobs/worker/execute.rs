@@ -93,7 +93,7 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
     let mut started_row = job_change(&m, JobState::Started);
     started_row.worker = Some(shared.hostname.clone());
     started_row.attempts = started_row.attempts.saturating_add(1);
-    shared.backend.audit_writer().job(started_row);
+    shared.deps.audit_writer().job(started_row);
 
     let jobs = shared.jobs();
     let (soft, hard) = shared.time_limits(&m);
@@ -104,7 +104,7 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
         retries: m.retries,
         correlation_id: m.correlation_id.clone(),
         user_id: m.user_id.clone(),
-        backend: shared.backend.clone(),
+        llm: shared.deps.llm.clone(),
         soft: soft_rx,
     };
     let clock = Instant::now();
@@ -159,7 +159,7 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
             let mut c = job_change(&m, JobState::Success);
             c.worker = Some(shared.hostname.clone());
             c.attempts = c.attempts.saturating_add(1);
-            shared.backend.audit_writer().job(c);
+            shared.deps.audit_writer().job(c);
         }
         Outcome::Done(Err(TaskError::Retry {
             reason,
@@ -213,7 +213,7 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
                 c.worker = Some(shared.hostname.clone());
                 c.error = Some(reason);
                 c.attempts = c.attempts.saturating_add(1);
-                shared.backend.audit_writer().job(c);
+                shared.deps.audit_writer().job(c);
             }
         }
         Outcome::Done(Err(TaskError::SoftTimeLimitExceeded)) => {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use crate::AiBackend;
 use crate::error::Result;
+use crate::llm::Llm;
 
 pub(super) type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, TaskError>> + Send>>;
 pub(super) type Handler =
@@ -97,8 +97,8 @@ pub struct TaskContext {
     pub correlation_id: Option<String>,
     /// User on whose behalf the job runs.
     pub user_id: Option<String>,
-    /// The engine, for handlers that call it (LLM completions...).
-    pub backend: AiBackend,
+    /// The LLM engine, for handlers that call a model.
+    pub llm: Llm,
     pub(super) soft: watch::Receiver<bool>,
 }
 

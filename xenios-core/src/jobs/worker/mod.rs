@@ -25,6 +25,7 @@
 //!   failure when their id is known; absurd time limits, ETAs and rates are clamped.
 //!
 //! ## Layout
+//! - `deps`: [`WorkerDeps`], the parts of the engine a worker is built from.
 //! - `handler`: the handler API ([`TaskError`], [`TaskContext`], [`TaskRegistry`]).
 //! - `options`: [`WorkerOptions`] and [`WorkerSummary`].
 //! - `run`: [`Worker`], its lifecycle and warm shutdown.
@@ -38,6 +39,7 @@
 //! - `limits`: task rate limits (pidbox `rate_limit`).
 
 mod background;
+mod deps;
 mod execute;
 mod fetch;
 mod finish;
@@ -49,6 +51,7 @@ mod options;
 mod run;
 mod state;
 
+pub use deps::WorkerDeps;
 pub use handler::{TaskContext, TaskError, TaskRegistry};
 pub(crate) use limits::RateLimit;
 pub use options::{WorkerOptions, WorkerSummary};

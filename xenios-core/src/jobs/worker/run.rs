@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-use crate::AiBackend;
 use crate::error::{Error, Result};
 use crate::jobs::broker;
 use crate::jobs::events::{Clock, EventSender, worker_fields};
 
 use super::background::{enable_notifications, heartbeat_loop, listen};
+use super::deps::WorkerDeps;
 use super::fetch::fetch_loop;
 use super::finish::{FINISH_QUEUE, finisher_loop};
 use super::handler::TaskRegistry;
@@ -31,17 +31,22 @@ pub const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`Worker::run_until_idle`] (tests: until the queues are empty and nothing is in hand).
 #[derive(Debug)]
 pub struct Worker {
-    backend: AiBackend,
+    deps: WorkerDeps,
     registry: TaskRegistry,
     options: WorkerOptions,
     allow_unhandled_queues: bool,
 }
 
 impl Worker {
-    /// A worker over `backend` running the handlers of `registry`.
-    pub fn new(backend: AiBackend, registry: TaskRegistry, options: WorkerOptions) -> Self {
+    /// A worker over `deps` (an [`crate::AiBackend`], or what
+    /// [`crate::AiBackend::worker_deps`] hands over) running the handlers of `registry`.
+    pub fn new(
+        deps: impl Into<WorkerDeps>,
+        registry: TaskRegistry,
+        options: WorkerOptions,
+    ) -> Self {
         Self {
-            backend,
+            deps: deps.into(),
             registry,
             options,
             allow_unhandled_queues: false,
@@ -58,7 +63,7 @@ impl Worker {
 
     /// The queues of `queues` that none of this worker's tasks routes to.
     pub fn unhandled_queues(&self, queues: &[String]) -> Vec<String> {
-        let router = crate::jobs::Router::new(&self.backend.config().jobs);
+        let router = crate::jobs::Router::new(&self.deps.jobs_config);
         // A handler declared on a queue of its own (`TaskDecl::on_queue`) is routed there;
         // the others by `JOB_ROUTES`.
         let routed: std::collections::HashSet<String> = self
@@ -129,23 +134,23 @@ impl Worker {
         let hostname = self.hostname();
         let concurrency = self.options.concurrency.max(1);
         let prefetch = concurrency * self.options.prefetch_multiplier.max(1);
-        let jobs = self.backend.jobs();
+        let jobs = &self.deps.jobs;
         let client = jobs.client()?.clone();
         let redis_db = jobs.redis_db();
         // The worker's own connection (pipelined, shared by its tasks), reconnecting.
         let link = RedisLink::connect(client.clone()).await?;
         let clock = Arc::new(Clock::default());
         let events = EventSender::start(
-            self.backend.redis_pool().clone(),
+            self.deps.redis.clone(),
             redis_db,
             hostname.clone(),
             clock.clone(),
-            self.backend.config().jobs.task_events,
+            self.deps.jobs_config.task_events,
         );
         let (ftx, frx) = mpsc::channel(FINISH_QUEUE);
         let shared = Arc::new(Shared {
             keys: broker::consume_keys(&queues),
-            backend: self.backend.clone(),
+            deps: self.deps.clone(),
             registry: self.registry,
             hostname: hostname.clone(),
             queues: queues.clone(),
@@ -326,8 +331,8 @@ impl Worker {
             .await;
         shared.events.flush().await;
         // Job rows are not worth hanging a stopping worker: Postgres may be what is down.
-        self.backend
-            .database()
+        self.deps
+            .database
             .flush_audit_within(AUDIT_FLUSH_TIMEOUT)
             .await;
         let c = &shared.counters;

@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-use crate::AiBackend;
+use super::deps::WorkerDeps;
 use crate::jobs::JobState;
 use crate::jobs::broker::Finish;
 use crate::jobs::events::{Clock, EventSender};
@@ -115,7 +115,7 @@ pub(crate) struct TaskOverrides {
 /// State shared by the worker's tasks (and read by the pidbox).
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) backend: AiBackend,
+    pub(crate) deps: WorkerDeps,
     pub(super) registry: TaskRegistry,
     pub(crate) hostname: String,
     pub(crate) queues: Vec<String>,
@@ -307,7 +307,7 @@ impl Shared {
     }
 
     pub(super) fn jobs(&self) -> &crate::config::JobsConfig {
-        &self.backend.config().jobs
+        &self.deps.jobs_config
     }
 
     /// Hands a finished delivery to the finisher; waits while its queue is full
@@ -376,7 +376,7 @@ impl Shared {
         c.worker = Some(self.hostname.clone());
         c.error = Some(format!("{}: {}", exc.kind, exc.message));
         c.attempts = c.attempts.saturating_add(1);
-        self.backend.audit_writer().job(c);
+        self.deps.audit_writer().job(c);
     }
 
     pub(super) async fn revoked(&self, m: &TaskMessage, tag: &str, why: Revocation) {
@@ -398,7 +398,7 @@ impl Shared {
         if why != Revocation::Revoked {
             c.error = Some(why.reason().to_owned());
         }
-        self.backend.audit_writer().job(c);
+        self.deps.audit_writer().job(c);
     }
 }
 
