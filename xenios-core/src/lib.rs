@@ -17,9 +17,9 @@
 //! | `backend.readiness()`, `status()`, `whoami()`, `prepare()`, `shutdown()` | the facade | `backend.rs` |
 //!
 //! Why handles and not one flat facade: each domain's calls, errors and docs stay together,
-//! an embedder sees at a glance what a domain offers, and a domain never needs the facade
-//! (it is given what it needs at construction) - except the worker runtime, whose handlers
-//! receive the whole backend.
+//! an embedder sees at a glance what a domain offers, and a domain never needs the facade:
+//! it is given what it needs at construction (the worker runtime, for one, takes
+//! [`jobs::worker::WorkerDeps`], which [`AiBackend::worker_deps`] hands over).
 //!
 //! The modules:
 //! - [`config`]: typed settings from the environment, one file per section, every problem

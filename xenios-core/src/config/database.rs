@@ -11,7 +11,7 @@ use super::reader::Reader;
 pub struct DatabaseConfig {
     /// `DATABASE_URL`: a libpq-style URL. May carry a password, hence secret.
     /// `sslmode=require` (Supabase) turns TLS on. Empty when no database is configured
-    /// (only [`Config::llm_only_from_env`] allows that).
+    /// (only [`crate::Config::llm_only_from_env`] allows that).
     pub url: SecretString,
     /// `DATABASE_POOL_SIZE`: most connections held by this process (default 10).
     pub pool_size: u32,

@@ -8,7 +8,7 @@ use super::reader::Reader;
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// `REDIS_URL`, e.g. `redis://127.0.0.1:6379/0`. May carry a password, hence secret.
-    /// Empty when no Redis is configured (only [`Config::llm_only_from_env`] allows that).
+    /// Empty when no Redis is configured (only [`crate::Config::llm_only_from_env`] allows that).
     pub url: SecretString,
     /// `REDIS_POOL_SIZE`: most connections held by this process (default 16).
     pub pool_size: u32,

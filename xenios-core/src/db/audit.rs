@@ -38,7 +38,7 @@ pub struct AuditStats {
     failed: AtomicU64,
 }
 
-/// A snapshot of [`AuditStats`].
+/// A snapshot of the audit writer's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct AuditStatsSnapshot {
     /// Rows accepted into the queue.

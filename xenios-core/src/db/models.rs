@@ -1,4 +1,4 @@
-//! Typed rows of the tables in [`super::schema`].
+//! Typed rows of the tables in `db::schema`.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;

@@ -425,7 +425,7 @@ impl Jobs {
     }
 
     /// The stored result of a job (PENDING when nothing is stored yet, as in Celery); an id
-    /// that cannot be a task id is [`Error::Validation`] ([`TASK_ID_RULE`]).
+    /// that cannot be a task id is [`Error::Validation`] (`TASK_ID_RULE`).
     pub async fn job_result(&self, task_id: &str) -> Result<JobResult> {
         check_task_id(task_id)?;
         let mut conn = self.producer()?;

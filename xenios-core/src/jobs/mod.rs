@@ -3,10 +3,10 @@
 //!
 //! ## Layout
 //! - [`protocol`]: task message protocol v2 (encode/decode), hand-written.
-//! - [`broker`]: kombu's Redis transport (queues, priority lists, `unacked` bookkeeping,
+//! - `broker`: kombu's Redis transport (queues, priority lists, `unacked` bookkeeping,
 //!   restore of lost messages), with atomic take and ack in Lua.
 //! - [`result`]: Celery's Redis result backend (`celery-task-meta-<id>`).
-//! - [`events`]: `celeryev` events for Flower, heartbeat every 2 s.
+//! - `events`: `celeryev` events for Flower, heartbeat every 2 s.
 //! - [`pidbox`]: replies to `celery inspect`/Flower (ping, stats, active_queues...).
 //! - [`worker`]: the runtime: task registry, concurrency, acks_late, retries, time limits,
 //!   warm shutdown. The `xenios-worker` binary is a shell over it.
@@ -145,7 +145,7 @@ impl Owner {
         }
     }
 
-    /// Parses [`Owner::to_string`]'s form.
+    /// Parses the form `Owner`'s `Display` writes.
     pub fn parse(raw: &str) -> Option<Self> {
         match raw.strip_prefix("user:") {
             Some(u) if !u.is_empty() => Some(Self::User(u.to_owned())),

@@ -1,7 +1,7 @@
 //! Celery's Redis result backend: `celery-task-meta-<id>`, written with SETEX and PUBLISHed
 //! on a channel of the same name in one step (a Python `AsyncResult.get()` waits on the
 //! channel, not by polling). A stored SUCCESS is never overwritten (see
-//! [`crate::jobs::broker`]'s finish script). Failures use Celery's exception shape
+//! `jobs::broker`'s finish script). Failures use Celery's exception shape
 //! `{"exc_type", "exc_message": [...], "exc_module"}` so Python re-raises them.
 //!
 //! A stored result holds the job's output, never its input: of Celery's `result_extended`

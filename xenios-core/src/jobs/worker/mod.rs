@@ -1,6 +1,6 @@
 //! The worker runtime: takes messages from Celery queues, runs registered Rust handlers.
 //!
-//! - **Delivery**: messages are taken atomically into `unacked` ([`crate::jobs::broker::take`]) and acked
+//! - **Delivery**: messages are taken atomically into `unacked` (`jobs::broker::take`) and acked
 //!   after the handler finished (acks_late), in the same Lua step that stores the result.
 //!   A worker that dies leaves its messages in `unacked`; any worker (ours or Celery's)
 //!   restores them after the visibility timeout (reject_on_worker_lost: no FAILURE stored).
@@ -21,7 +21,7 @@
 //!   `WORKER_SHUTDOWN_TIMEOUT_SECS`, then put them, with the reserved and ETA messages, back
 //!   at the front of their queues. Nothing is lost.
 //! - **Bad input**: unknown task names, oversized messages (`JOB_MAX_MESSAGE_BYTES`) and
-//!   undecodable messages go to [`crate::jobs::broker::DEAD_LETTER_KEY`] with a stored
+//!   undecodable messages go to `jobs::broker::DEAD_LETTER_KEY` with a stored
 //!   failure when their id is known; absurd time limits, ETAs and rates are clamped.
 //!
 //! ## Layout
