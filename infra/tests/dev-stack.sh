@@ -23,6 +23,8 @@ field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]
 
 up() {
   DOCKER_BUILDKIT=0 compose build > "$work/build.log" 2>&1 || { tail -30 "$work/build.log"; return 1; }
+  # A fresh database, as on a new machine (the build caches in the other volumes stay).
+  docker volume rm -f xenios-dev_postgres-data >/dev/null || true
   compose up -d
   # The first debug build of the workspace runs inside the containers: up to the 15 minutes
   # the healthchecks allow.

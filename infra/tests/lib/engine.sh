@@ -60,15 +60,20 @@ base_rootfs() {
 # derived_rootfs NAME SETUP-FUNCTION: a copy of the base tree, changed by SETUP (run on the
 # host with the tree as $1, e.g. apt-get in a chroot), kept until the base changes.
 derived_rootfs() {
-  local name="$1" setup="$2" dir="$images_base/$1"
-  if [[ -f "$dir.done" && "$dir.done" -nt "$images_base/.bootstrapped" ]]; then return 0; fi
+  local name="$1" setup="$2" dir="$images_base/$1" recipe
+  # Kept while the base tree and the setup function (its text) are unchanged.
+  recipe="$(declare -f "$setup" | sha256sum | cut -d' ' -f1)"
+  if [[ -f "$dir.done" && "$dir.done" -nt "$images_base/.bootstrapped" \
+        && "$(cat "$dir.done")" == "$recipe" ]]; then
+    return 0
+  fi
   log "images: preparing the $name tree"
   rm -rf "$dir" && cp -a "$images_base/rootfs" "$dir"
   cp /etc/resolv.conf "$dir/etc/resolv.conf"
   "$setup" "$dir" > "$images_base/$name.log" 2>&1 || { tail -30 "$images_base/$name.log"; return 1; }
   rm -rf "$dir"/var/lib/apt/lists/* "$dir"/var/cache/apt/*.bin "$dir"/var/cache/apt/archives/*.deb
   : > "$dir/etc/resolv.conf"
-  touch "$dir.done"
+  echo "$recipe" > "$dir.done"
 }
 
 chroot_apt() {  # chroot_apt DIR PACKAGES...
@@ -153,9 +158,12 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   initdb -D "$PGDATA" -U "$user" --pwfile=/tmp/pwfile --auth-local=trust --auth-host=scram-sha-256 >/dev/null
   rm -f /tmp/pwfile
   echo "host all all 0.0.0.0/0 scram-sha-256" >> "$PGDATA/pg_hba.conf"
-  if [ -n "${POSTGRES_DB:-}" ] && [ "$POSTGRES_DB" != "$user" ]; then
+  # As the official image: POSTGRES_DB defaults to the user's name, and any database but
+  # `postgres` (the one initdb makes) is created.
+  db="${POSTGRES_DB:-$user}"
+  if [ "$db" != postgres ]; then
     postgres --single -D "$PGDATA" -c unix_socket_directories=/tmp postgres <<SQL >/dev/null
-CREATE DATABASE "$POSTGRES_DB" OWNER "$user";
+CREATE DATABASE "$db" OWNER "$user";
 SQL
   fi
 fi
