@@ -44,7 +44,15 @@ fn spawn_worker(concurrency: &str) -> Child {
         .unwrap()
         .join("xenios-worker");
     Command::new(bin)
-        .args(["-Q", "bench", "-c", concurrency, "-n", "bench@%h"])
+        .args([
+            "-Q",
+            "bench",
+            "-c",
+            concurrency,
+            "-n",
+            "bench@%h",
+            "--allow-unhandled-queues",
+        ])
         .env("LOG_LEVEL", "error")
         .stdin(Stdio::null())
         .spawn()
