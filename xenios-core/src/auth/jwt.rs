@@ -147,15 +147,6 @@ impl JwtVerifier {
         {
             return Err(invalid("not a compact JWS (three base64url parts)"));
         }
-        let hash = self.jwks.as_ref().map(|jwks| {
-            let hash = verified::digest(token);
-            (jwks, hash)
-        });
-        if let Some((jwks, hash)) = &hash
-            && let Some(principal) = self.verified.get(hash, |kid| jwks.fresh_key(kid))
-        {
-            return Ok(principal);
-        }
         // `alg: none` and unknown algorithms fail here: jsonwebtoken has no such variants.
         let header = decode_header(token).map_err(|e| invalid(format!("bad header: {e}")))?;
         match header.alg {
@@ -169,11 +160,14 @@ impl JwtVerifier {
                 principal_from(claims)
             }
             Algorithm::ES256 | Algorithm::RS256 => {
-                let Some((jwks, hash)) = hash else {
-                    return Err(invalid(
-                        "asymmetric token but no JWKS is configured (SUPABASE_URL)",
-                    ));
-                };
+                let jwks = self.jwks.as_ref().ok_or_else(|| {
+                    invalid("asymmetric token but no JWKS is configured (SUPABASE_URL)")
+                })?;
+                // Only asymmetric tokens are worth remembering: HS256 costs less than the hash.
+                let hash = verified::digest(token);
+                if let Some(principal) = self.verified.get(&hash, |kid| jwks.fresh_key(kid)) {
+                    return Ok(principal);
+                }
                 let kid = header
                     .kid
                     .as_deref()

@@ -3,6 +3,7 @@
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 use xenios_core::AiBackend;
+use xenios_core::auth::Principal;
 
 use super::ApiTags;
 use super::security::Caller;
@@ -85,9 +86,9 @@ impl MeApi {
         let me = self.backend.whoami(ctx).await?;
         let user = me.user;
         Ok(Json(MeBody {
-            principal: match me.principal {
-                "user" => PrincipalKind::User,
-                "system" => PrincipalKind::System,
+            principal: match &ctx.principal {
+                Principal::User(_) => PrincipalKind::User,
+                Principal::System => PrincipalKind::System,
                 _ => PrincipalKind::Service,
             },
             user_id: user.as_ref().map(|u| u.user_id.clone()),
