@@ -37,6 +37,28 @@ fn opts(queues: &[&str], concurrency: usize) -> WorkerOptions {
     }
 }
 
+/// A worker with the built-in tasks on `default`, running until the sender is used or dropped.
+fn spawn_builtin_worker(
+    backend: &AiBackend,
+    concurrency: usize,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<xenios_core::Result<xenios_core::jobs::WorkerSummary>>,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = Worker::new(
+        backend.clone(),
+        tasks::builtin_registry(&backend.config().jobs),
+        opts(&["default"], concurrency),
+    );
+    (
+        tx,
+        tokio::spawn(worker.run(async {
+            let _ = rx.await;
+        })),
+    )
+}
+
 fn ctx(id: &str) -> RequestContext {
     RequestContext::new(
         CorrelationId::parse(id).unwrap(),
@@ -536,17 +558,7 @@ async fn jobs_revoked_jobs_are_skipped_and_wait_result_sees_results_arrive() {
         .revoke(revoked.as_str(), false)
         .await
         .unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(
-        Worker::new(
-            backend.clone(),
-            tasks::builtin_registry(&backend.config().jobs),
-            opts(&["default"], 2),
-        )
-        .run(async {
-            let _ = rx.await;
-        }),
-    );
+    let (tx, worker) = spawn_builtin_worker(&backend, 2);
     let r = backend
         .jobs()
         .wait_result(revoked.as_str(), Duration::from_secs(10))
@@ -847,17 +859,7 @@ async fn jobs_worker_killed_with_sigkill_mid_job_loses_nothing() {
         backend.jobs().job_result(id.as_str()).await.unwrap().state,
         JobState::Pending
     );
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let rescuer = tokio::spawn(
-        Worker::new(
-            backend.clone(),
-            tasks::builtin_registry(&backend.config().jobs),
-            opts(&["default"], 2),
-        )
-        .run(async {
-            let _ = rx.await;
-        }),
-    );
+    let (tx, rescuer) = spawn_builtin_worker(&backend, 2);
     let r = backend
         .jobs()
         .wait_result(id.as_str(), Duration::from_secs(30))
@@ -960,17 +962,7 @@ async fn jobs_cli_enqueue_waits_for_the_result_and_job_prints_it() {
     let db = TestDb::new().await;
     let backend = backend_on(&db, &redis, &[]).await;
     let vars = vars_for(&db, &redis, &[]);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(
-        Worker::new(
-            backend.clone(),
-            tasks::builtin_registry(&backend.config().jobs),
-            opts(&["default"], 1),
-        )
-        .run(async {
-            let _ = rx.await;
-        }),
-    );
+    let (tx, worker) = spawn_builtin_worker(&backend, 1);
     let (code, out, err) = run_cli(
         &vars,
         &[

@@ -249,6 +249,17 @@ async fn faults_network_cut_for_10s_between_worker_and_redis_then_the_queue_drai
     );
 }
 
+/// `CONFIG SET maxmemory` on the test's private Redis ("1": every write refused, "0": none).
+async fn set_maxmemory(c: &mut redis::aio::MultiplexedConnection, bytes: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(bytes)
+        .query_async(c)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn faults_a_poisoned_item_never_blocks_the_rest_of_its_finish_batch() {
     let redis = TestRedis::new().await;
@@ -343,26 +354,14 @@ async fn faults_redis_at_maxmemory_refuses_enqueues_with_503_and_wedges_nothing(
         ids.push(b["id"].as_str().unwrap().to_owned());
     }
     let mut c = conn(&redis.url()).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("1")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    set_maxmemory(&mut c, "1").await;
     let (code, b) = post_job(&app, json!({"task": "xenios.echo", "args": ["oom"]}))
         .await
         .unwrap();
     assert_eq!(code, 503, "{b}");
     assert_eq!(b["error"]["code"], "queue_unavailable", "{b}");
     drain_builtin(&app.backend, "a full Redis wedged the worker").await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("0")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    set_maxmemory(&mut c, "0").await;
     let (code, b) = post_job(&app, json!({"task": "xenios.echo", "args": ["after"]}))
         .await
         .unwrap();
