@@ -158,6 +158,11 @@ impl State {
             .collect()
     }
 
+    /// The newest request.
+    pub fn last(&self) -> Option<SeenRequest> {
+        self.requests.lock().unwrap().last().cloned()
+    }
+
     /// Requests that named `model`.
     pub fn count(&self, model: &str) -> usize {
         self.counts.lock().unwrap().get(model).copied().unwrap_or(0)
@@ -213,7 +218,7 @@ impl FakeOpenRouter {
 
     /// The newest request.
     pub fn last(&self) -> Option<SeenRequest> {
-        self.state.requests.lock().unwrap().last().cloned()
+        self.state.last()
     }
 
     /// How many requests it received.

@@ -378,15 +378,7 @@ async fn routing_table_is_the_spec_table_on_the_wire_for_primary_and_fallback() 
         assert_eq!(resp.status(), 200, "{task}");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["model_used"], primary, "{task}");
-        let last = s
-            .state
-            .requests
-            .lock()
-            .unwrap()
-            .last()
-            .unwrap()
-            .body
-            .clone();
+        let last = s.state.last().unwrap().body;
         assert_eq!(last["model"], primary, "{task}");
         assert_eq!(last["max_tokens"], json!(max_tokens), "{task}");
         // Sent as the spec writes it (0.3), not widened from f32.
@@ -399,15 +391,7 @@ async fn routing_table_is_the_spec_table_on_the_wire_for_primary_and_fallback() 
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["model_used"], fallback, "{task}");
         assert_eq!(body["fallback_used"], true, "{task}");
-        let last = s
-            .state
-            .requests
-            .lock()
-            .unwrap()
-            .last()
-            .unwrap()
-            .body
-            .clone();
+        let last = s.state.last().unwrap().body;
         assert_eq!(last["model"], fallback, "{task}");
         assert_eq!(last["max_tokens"], json!(max_tokens), "{task}");
         assert_eq!(last["temperature"], json!(temperature), "{task}");
@@ -421,15 +405,7 @@ async fn routing_table_is_the_spec_table_on_the_wire_for_primary_and_fallback() 
     assert_eq!(resp.status(), 200);
     let mut sse = SseReader::new(resp);
     while sse.next().await.is_some() {}
-    let last = s
-        .state
-        .requests
-        .lock()
-        .unwrap()
-        .last()
-        .unwrap()
-        .body
-        .clone();
+    let last = s.state.last().unwrap().body;
     assert_eq!(last["model"], "anthropic/claude-opus-4.5");
     assert_eq!(last["stream"], true);
     assert_eq!(last["max_tokens"], 1500);
