@@ -536,7 +536,7 @@ pub async fn declare_queues<C: ConnectionLike + Send>(
     queues: &[String],
 ) -> Result<()> {
     for q in queues {
-        crate::jobs::check_queue_name(q).map_err(|e| Error::Validation(e.to_string()))?;
+        crate::jobs::check_queue_name(q)?;
     }
     let mut pipe = redis::pipe();
     for q in queues {

@@ -331,11 +331,8 @@ pub fn valid_task_id(id: &str) -> bool {
 
 /// [`Error::Validation`] ([`TASK_ID_RULE`]) unless [`valid_task_id`].
 pub fn check_task_id(id: &str) -> Result<()> {
-    if valid_task_id(id) {
-        Ok(())
-    } else {
-        Err(Error::Validation(TASK_ID_RULE.to_owned()))
-    }
+    TaskId::parse(id)?;
+    Ok(())
 }
 
 /// Whether `name` may be a queue name: 1-128 characters of `[A-Za-z0-9_.:-]`.

@@ -118,7 +118,7 @@ impl Worker {
         // before anything else, naming the queue (broker::declare_queues refuses them too,
         // for callers of the broker itself).
         for q in &queues {
-            crate::jobs::check_queue_name(q).map_err(|e| Error::Validation(e.to_string()))?;
+            crate::jobs::check_queue_name(q)?;
         }
         if !self.allow_unhandled_queues {
             let unhandled = self.unhandled_queues(&queues);
