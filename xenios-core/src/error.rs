@@ -14,8 +14,11 @@ use crate::db::DbError;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A dependency of the backend that can be down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, strum::IntoStaticStr, strum::Display,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 #[non_exhaustive]
 pub enum Component {
     /// Postgres: audit rows, job rows, migrations, the extraction cache, profiles.
@@ -27,16 +30,7 @@ pub enum Component {
 impl Component {
     /// The lower-case name used in logs, health reports and error messages.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Component::Postgres => "postgres",
-            Component::Redis => "redis",
-        }
-    }
-}
-
-impl std::fmt::Display for Component {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 

@@ -8,7 +8,8 @@ use std::str::FromStr;
 pub const DEV_API_KEY: &str = "xenios-dev-key";
 
 /// Deployment environment (`ENVIRONMENT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
 pub enum Environment {
     /// Local development: human-readable logs, permissive defaults, fake LLM without a key.
     Development,
@@ -21,24 +22,31 @@ pub enum Environment {
 impl Environment {
     /// The name as written in `ENVIRONMENT`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Development => "development",
-            Self::Staging => "staging",
-            Self::Production => "production",
-        }
+        self.into()
     }
 }
 
+/// A value of `ENVIRONMENT` or `LOG_FORMAT` that is none of the names it may take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{given}` is not one of {expected}")]
+pub struct UnknownName {
+    /// What was given (trimmed, lower-case).
+    pub given: String,
+    /// The names it may take.
+    pub expected: &'static str,
+}
+
 impl FromStr for Environment {
-    type Err = String;
+    type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "development" | "dev" | "local" => Ok(Self::Development),
             "staging" | "stage" => Ok(Self::Staging),
             "production" | "prod" => Ok(Self::Production),
-            other => Err(format!(
-                "`{other}` is not one of development, staging, production"
-            )),
+            other => Err(UnknownName {
+                given: other.to_owned(),
+                expected: "development, staging, production",
+            }),
         }
     }
 }
@@ -59,12 +67,15 @@ pub enum LogFormat {
 }
 
 impl FromStr for LogFormat {
-    type Err = String;
+    type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "json" => Ok(Self::Json),
             "pretty" | "text" | "human" => Ok(Self::Pretty),
-            other => Err(format!("`{other}` is not one of json, pretty")),
+            other => Err(UnknownName {
+                given: other.to_owned(),
+                expected: "json, pretty",
+            }),
         }
     }
 }

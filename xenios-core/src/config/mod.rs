@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use secrecy::{ExposeSecret, SecretString};
 
 pub use database::DatabaseConfig;
-pub use environment::{DEV_API_KEY, Environment, LogFormat};
+pub use environment::{DEV_API_KEY, Environment, LogFormat, UnknownName};
 pub use jobs::{DEFAULT_JOB_ROUTES, JobsConfig};
 pub use llm::LlmConfig;
 pub use openrouter::OpenRouterConfig;

@@ -126,8 +126,9 @@ pub struct JobRecord {
 }
 
 /// Outcome of an LLM call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::IntoStaticStr)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum InferenceStatus {
     /// A completion was returned.
     Success,
@@ -140,11 +141,7 @@ pub enum InferenceStatus {
 impl InferenceStatus {
     /// The stored name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::Error => "error",
-            Self::Cancelled => "cancelled",
-        }
+        self.into()
     }
 }
 

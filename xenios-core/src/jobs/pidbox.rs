@@ -244,7 +244,10 @@ fn reply(shared: &Shared, method: &str, args: &Value) -> Value {
             let task = args.get("task_name").and_then(Value::as_str).unwrap_or("");
             // Clamped to `JOB_MAX_TIME_LIMIT_SECS`, as a message's own limits are.
             let max = shared.deps.jobs_config().max_time_limit;
-            let secs = |k: &str| -> Result<Option<Duration>, String> {
+            #[derive(Debug, thiserror::Error)]
+            #[error("{0} must be a positive number of seconds")]
+            struct NotSeconds(String);
+            let secs = |k: &str| -> Result<Option<Duration>, NotSeconds> {
                 match args.get(k) {
                     None | Some(Value::Null) => Ok(None),
                     Some(v) => v
@@ -252,7 +255,7 @@ fn reply(shared: &Shared, method: &str, args: &Value) -> Value {
                         .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
                         .and_then(|s| crate::jobs::time_limit(s, max))
                         .map(Some)
-                        .ok_or_else(|| format!("{k} must be a positive number of seconds")),
+                        .ok_or_else(|| NotSeconds(k.to_owned())),
                 }
             };
             match (secs("soft"), secs("hard")) {
@@ -264,7 +267,7 @@ fn reply(shared: &Shared, method: &str, args: &Value) -> Value {
                         json!({"error": "unknown task"})
                     }
                 }
-                (Err(e), _) | (_, Err(e)) => json!({"error": e}),
+                (Err(e), _) | (_, Err(e)) => json!({"error": e.to_string()}),
             }
         }
         "rate_limit" => {

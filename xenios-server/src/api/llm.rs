@@ -172,8 +172,9 @@ pub struct StreamEventBody {
 }
 
 /// The type of a stream event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, strum::IntoStaticStr)]
 #[oai(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum StreamEventType {
     /// New text.
     Delta,
@@ -186,11 +187,7 @@ pub enum StreamEventType {
 impl StreamEventType {
     /// The SSE event name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Delta => "delta",
-            Self::Done => "done",
-            Self::Error => "error",
-        }
+        self.into()
     }
 }
 

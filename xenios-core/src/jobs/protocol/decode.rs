@@ -235,7 +235,7 @@ impl RawEnvelope {
         let time = |k: &str, v: Option<Value>| {
             read_time(k, v)
                 .map(|t| t.map(|t| t.min(latest)))
-                .map_err(&fail)
+                .map_err(|e| fail(e.to_string()))
         };
         let eta = time("eta", headers.eta)?;
         let expires = time("expires", headers.expires)?;
@@ -285,16 +285,25 @@ impl RawEnvelope {
 }
 
 /// `eta`/`expires`: ISO 8601, or seconds since the epoch (clamped to a year from now).
-fn read_time(k: &str, v: Option<Value>) -> Result<Option<DateTime<Utc>>, String> {
+fn read_time(k: &str, v: Option<Value>) -> Result<Option<DateTime<Utc>>, BadTime> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => parse_time(&s)
             .map(Some)
-            .ok_or_else(|| format!("headers.{k} `{s}` is not an ISO 8601 time")),
+            .ok_or_else(|| BadTime::NotIso8601(k.to_owned(), s)),
         Some(Value::Number(n)) => Ok(n.as_f64().filter(|secs| secs.is_finite()).and_then(|secs| {
             let far = (Utc::now() + chrono::Duration::days(366)).timestamp() as f64;
             DateTime::from_timestamp_millis((secs.clamp(0.0, far) * 1000.0) as i64)
         })),
-        Some(_) => Err(format!("headers.{k} is not a time")),
+        Some(_) => Err(BadTime::NotATime(k.to_owned())),
     }
+}
+
+/// Why a time header (`eta`, `expires`) cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum BadTime {
+    #[error("headers.{0} `{1}` is not an ISO 8601 time")]
+    NotIso8601(String, String),
+    #[error("headers.{0} is not a time")]
+    NotATime(String),
 }
