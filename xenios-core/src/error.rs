@@ -95,6 +95,18 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// A dependency answered, but holds data this backend cannot use (a Redis key of the
+    /// wrong type): not an outage, and retrying will not help until it is repaired.
+    #[error("{component} holds inconsistent data: {message}")]
+    Inconsistent {
+        /// Which dependency.
+        component: Component,
+        /// What it answered.
+        message: String,
+        /// The client library's error.
+        #[source]
+        source: BoxError,
+    },
     /// A Postgres operation failed (see [`DbError`]).
     #[error(transparent)]
     Db(#[from] DbError),
@@ -157,7 +169,9 @@ impl Error {
     /// The classification of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Config(_) | Error::Internal(_) => ErrorKind::Internal,
+            Error::Config(_) | Error::Internal(_) | Error::Inconsistent { .. } => {
+                ErrorKind::Internal
+            }
             Error::Auth(e) => e.kind(),
             Error::Validation(_) | Error::UnknownTask(_) => ErrorKind::Validation,
             Error::NotFound(_) => ErrorKind::NotFound,
@@ -192,7 +206,7 @@ impl Error {
                 ErrorKind::Unavailable => "service_unavailable",
                 _ => "internal_error",
             },
-            Error::Internal(_) => "internal_error",
+            Error::Internal(_) | Error::Inconsistent { .. } => "internal_error",
             Error::Llm(e) if e.refused => "upstream_refused",
             Error::Llm(e) if e.is_timeout() => "upstream_timeout",
             Error::Llm(_) => "all_models_failed",

@@ -14,11 +14,28 @@ pub use ::redis;
 /// The Redis connection pool.
 pub type RedisPool = bb8::Pool<RedisConnectionManager>;
 
-/// Redis is down, did not answer, or refused what it was asked: the one way every module
-/// reports it (a 503 `queue_unavailable` to HTTP callers, see [`Error::code`]). The Redis
-/// error stays the source.
+/// A Redis error, classified in the one way every module reports it; the Redis error stays
+/// the source. A key that holds the wrong type for what is asked of it (`WRONGTYPE`, or a
+/// script's `XENIOS_WRONGTYPE`), or a reply of another shape than expected, is
+/// [`Error::Inconsistent`]: Redis answered, and asking again will not help until the key is
+/// repaired (HTTP 500). Anything else (down, restarting, `OOM` at `maxmemory`, read-only)
+/// is [`Error::Unavailable`], which a caller may retry (a 503 `queue_unavailable`). In a
+/// pipeline, one wrong-type reply makes the whole error [`Error::Inconsistent`].
 pub(crate) fn error(e: ::redis::RedisError) -> Error {
-    Error::unavailable_from(Component::Redis, e)
+    let wrong_type = |code: &str| matches!(code, "WRONGTYPE" | "XENIOS_WRONGTYPE");
+    let wrong_data = e.kind() == ::redis::ErrorKind::UnexpectedReturnType
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, s)| wrong_type(s.code())));
+    if wrong_data {
+        Error::Inconsistent {
+            component: Component::Redis,
+            message: e.to_string(),
+            source: Box::new(e),
+        }
+    } else {
+        Error::unavailable_from(Component::Redis, e)
+    }
 }
 
 /// [`error`] for a condition found by this backend rather than reported by the client.
@@ -49,5 +66,32 @@ impl KindDescription for redis::RedisError {
             self.kind(),
             self.detail().unwrap_or("invalid URL")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn server(code: &str) -> ::redis::RedisError {
+        ::redis::make_extension_error(code.to_owned(), Some("detail".to_owned()))
+    }
+
+    #[test]
+    fn wrong_types_are_bad_data_and_the_rest_is_an_outage() {
+        for code in ["WRONGTYPE", "XENIOS_WRONGTYPE"] {
+            let e = error(server(code));
+            assert_eq!(e.kind(), ErrorKind::Internal, "{code}: {e}");
+            assert_eq!(e.code(), "internal_error");
+            assert!(std::error::Error::source(&e).is_some());
+        }
+        for code in ["OOM", "LOADING", "READONLY", "MASTERDOWN", "BUSY"] {
+            let e = error(server(code));
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{code}: {e}");
+            assert_eq!(e.code(), "queue_unavailable");
+        }
+        let io = ::redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert_eq!(error(io).kind(), ErrorKind::Unavailable);
     }
 }

@@ -1,14 +1,14 @@
 //! The server's one error mapping, over HTTP from the real `xenios-server` process: a
-//! refused caller is 403, a dependency that is down is 503 (and the same request succeeds
-//! once it is back), each as `{"error": {"code", "message", "correlation_id"}}` whose
-//! correlation ID is the request's. (The 500 of a route mounted without its authentication
-//! layer has no trigger a client can reach in the shipped server; `abuse_llm` mounts the
-//! routes bare to check it.)
+//! refused caller is 403, a dependency holding data the backend cannot use is 500 (and the
+//! same request succeeds once it is repaired), a dependency that is down is 503 (and the
+//! same request succeeds once it is back), each as
+//! `{"error": {"code", "message", "correlation_id"}}` whose correlation ID is the request's.
 
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
+use xenios_core::redis::redis;
 use xenios_tests::fake_openrouter::{FakeOpenRouter, Replies};
 use xenios_tests::process::ServerProcess;
 use xenios_tests::{API_KEY, RedisProcess, TestDb, test_vars, wait_for};
@@ -56,7 +56,7 @@ async fn expect_error(req: reqwest::RequestBuilder, status: u16, code: &str) -> 
 }
 
 #[tokio::test]
-async fn the_real_server_maps_refusals_to_403_and_a_dependency_down_to_503() {
+async fn the_real_server_maps_refusals_to_403_bad_data_to_500_and_a_dependency_down_to_503() {
     let db = TestDb::new().await;
     let mut redis = RedisProcess::start().await;
     let upstream = FakeOpenRouter::start(Replies::ok()).await;
@@ -101,12 +101,43 @@ async fn the_real_server_maps_refusals_to_403_and_a_dependency_down_to_503() {
         .as_str()
         .unwrap()
         .to_owned();
+    let get_job = || {
+        client
+            .get(server.url(&format!("/api/v1/jobs/{id}")))
+            .header("x-api-key", API_KEY)
+    };
+
+    // 500: the job's result key holds a hash (planted by hand). Redis answers, so this is no
+    // outage to retry: an internal error that tells the caller nothing of Redis' reply.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let result_key = format!("celery-task-meta-{id}");
+    let _: () = redis::cmd("HSET")
+        .arg(&result_key)
+        .arg("planted")
+        .arg("by hand")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let e = expect_error(get_job(), 500, "internal_error").await;
+    assert_eq!(e["message"], "internal error", "{e}");
+    // Repaired: the same request answers again, without a restart.
+    let _: () = redis::cmd("DEL")
+        .arg(&result_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let repaired = get_job().send().await.unwrap();
+    assert_eq!(repaired.status(), 200);
+    let job: Value = repaired.json().await.unwrap();
+    assert_eq!(job["state"], "PENDING", "{job}");
+
     redis.stop();
     expect_error(enqueue(), 503, "queue_unavailable").await;
-    let get = client
-        .get(server.url(&format!("/api/v1/jobs/{id}")))
-        .header("x-api-key", API_KEY);
-    expect_error(get, 503, "queue_unavailable").await;
+    expect_error(get_job(), 503, "queue_unavailable").await;
     let ready = client
         .get(server.url("/health/ready"))
         .send()
