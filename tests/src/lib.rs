@@ -575,7 +575,8 @@ impl TestApp {
         vars: HashMap<String, String>,
     ) -> Self {
         let config = Config::from_map(&vars).expect("test config");
-        let backend = AiBackend::builder(config).build().await.expect("backend");
+        // As `xenios-server` starts its backend; only the listener differs (port 0).
+        let backend = xenios_server::start(config).await.expect("backend");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

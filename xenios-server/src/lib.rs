@@ -155,18 +155,27 @@ pub async fn run(
     Ok(())
 }
 
-/// Builds the backend from `config`, binds `HOST:PORT` and serves until `shutdown`.
+/// The backend the server runs, from `config`: logs the configuration's warnings, builds it
+/// (a bad setting fails here, not on first use) and applies the migration policy. [`serve`]
+/// starts with it, and so do the integration tests.
+pub async fn start(config: Config) -> xenios_core::Result<AiBackend> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let backend = AiBackend::builder(config).build().await?;
+    backend.prepare().await?;
+    Ok(backend)
+}
+
+/// Builds the backend from `config` ([`start`]), binds `HOST:PORT` and serves until
+/// `shutdown`.
 pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let started = Instant::now();
     let bind = config.bind_address();
-    for warning in config.warnings() {
-        tracing::warn!("{warning}");
-    }
-    let backend = AiBackend::builder(config).build().await?;
-    backend.prepare().await?;
+    let backend = start(config).await?;
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     tracing::info!(
         environment = %backend.config().environment,
