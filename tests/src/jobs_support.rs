@@ -243,3 +243,30 @@ impl Drop for ChildProcess {
         let _ = self.0.wait();
     }
 }
+
+/// A broadcast control request (`celery.pidbox`) as Celery 5.6 publishes it (see the captured
+/// traffic in `tests/fixtures/celery/redis-traffic-decoded.txt`):
+/// written here by hand, not by the worker's own encoder, so a test of the worker's control
+/// handling does not depend on the code it checks.
+pub fn control_request(method: &str, arguments: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let body = serde_json::json!({
+        "method": method, "arguments": arguments, "destination": null, "pattern": null,
+        "matcher": null, "ticket": uuid::Uuid::new_v4().to_string(), "reply_to": null,
+    });
+    let expires = chrono::Utc::now().timestamp() as f64 + 10.0;
+    serde_json::json!({
+        "body": base64::engine::general_purpose::STANDARD.encode(body.to_string()),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"clock": 1, "expires": expires},
+        "properties": {
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "celery.pidbox", "routing_key": ""},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": uuid::Uuid::new_v4().to_string(),
+        },
+    })
+    .to_string()
+}

@@ -18,7 +18,7 @@ use poem::{Body, EndpointExt, Response, handler};
 use prost::Message as _;
 use serde_json::{Value, json};
 use xenios_core::Config;
-use xenios_core::jobs::protocol::TaskMessage;
+use xenios_core::jobs::TaskMessage;
 use xenios_core::jobs::{Worker, WorkerOptions, tasks};
 use xenios_core::redis::redis;
 use xenios_tests::fake_openrouter::FakeOpenRouter;

@@ -211,7 +211,7 @@ async fn main() {
                 .expect("task-started event")
                 .unwrap();
             let env: serde_json::Value = serde_json::from_slice(msg.get_payload_bytes()).unwrap();
-            let Some(body) = xenios_core::jobs::protocol::envelope_body(&env) else {
+            let Some(body) = event_body(&env) else {
                 continue;
             };
             let list = match body {
@@ -363,4 +363,14 @@ async fn main() {
         busy_rss as f64 / 1024.0
     );
     backend.database().flush_audit().await;
+}
+
+/// The body of a kombu event envelope (base64 JSON, as Celery and our worker publish it).
+fn event_body(envelope: &serde_json::Value) -> Option<serde_json::Value> {
+    use base64::Engine as _;
+    let b64 = envelope.get("body")?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use xenios_tests::cli::run_cli;
 
 use serde_json::{Value, json};
-use xenios_core::jobs::protocol::TaskMessage;
+use xenios_core::jobs::TaskMessage;
 use xenios_core::jobs::{
     EnqueueRequest, JobState, TaskContext, TaskError, TaskRegistry, Worker, WorkerOptions, tasks,
 };

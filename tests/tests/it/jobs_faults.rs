@@ -469,7 +469,7 @@ async fn faults_absurd_time_limits_and_control_commands_are_clamped_never_a_pani
             json!({"task_name": "xenios.echo", "hard": -1}),
         ),
     ] {
-        let req = xenios_core::jobs::pidbox::request(method, args, None);
+        let req = xenios_tests::jobs_support::control_request(method, args);
         let _: i64 = redis::cmd("PUBLISH")
             .arg(&channel)
             .arg(req)

@@ -2,12 +2,14 @@
 //! producers feed our workers, and one Flower shows both.
 //!
 //! ## Layout
-//! - [`protocol`]: task message protocol v2 (encode/decode), hand-written.
+//! - `protocol`: task message protocol v2 (encode/decode), hand-written; its message is
+//!   [`TaskMessage`], and its headers of ours are [`CORRELATION_HEADER`], [`USER_HEADER`]
+//!   and [`OWNER_HEADER`].
 //! - `broker`: kombu's Redis transport (queues, priority lists, `unacked` bookkeeping,
 //!   restore of lost messages), with atomic take and ack in Lua.
 //! - [`result`]: Celery's Redis result backend (`celery-task-meta-<id>`).
 //! - `events`: `celeryev` events for Flower, heartbeat every 2 s.
-//! - [`pidbox`]: replies to `celery inspect`/Flower (ping, stats, active_queues...).
+//! - `pidbox`: replies to `celery inspect`/Flower (ping, stats, active_queues...).
 //! - [`worker`]: the runtime: task registry, concurrency, acks_late, retries, time limits,
 //!   warm shutdown. The `xenios-worker` binary is a shell over it.
 //! - [`tasks`]: the handlers shipped with the worker (`xenios.echo`, `xenios.noop`...).
@@ -21,7 +23,7 @@
 //! backend uses for something else ([`reserved_queue`]): every queue, from a request,
 //! `JOB_ROUTES`, `JOB_DEFAULT_QUEUE`, `JOB_EXTRA_TASKS` or `xenios-worker -Q`, passes
 //! [`check_queue_name`]. Every job records its [`Owner`] in its message
-//! ([`protocol::OWNER_HEADER`]), its job row and a small Redis key next to its result
+//! ([`OWNER_HEADER`]), its job row and a small Redis key next to its result
 //! ([`owner_key`]), which the HTTP API checks before showing or revoking a job.
 //!
 //! [`Jobs`] (`client.rs`, reached through [`crate::AiBackend::jobs`]) enqueues
@@ -34,13 +36,14 @@ mod client;
 pub(crate) mod events;
 mod job_state;
 mod names;
-pub mod pidbox;
-pub mod protocol;
+pub(crate) mod pidbox;
+pub(crate) mod protocol;
 pub mod result;
 pub mod tasks;
 pub mod worker;
 
 pub use client::{Enqueued, Jobs};
+pub use protocol::{CORRELATION_HEADER, DecodeError, OWNER_HEADER, TaskMessage, USER_HEADER};
 
 use std::fmt;
 use std::time::Duration;
@@ -53,7 +56,6 @@ use crate::config::JobsConfig;
 use crate::context::RequestContext;
 use crate::db::models::JobStateChange;
 use crate::error::{Error, Result};
-use crate::jobs::protocol::TaskMessage;
 use crate::redis::RedisPool;
 
 pub use crate::jobs::job_state::JobState;

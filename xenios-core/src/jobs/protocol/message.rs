@@ -41,11 +41,11 @@ pub struct TaskMessage {
     pub group: Option<String>,
     /// Name of the producer process (`gen<pid>@<host>`).
     pub origin: String,
-    /// Correlation ID carried in [`super::CORRELATION_HEADER`].
+    /// Correlation ID carried in [`crate::jobs::CORRELATION_HEADER`].
     pub correlation_id: Option<String>,
-    /// User ID carried in [`super::USER_HEADER`].
+    /// User ID carried in [`crate::jobs::USER_HEADER`].
     pub user_id: Option<String>,
-    /// Owner carried in [`super::OWNER_HEADER`] (`user:<id>` or `service`).
+    /// Owner carried in [`crate::jobs::OWNER_HEADER`] (`user:<id>` or `service`).
     pub owner: Option<String>,
     /// Whether the producer asked Celery not to store a result.
     pub ignore_result: bool,

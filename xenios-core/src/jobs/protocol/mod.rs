@@ -30,9 +30,9 @@ mod repr;
 mod time;
 
 pub use self::decode::DecodeError;
-pub use self::kombu::{b64_json, envelope, envelope_body, hostname, origin};
+pub use self::kombu::{envelope, envelope_body, hostname, origin};
 pub use self::message::TaskMessage;
-pub use self::repr::{REPR_MAX_CHARS, args_repr, kwargs_repr, py_repr};
+pub use self::repr::{args_repr, kwargs_repr, py_repr};
 pub use self::time::{iso, parse_time};
 
 /// Header carrying the correlation ID of the request that enqueued a task.
