@@ -11,7 +11,7 @@
 //! | call | handle | where it lives |
 //! |---|---|---|
 //! | `backend.llm()` | [`llm::Llm`]: complete, stream, budgets, counters | [`llm`] |
-//! | `backend.jobs()` | [`jobs::Jobs`]: enqueue, results, revoke | [`jobs`] (`client.rs`) |
+//! | `backend.jobs()` | [`jobs::Jobs`]: enqueue, results, revoke | [`jobs`] (`client/`) |
 //! | `backend.auth()` | [`auth::Auth`]: API key, Supabase tokens, rate limits | [`auth`] (`gate.rs`) |
 //! | `backend.database()` | [`db::Database`]: migrations, rows, audit counters | [`db`] (`database.rs`) |
 //! | `backend.readiness()`, `status()`, `whoami()`, `prepare()`, `shutdown()` | the facade | `backend.rs` |

@@ -26,7 +26,7 @@
 //! ([`OWNER_HEADER`]), its job row and a small Redis key next to its result
 //! ([`owner_key`]), which the HTTP API checks before showing or revoking a job.
 //!
-//! [`Jobs`] (`client.rs`, reached through [`crate::AiBackend::jobs`]) enqueues
+//! [`Jobs`] (`client/`, reached through [`crate::AiBackend::jobs`]) enqueues
 //! ([`Jobs::enqueue`], [`Jobs::enqueue_for_caller`]), reads ([`Jobs::job_result`]), waits
 //! for ([`Jobs::wait_result`]) and revokes ([`Jobs::revoke`]) jobs.
 
