@@ -4,7 +4,7 @@
 //! facade, [`AiBackend`]; the server, worker and CLI binaries are thin shells over it.
 //!
 //! ## Layout
-//! [`AiBackend`] (`backend.rs`) is built once ([`AiBackend::builder`]) and hands out one
+//! [`AiBackend`] (`backend/`) is built once ([`AiBackend::builder`]) and hands out one
 //! handle per domain; each handle lives in its domain's module, so the facade stays a table
 //! of contents rather than a second copy of every domain's API:
 //!
@@ -14,7 +14,7 @@
 //! | `backend.jobs()` | [`jobs::Jobs`]: enqueue, results, revoke | [`jobs`] (`client/`) |
 //! | `backend.auth()` | [`auth::Auth`]: API key, Supabase tokens, rate limits | [`auth`] (`gate.rs`) |
 //! | `backend.database()` | [`db::Database`]: migrations, rows, audit counters | [`db`] (`database.rs`) |
-//! | `backend.readiness()`, `status()`, `whoami()`, `prepare()`, `shutdown()` | the facade | `backend.rs` |
+//! | `backend.readiness()`, `status()`, `whoami()`, `prepare()`, `shutdown()` | the facade | `backend/` (`status.rs`, `mod.rs`) |
 //!
 //! Why handles and not one flat facade: each domain's calls, errors and docs stay together,
 //! an embedder sees at a glance what a domain offers, and a domain never needs the facade:

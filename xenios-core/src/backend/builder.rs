@@ -1,54 +1,19 @@
-//! [`AiBackend`]: the one typed entry point of the engine, and its builder.
-//!
-//! The facade owns what every domain shares (the configuration, the pools, the background
-//! tasks) and hands out one small handle per domain: [`AiBackend::llm`],
-//! [`AiBackend::jobs`], [`AiBackend::auth`], [`AiBackend::database`]. What a caller does
-//! lives on the handle of its domain; what concerns the whole backend (readiness, status,
-//! shutdown) lives here.
+//! Building an [`AiBackend`]: from a [`Config`], with parts a caller may supply.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
 
-use crate::auth::{Auth, Principal, UserContext};
+use super::{AiBackend, Inner};
+use crate::auth::Auth;
 use crate::config::Config;
-use crate::context::RequestContext;
 use crate::db::audit::AuditWriter;
 use crate::db::{self, Database, PgPool};
-use crate::error::{Component, Error, Result};
-use crate::health::{self, ComponentHealth, Readiness};
+use crate::error::{Error, Result};
 use crate::jobs::Jobs;
-use crate::jobs::worker::WorkerDeps;
-use crate::llm::{FakeProvider, Llm, OpenRouterProvider, Provider, TokenBudget, TokenUsage};
+use crate::llm::{FakeProvider, Llm, OpenRouterProvider, Provider, TokenBudget};
 use crate::redis::{self as xredis, RedisPool};
-
-/// Name reported by `/api/v1/status`.
-pub const SERVICE_NAME: &str = "xenios-ai-backend";
-/// Version of this build.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Git commit of this build (`unknown` when built outside a checkout without `GIT_COMMIT`).
-pub const GIT_COMMIT: &str = env!("XENIOS_GIT_COMMIT");
-
-/// The engine. Cheap to clone: all clones share pools and state.
-#[derive(Clone, Debug)]
-pub struct AiBackend {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    config: Config,
-    /// Built without Redis: a pool that never connects, see [`unconfigured_redis_pool`].
-    redis: RedisPool,
-    has_redis: bool,
-    database: Database,
-    auth: Auth,
-    llm: Llm,
-    jobs: Jobs,
-    started_at: Instant,
-}
 
 /// Builds an [`AiBackend`] from a [`Config`], optionally with parts supplied by the caller.
 #[derive(Debug)]
@@ -179,37 +144,6 @@ pub fn upstream_http_client(connect_timeout: Duration) -> Result<reqwest::Client
         .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))
 }
 
-/// What `/api/v1/status` reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceStatus {
-    /// Service name.
-    pub service: &'static str,
-    /// Crate version.
-    pub version: &'static str,
-    /// Git commit of the build.
-    pub git_commit: &'static str,
-    /// `ENVIRONMENT`.
-    pub environment: &'static str,
-    /// Seconds since the backend was built.
-    pub uptime_secs: u64,
-    /// Whether the built-in fake LLM answers (no `OPENROUTER_API_KEY` and no provider
-    /// given to the builder).
-    pub fake_llm: bool,
-    /// Health of each dependency.
-    pub components: Vec<ComponentHealth>,
-}
-
-/// Who is calling, as `/api/v1/me` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Whoami {
-    /// `user`, `service` or `system` ([`Principal::kind_name`]).
-    pub principal: &'static str,
-    /// The signed-in user, for a user.
-    pub user: Option<UserContext>,
-    /// For a user: today's LLM token spending and the daily limit.
-    pub tokens: Option<TokenUsage>,
-}
-
 impl AiBackend {
     /// Starts building a backend from a configuration.
     pub fn builder(config: Config) -> AiBackendBuilder {
@@ -325,183 +259,5 @@ impl Parts {
                 started_at: Instant::now(),
             }),
         })
-    }
-}
-
-impl AiBackend {
-    /// The configuration the backend was built with.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// LLM calls: [`Llm::complete`] and [`Llm::stream`] along a task's route with retries
-    /// and fallback, daily user budgets ([`Llm::budget`]), counters ([`Llm::metrics`]).
-    pub fn llm(&self) -> &Llm {
-        &self.inner.llm
-    }
-
-    /// The job queue's producer: enqueue, results, revocation.
-    pub fn jobs(&self) -> &Jobs {
-        &self.inner.jobs
-    }
-
-    /// Authentication (API key, Supabase tokens) and rate limits.
-    pub fn auth(&self) -> &Auth {
-        &self.inner.auth
-    }
-
-    /// Postgres: migrations, job and inference rows, the extraction cache, profiles, and
-    /// the audit writer's counters.
-    pub fn database(&self) -> &Database {
-        &self.inner.database
-    }
-
-    /// True unless built without a database.
-    pub fn has_database(&self) -> bool {
-        self.inner.database.is_configured()
-    }
-
-    /// True unless built without Redis.
-    pub fn has_redis(&self) -> bool {
-        self.inner.has_redis
-    }
-
-    /// The parts a [`crate::jobs::worker::Worker`] runs on (jobs settings and client, Redis,
-    /// job rows, the LLM handle), handed over so the worker never holds the facade.
-    pub fn worker_deps(&self) -> WorkerDeps {
-        let i = &self.inner;
-        WorkerDeps::new(
-            i.config.jobs.clone(),
-            i.config.redis.url.clone(),
-            i.jobs.clone(),
-            i.redis.clone(),
-            i.database.clone(),
-            i.llm.clone(),
-        )
-    }
-
-    /// Time since the backend was built.
-    pub fn uptime(&self) -> Duration {
-        self.inner.started_at.elapsed()
-    }
-
-    /// Applies the migration policy of the configuration at startup: with
-    /// `RUN_MIGRATIONS` on, applies pending migrations and returns their versions; off,
-    /// does nothing (an operator runs `xenios-cli migrate`).
-    pub async fn prepare(&self) -> Result<Vec<String>> {
-        if !self.inner.config.database.run_migrations {
-            return Ok(Vec::new());
-        }
-        let applied = self.inner.database.migrate().await?;
-        tracing::info!(applied = ?applied, "migrations up to date");
-        Ok(applied)
-    }
-
-    /// Who `ctx` is, with today's token use for a user.
-    pub async fn whoami(&self, ctx: &RequestContext) -> Result<Whoami> {
-        let principal = ctx.principal.kind_name();
-        Ok(match &ctx.principal {
-            Principal::User(u) => {
-                let tokens = match self.inner.llm.budget() {
-                    Some(b) => b.usage(&u.user_id).await?,
-                    None => TokenUsage { used: 0, limit: 0 },
-                };
-                Whoami {
-                    principal,
-                    user: Some(u.clone()),
-                    tokens: Some(tokens),
-                }
-            }
-            _ => Whoami {
-                principal,
-                user: None,
-                tokens: None,
-            },
-        })
-    }
-
-    /// Stops what construction started: waits (at most `deadline`) for queued audit rows
-    /// and job events to be written, then stops the audit writer and the event sender.
-    /// Returns false when audit rows were still queued at the deadline (they are counted
-    /// as dropped). Call once, when the process stops; the backend must not be used after.
-    pub async fn shutdown(&self, deadline: Duration) -> bool {
-        let (flushed, ()) = tokio::join!(self.inner.database.flush_audit_within(deadline), async {
-            if tokio::time::timeout(deadline, self.inner.jobs.shutdown())
-                .await
-                .is_err()
-            {
-                tracing::warn!("job events still queued at shutdown");
-            }
-        });
-        self.inner.database.audit().stop();
-        flushed
-    }
-
-    /// Probes Postgres and Redis concurrently, each within `READY_TIMEOUT_MS`; one the
-    /// backend was built without is reported as not configured, never probed.
-    pub async fn readiness(&self) -> Readiness {
-        let deadline = self.inner.config.server.ready_timeout;
-        let pg = async {
-            if self.has_database() {
-                health::probe(Component::Postgres, deadline, self.inner.database.ping()).await
-            } else {
-                ComponentHealth::not_configured(Component::Postgres)
-            }
-        };
-        let redis = async {
-            if self.has_redis() {
-                health::probe(Component::Redis, deadline, self.ping_redis()).await
-            } else {
-                ComponentHealth::not_configured(Component::Redis)
-            }
-        };
-        let (pg, redis) = tokio::join!(pg, redis);
-        Readiness::from_components(vec![pg, redis])
-    }
-
-    /// Service identity, uptime and component health.
-    pub async fn status(&self) -> ServiceStatus {
-        let readiness = self.readiness().await;
-        ServiceStatus {
-            service: SERVICE_NAME,
-            version: VERSION,
-            git_commit: GIT_COMMIT,
-            environment: self.inner.config.environment.as_str(),
-            uptime_secs: self.uptime().as_secs(),
-            fake_llm: self.inner.llm.provider_name() == Provider::name(&FakeProvider),
-            components: readiness.components,
-        }
-    }
-
-    async fn ping_redis(&self) -> Result<()> {
-        let mut conn = self
-            .inner
-            .redis
-            .get()
-            .await
-            .map_err(|e| Error::unavailable_from(Component::Redis, e))?;
-        let pong: String = xredis::redis::cmd("PING")
-            .query_async(&mut *conn)
-            .await
-            .map_err(xredis::error)?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(xredis::unavailable(format!(
-                "unexpected PING reply `{pong}`"
-            )))
-        }
-    }
-}
-
-impl From<&AiBackend> for WorkerDeps {
-    fn from(backend: &AiBackend) -> Self {
-        backend.worker_deps()
-    }
-}
-
-impl From<AiBackend> for WorkerDeps {
-    fn from(backend: AiBackend) -> Self {
-        backend.worker_deps()
     }
 }
