@@ -38,6 +38,7 @@
 //! - [`health`]: readiness probes of the dependencies.
 //! - [`telemetry`]: structured logging, error reports, traces.
 //! - [`shutdown`]: SIGTERM/SIGINT handling shared by the binaries.
+//! - [`version`]: the service name, version and commit of this build.
 //! - [`error`]: the one facade [`Error`], its [`ErrorKind`] classification and the
 //!   [`error::Component`] that is down.
 //!
@@ -66,6 +67,7 @@ pub mod metrics;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
+pub mod version;
 
 pub use backend::{AiBackend, AiBackendBuilder, ServiceStatus};
 pub use config::{Config, ConfigError, Environment};

@@ -27,12 +27,7 @@ use crate::jobs::worker::WorkerDeps;
 use crate::llm::Llm;
 use crate::redis::RedisPool;
 
-/// Name reported by `/api/v1/status`.
-pub const SERVICE_NAME: &str = "xenios-ai-backend";
-/// Version of this build.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Git commit of this build (`unknown` when built outside a checkout without `GIT_COMMIT`).
-pub const GIT_COMMIT: &str = env!("XENIOS_GIT_COMMIT");
+pub use crate::version::{GIT_COMMIT, SERVICE_NAME, VERSION};
 
 /// The engine. Cheap to clone: all clones share pools and state.
 #[derive(Clone, Debug)]

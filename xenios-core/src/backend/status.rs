@@ -2,13 +2,14 @@
 
 use serde::Serialize;
 
-use super::{AiBackend, GIT_COMMIT, SERVICE_NAME, VERSION};
+use super::AiBackend;
 use crate::auth::{Principal, UserContext};
 use crate::context::RequestContext;
 use crate::error::{Component, Error, Result};
 use crate::health::{self, ComponentHealth, Readiness};
 use crate::llm::{FakeProvider, Provider, TokenUsage};
 use crate::redis::{self as xredis};
+use crate::version::{GIT_COMMIT, SERVICE_NAME, VERSION};
 
 /// What `/api/v1/status` reports.
 #[derive(Debug, Clone, Serialize)]

@@ -67,7 +67,7 @@ pub(crate) fn client_options(config: &Config) -> Option<sentry::ClientOptions> {
     let secrets = Arc::new(secret_values(config));
     let mut options = sentry::ClientOptions::new();
     options.dsn = Some(dsn);
-    options.release = Some(crate::backend::GIT_COMMIT.into());
+    options.release = Some(crate::version::GIT_COMMIT.into());
     options.environment = Some(config.environment.as_str().into());
     options.send_default_pii = false;
     options.attach_stacktrace = false;
@@ -277,7 +277,7 @@ mod tests {
         assert!(client_options(&config(&[])).is_none());
         let o = client_options(&config(&[("SENTRY_DSN", "http://k@127.0.0.1:9/1")])).unwrap();
         assert_eq!(o.environment.as_deref(), Some("development"));
-        assert_eq!(o.release.as_deref(), Some(crate::backend::GIT_COMMIT));
+        assert_eq!(o.release.as_deref(), Some(crate::version::GIT_COMMIT));
         assert!(!o.send_default_pii);
     }
 

@@ -58,14 +58,14 @@ pub(super) fn provider(config: &Config) -> Option<SdkTracerProvider> {
         }
     };
     let resource = Resource::builder()
-        .with_service_name(crate::backend::SERVICE_NAME)
+        .with_service_name(crate::version::SERVICE_NAME)
         .with_attribute(opentelemetry::KeyValue::new(
             "deployment.environment.name",
             config.environment.as_str(),
         ))
         .with_attribute(opentelemetry::KeyValue::new(
             "service.version",
-            crate::backend::GIT_COMMIT,
+            crate::version::GIT_COMMIT,
         ))
         .build();
     Some(
