@@ -44,13 +44,22 @@ flower_lists_worker() {
     sleep 2
   done
   echo "$workers" | cut -c1-400
-  python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1]) else 1)' "$workers"
+  python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[1]) else 1)' "$workers" && return 0
+  curl -sS -i 'http://127.0.0.1:5555/api/workers' 2>&1 | head -5
+  compose logs --no-color --tail 30 flower worker 2>&1 | cut -c1-300
+  return 1
 }
 
 job_success_in_flower() {
   local body id i info=""
-  body="$(curl -fsS -H "X-API-Key: $api_key" -H 'Content-Type: application/json' \
-    -d '{"task": "xenios.echo", "args": ["dev stack"]}' http://127.0.0.1:8000/api/v1/jobs)" || return 1
+  body="$(curl -sS -H "X-API-Key: $api_key" -H 'Content-Type: application/json' \
+    -d '{"task": "xenios.echo", "args": ["dev stack"]}' -w '\n%{http_code}' http://127.0.0.1:8000/api/v1/jobs)"
+  if [[ "${body##*$'\n'}" != 202 && "${body##*$'\n'}" != 200 ]]; then
+    echo "POST /api/v1/jobs: $body"
+    compose logs --no-color --tail 40 api 2>&1 | cut -c1-300
+    return 1
+  fi
+  body="${body%$'\n'*}"
   id="$(field "$body" id)"
   for i in $(seq 60); do
     info="$(curl -fsS "http://127.0.0.1:5555/api/task/info/$id" 2>/dev/null)" \
