@@ -98,10 +98,74 @@ async fn commandstats(
         .collect()
 }
 
-/// The benchmark's own commands, left out of the per-job counts (as in bench_celery.py).
+/// The benchmark's own commands, left out of the per-job counts (as in bench_celery.py). It
+/// polls results with STRLEN, which no worker uses, so the worker's own EXISTS are counted.
 const OWN_COMMANDS: &[&str] = &[
-    "exists", "info", "rename", "flushdb", "llen", "hlen", "dbsize",
+    "strlen", "info", "rename", "flushdb", "llen", "hlen", "dbsize",
 ];
+
+/// Results checked at once when the oldest missing one is stored (see `wait_results`).
+const POLL_WINDOW: usize = 256;
+
+/// CPU time (user + system) a process has used, in µs, from `/proc/<pid>/stat`.
+fn cpu_us(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) start at its closing paren.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    ticks * 10_000
+}
+
+/// CPU time of every process named `comm` (all of Postgres' backends, say), in µs.
+fn cpu_us_named(comm: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .map(cpu_us)
+        .sum()
+}
+
+/// CPU time of the processes that do a drain's work: worker, Redis, Postgres, this benchmark.
+#[derive(Clone, Copy)]
+struct Cpu {
+    worker: u64,
+    redis: u64,
+    postgres: u64,
+    bench: u64,
+}
+
+impl Cpu {
+    fn read(worker: u32, redis: u32) -> Self {
+        Self {
+            worker: cpu_us(worker),
+            redis: cpu_us(redis),
+            postgres: cpu_us_named("postgres"),
+            bench: cpu_us(std::process::id()),
+        }
+    }
+}
+
+async fn redis_pid(conn: &mut redis::aio::MultiplexedConnection) -> u32 {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:")?.trim().parse().ok())
+        .unwrap_or(0)
+}
 
 fn commands_per_job(
     before: &std::collections::HashMap<String, u64>,
@@ -125,32 +189,44 @@ fn commands_per_job(
     (total as f64 / n as f64, top)
 }
 
-/// Waits until every `celery-task-meta-<id>` exists, checking only the missing ones again.
+/// Waits until every `celery-task-meta-<id>` exists. While the oldest missing one does not,
+/// only it is checked (every 2 ms); once it does, the next [`POLL_WINDOW`] are checked in
+/// one pipeline. Workers finish roughly in order, so polling costs about one command per
+/// job and does not load Redis in proportion to N (as bench_celery.py does it).
 async fn wait_results(
     conn: &mut redis::aio::MultiplexedConnection,
     mut missing: Vec<String>,
     limit: Duration,
 ) {
     let deadline = Instant::now() + limit;
-    while !missing.is_empty() {
+    let key = |id: &str| format!("celery-task-meta-{id}");
+    while let Some(oldest) = missing.first() {
         assert!(
             Instant::now() < deadline,
             "{} results missing at the deadline",
             missing.len()
         );
+        let size: u64 = redis::cmd("STRLEN")
+            .arg(key(oldest))
+            .query_async(conn)
+            .await
+            .unwrap();
+        if size == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
+        let rest = missing.split_off(missing.len().min(POLL_WINDOW));
         let mut pipe = redis::pipe();
         for id in &missing {
-            pipe.cmd("EXISTS").arg(format!("celery-task-meta-{id}"));
+            pipe.cmd("STRLEN").arg(key(id));
         }
-        let found: Vec<bool> = pipe.query_async(conn).await.unwrap();
+        let sizes: Vec<u64> = pipe.query_async(conn).await.unwrap();
         missing = missing
             .into_iter()
-            .zip(found)
-            .filter_map(|(id, f)| (!f).then_some(id))
+            .zip(sizes)
+            .filter_map(|(id, size)| (size == 0).then_some(id))
+            .chain(rest)
             .collect();
-        if !missing.is_empty() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
     }
 }
 
@@ -306,6 +382,8 @@ async fn main() {
     backend.database().flush_audit().await;
     let rows_before = pg_row_writes().await;
     let stats_before = commandstats(&mut conn).await;
+    let redis_pid = redis_pid(&mut conn).await;
+    let cpu_before = Cpu::read(worker.id(), redis_pid);
     let start = Instant::now();
     let _: () = redis::cmd("RENAME")
         .arg("bench-staging")
@@ -321,6 +399,7 @@ async fn main() {
     ids.push(last.id.as_str().to_owned());
     wait_results(&mut conn, ids, Duration::from_secs(600)).await;
     let drain_secs = start.elapsed().as_secs_f64();
+    let cpu_after = Cpu::read(worker.id(), redis_pid);
     let stats_after = commandstats(&mut conn).await;
     let busy_rss = rss_kib(worker.id());
     stop(worker);
@@ -344,6 +423,14 @@ async fn main() {
     );
     println!("RESULT xenios_drain={drain_rate:.1}");
     println!("xenios drain: {per_job:.1} Redis commands/job ({top})");
+    let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / n as f64;
+    println!(
+        "xenios drain: CPU µs/job: worker {:.1}, redis {:.1}, postgres {:.1}, benchmark (enqueue of the last job, polling) {:.1}",
+        per(cpu_after.worker, cpu_before.worker),
+        per(cpu_after.redis, cpu_before.redis),
+        per(cpu_after.postgres, cpu_before.postgres),
+        per(cpu_after.bench, cpu_before.bench),
+    );
     match (rows_before, rows_after) {
         (Some(b), Some(a)) => println!(
             "xenios drain: {:.2} Postgres row writes/job (inserts + updates of ai_backend tables)",
