@@ -3,12 +3,11 @@
 
 use std::time::Duration;
 
-use redis::Value as RValue;
 use redis::aio::ConnectionLike;
 
-use super::scripts::{FINISH, TAKE, load_scripts};
+use super::scripts::{FINISH, TAKE};
 use super::{DEAD_LETTER_KEY, UNACKED_INDEX_KEY, UNACKED_KEY, now_secs, redis_error};
-use crate::error::Result;
+use crate::error::{Component, Error, Result};
 
 /// What a fetch took.
 #[derive(Debug, Clone)]
@@ -83,97 +82,99 @@ pub struct Finish {
 }
 
 /// Finishes deliveries in one round trip: results stored and published, retries pushed,
-/// messages acked, each atomically.
+/// messages acked, each atomically. Any item Redis refuses makes the whole call an error
+/// (the other items are done).
 pub async fn finish<C: ConnectionLike + Send>(
     conn: &mut C,
     items: &[Finish],
     result_ttl: Duration,
 ) -> Result<()> {
-    if items.is_empty() {
-        return Ok(());
-    }
-    let build = || {
-        let mut pipe = redis::pipe();
-        for f in items {
-            pipe.invoke_script(&finish_invocation(f, result_ttl))
-                .ignore();
-        }
-        pipe
-    };
-    match build().query_async::<()>(conn).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            load_scripts(conn).await?;
-            build().query_async::<()>(conn).await.map_err(redis_error)
-        }
-        Err(e) => Err(redis_error(e)),
+    match finish_each(conn, items, result_ttl)
+        .await?
+        .into_iter()
+        .find_map(std::result::Result::err)
+    {
+        None => Ok(()),
+        Some(refused) => Err(refused.into()),
     }
 }
 
-/// How one item of [`finish_each`] went: Redis' refusal of it, if any.
-pub type ItemOutcome = std::result::Result<(), redis::ServerError>;
+/// Redis' refusal of one item of [`finish_each`] (a `WRONGTYPE` key, `OOM` at
+/// `maxmemory`): the item was left as it was.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
 
-/// Finishes deliveries in one round trip like [`finish`], but item by item: one item that
-/// Redis refuses (a `WRONGTYPE` key, `OOM` at `maxmemory`) fails alone, with its error,
-/// and the others are done. Items Redis never ran (`NOSCRIPT` after a restart) are run
-/// again once the scripts are loaded; items that ran are never run twice.
-/// `Err` means the connection failed: which items ran is unknown.
+impl From<Refused> for Error {
+    fn from(r: Refused) -> Self {
+        if r.0.starts_with("WRONGTYPE") || r.0.starts_with("XENIOS_WRONGTYPE") {
+            Error::Inconsistent {
+                component: Component::Redis,
+                message: r.0.clone(),
+                source: Box::new(r),
+            }
+        } else {
+            Error::unavailable_from(Component::Redis, r)
+        }
+    }
+}
+
+/// How one item of [`finish_each`] went.
+pub type ItemOutcome = std::result::Result<(), Refused>;
+
+/// Finishes deliveries in one round trip (one run of `scripts::FINISH`), item by item: one
+/// item that Redis refuses fails alone, with its error, and the others are done. A script
+/// Redis lost (`NOSCRIPT` after a restart) ran nothing and is loaded and run again.
+/// `Err` means the connection failed or Redis did not run the script: which items ran is
+/// then unknown to the caller.
 pub async fn finish_each<C: ConnectionLike + Send>(
     conn: &mut C,
     items: &[Finish],
     result_ttl: Duration,
 ) -> Result<Vec<ItemOutcome>> {
-    let mut outcomes: Vec<ItemOutcome> = vec![Ok(()); items.len()];
-    let mut todo: Vec<usize> = (0..items.len()).collect();
-    for round in 0..2 {
-        if todo.is_empty() {
-            break;
-        }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for &i in &todo {
-            pipe.invoke_script(&finish_invocation(&items[i], result_ttl));
-        }
-        let replies: Vec<RValue> = pipe.query_async(conn).await.map_err(redis_error)?;
-        let mut noscript = Vec::new();
-        for (&i, reply) in todo.iter().zip(replies) {
-            outcomes[i] = match reply {
-                RValue::ServerError(e) if e.kind() == Some(redis::ServerErrorKind::NoScript) => {
-                    noscript.push(i);
-                    Err(e)
-                }
-                RValue::ServerError(e) => Err(e),
-                _ => Ok(()),
-            };
-        }
-        if !noscript.is_empty() && round == 0 {
-            load_scripts(conn).await?;
-        }
-        todo = noscript;
+    if items.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(outcomes)
-}
-
-fn finish_invocation(f: &Finish, result_ttl: Duration) -> redis::ScriptInvocation<'static> {
-    let (push_key, push_raw) = f
-        .push
-        .as_ref()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .unwrap_or(("", ""));
     let mut inv = FINISH.prepare_invoke();
     inv.key(UNACKED_INDEX_KEY)
         .key(UNACKED_KEY)
-        .key(crate::jobs::result::result_key(&f.task_id))
-        .key(if push_key.is_empty() {
-            UNACKED_KEY
-        } else {
-            push_key
-        })
-        .arg(&f.tag)
-        .arg(f.result.as_deref().unwrap_or(""))
-        .arg(result_ttl.as_secs().max(1))
-        .arg(push_raw);
-    inv
+        .arg(result_ttl.as_secs().max(1));
+    for f in items {
+        let result_key = crate::jobs::result::result_key(&f.task_id);
+        let (push_key, push_raw) = match &f.push {
+            Some((key, raw)) => (key.clone(), raw.as_str()),
+            // Any key will do: the script reads it only when there is something to push.
+            None => (result_key.clone(), ""),
+        };
+        inv.key(result_key)
+            .key(push_key)
+            .arg(&f.tag)
+            .arg(f.result.as_deref().unwrap_or(""))
+            .arg(push_raw);
+    }
+    match inv.invoke_async::<Vec<String>>(conn).await {
+        Ok(replies) if replies.len() == items.len() => Ok(replies
+            .into_iter()
+            .map(|r| {
+                if r.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Refused(r))
+                }
+            })
+            .collect()),
+        Ok(replies) => Err(crate::redis::unavailable(format_args!(
+            "the finish script answered {} items of {}",
+            replies.len(),
+            items.len()
+        ))),
+        // `unacked` or `unacked_index` of the wrong type: the script changed nothing, and
+        // every item is refused with its message.
+        Err(e) if e.code() == Some("XENIOS_WRONGTYPE") => {
+            Ok(vec![Err(Refused(e.to_string())); items.len()])
+        }
+        Err(e) => Err(redis_error(e)),
+    }
 }
 
 /// Which of `tags` are still unacked (taken and not yet acked).

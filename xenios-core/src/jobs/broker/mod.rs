@@ -19,7 +19,9 @@
 //! a hash, `unacked_index` a sorted set, queues and the dead-letter list lists; each may also
 //! be missing). A key of another type (planted by hand, or by an old producer that used a
 //! reserved name as a queue) makes the script return an error and leave every message where
-//! it was: a message is never popped unless it can be recorded. The worker logs the error
+//! it was: a message is never popped unless it can be recorded. Finishing goes item by item
+//! within one script run: an item whose result key or retry list has the wrong type is
+//! refused alone (see `scripts::FINISH`). The worker logs the error
 //! and retries with a backoff; once the key is fixed, the messages run.
 //!
 //! One concept per file: the Lua scripts ([`scripts`]), taking and finishing deliveries

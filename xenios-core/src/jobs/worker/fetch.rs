@@ -151,15 +151,19 @@ pub(super) async fn dispatch(shared: &Arc<Shared>, taken: Vec<Taken>) {
         return;
     }
     // Revocations recorded in Redis (by producers, or while this worker was not running).
+    // One MGET for the batch (a key of another type reads as absent).
     let revoked: Vec<bool> = {
-        let mut pipe = redis::pipe();
+        let mut mget = redis::cmd("MGET");
         for (_, m, _) in &messages {
-            pipe.cmd("EXISTS").arg(format!("{REVOKED_PREFIX}{}", m.id));
+            mget.arg(format!("{REVOKED_PREFIX}{}", m.id));
         }
         let mut c = shared.link.conn();
-        pipe.query_async(&mut c)
+        mget.query_async::<Vec<Option<Vec<u8>>>>(&mut c)
             .await
-            .unwrap_or_else(|_| vec![false; messages.len()])
+            .ok()
+            .filter(|found| found.len() == messages.len())
+            .map(|found| found.iter().map(Option::is_some).collect())
+            .unwrap_or_else(|| vec![false; messages.len()])
     };
     let now = Utc::now();
     for ((tag, m, raw), in_redis) in messages.into_iter().zip(revoked) {
