@@ -1,8 +1,9 @@
 //! The job queue under faults, with real processes: Redis SIGKILLed and restarted under HTTP
 //! enqueues, the network between worker and Redis cut, a poisoned finish batch, Redis at
 //! `maxmemory`, absurd time limits and control commands, a shutdown deadline, a worker on a
-//! queue it cannot serve, and the worker's health check. Redis is killed or reconfigured
-//! only when it is a private `redis-server` the test started itself.
+//! queue it cannot serve, a worker started before Redis, and the worker's health check.
+//! Redis is killed or reconfigured only when it is a private `redis-server` the test started
+//! itself.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -661,4 +662,60 @@ async fn faults_every_log_line_of_a_job_names_its_task_and_correlation_id() {
     assert_eq!(span["task_id"], id.as_str(), "{line}");
     assert_eq!(span["task"], "xenios.fail", "{line}");
     assert_eq!(span["correlation_id"], "faults-test", "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_a_worker_started_before_redis_waits_for_it_then_drains() {
+    // Redis is down when the worker starts (a container that comes up first, a Redis still
+    // restarting): the worker must wait for it, not exit.
+    let mut redis = DurableRedis::start().await;
+    redis.kill();
+    let db = TestDb::new().await;
+    let vars = test_vars(&db, &redis.url());
+    let log = std::env::temp_dir().join(format!("xenios-worker-{}.log", uuid::Uuid::new_v4()));
+    let mut worker = std::process::Command::new(xenios_tests::jobs_support::worker_bin())
+        .args(["-Q", "default", "-c", "2"])
+        .envs(&vars)
+        .env("LOG_FORMAT", "pretty")
+        .env("LOG_LEVEL", "info")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for(
+        "the worker retrying to take while Redis is down",
+        Duration::from_secs(30),
+        || async { read_log().contains("cannot take messages").then_some(()) },
+    )
+    .await;
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the worker exited while Redis was down:\n{}",
+        read_log()
+    );
+
+    redis.start_again().await;
+    let config = xenios_core::Config::from_map(&vars).unwrap();
+    let backend = AiBackend::builder(config).build().await.unwrap();
+    let job = backend
+        .jobs()
+        .enqueue(
+            &ctx(),
+            EnqueueRequest::new("xenios.echo")
+                .args(["late redis"])
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let statuses = wait_results(
+        &redis.url(),
+        &[job.id.as_str().to_owned()],
+        Duration::from_secs(30),
+    )
+    .await;
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(statuses, ["SUCCESS"]);
 }

@@ -48,10 +48,11 @@ fn config() -> ConnectionManagerConfig {
 }
 
 impl RedisLink {
-    /// Connects (failing when Redis cannot be reached now).
-    pub(crate) async fn connect(client: redis::Client) -> Result<Self> {
-        let conn = ConnectionManager::new_with_config(client.clone(), config())
-            .await
+    /// A link that connects on first use: a worker started before Redis (a container
+    /// that comes up first, a Redis restarting) waits for it with the fetch loop's backoff
+    /// instead of exiting. Fails only on a client that cannot make connections at all.
+    pub(crate) fn connect(client: redis::Client) -> Result<Self> {
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config())
             .map_err(redis_error)?;
         Ok(Self {
             client,

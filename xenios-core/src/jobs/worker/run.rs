@@ -138,7 +138,7 @@ impl Worker {
         let client = jobs.client()?.clone();
         let redis_db = jobs.redis_db();
         // The worker's own connection (pipelined, shared by its tasks), reconnecting.
-        let link = RedisLink::connect(client.clone()).await?;
+        let link = RedisLink::connect(client.clone())?;
         let clock = Arc::new(Clock::default());
         let events = EventSender::start(
             self.deps.redis.clone(),
