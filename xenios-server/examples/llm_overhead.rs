@@ -18,7 +18,8 @@
 //! `BENCH_LOG_LEVEL`/`BENCH_LOG_FORMAT` (the server's `LOG_LEVEL`/`LOG_FORMAT`, default
 //! `info`/`json`, the production configuration: one access-log line per request),
 //! `BENCH_RATE_LIMIT_PER_MINUTE` / `BENCH_RATE_LIMIT_BURST` (the per-caller limiter, default
-//! off; set them high to measure the limiter without refusals).
+//! off; set them high to measure the limiter without refusals), `BENCH_SERVER_WORKER_THREADS`
+//! (the server's Tokio worker threads; default: one per core).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -261,6 +262,13 @@ async fn main() {
         )
         .env("RUN_MIGRATIONS", "true")
         .stdin(std::process::Stdio::null())
+        // BENCH_SERVER_WORKER_THREADS: the server's Tokio worker threads (its
+        // TOKIO_WORKER_THREADS), to compare runtime shapes; this process keeps its own.
+        .envs(
+            std::env::var("BENCH_SERVER_WORKER_THREADS")
+                .ok()
+                .map(|n| ("TOKIO_WORKER_THREADS", n)),
+        )
         .spawn()
         .unwrap_or_else(|e| {
             panic!(
