@@ -34,6 +34,13 @@ up() {
     sleep 1
   done
   curl -fsS http://127.0.0.1:8000/health
+  # Healthy is only "the process serves"; ready means Postgres and Redis answer it too.
+  for i in $(seq 60); do
+    curl -fsS http://127.0.0.1:8000/health/ready >/dev/null 2>&1 && break
+    sleep 1
+  done
+  curl -sS http://127.0.0.1:8000/health/ready
+  curl -fsS -o /dev/null http://127.0.0.1:8000/health/ready
 }
 
 flower_lists_worker() {
@@ -90,7 +97,7 @@ inside() {
   trap 'if [[ -f "$work/lib.rs.orig" ]]; then cp "$work/lib.rs.orig" "$edited"; fi; compose down --timeout 5 >/dev/null 2>&1; engine_stop' EXIT
   engine_start
   import_base_images
-  check "docker compose up from the repository root: /health healthy" up
+  check "docker compose up from the repository root: /health, /health/ready" up
   check "services: api, worker, redis, flower, postgres running" \
     eval '[[ "$(compose ps --services --status running | sort | tr "\n" " ")" == "api flower postgres redis worker " ]]'
   check "Flower's API lists the Rust worker" flower_lists_worker
