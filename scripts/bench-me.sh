@@ -73,13 +73,14 @@ http {
   uwsgi_temp_path $ngx; scgi_temp_path $ngx;
   server {
     listen 127.0.0.1:$NGINX_PORT;
-    location / { default_type application/json; alias $ngx/me.json; }
+    location = /me.json { default_type application/json; alias $ngx/me.json; }
   }
 }
 NGINX
 /usr/sbin/nginx -c "$ngx/nginx.conf" -g 'daemon on;'
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -f "$log"; kill "$(cat "$ngx/nginx.pid" 2>/dev/null)" 2>/dev/null; rm -rf "$ngx"' EXIT
-for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$NGINX_PORT/" >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 50); do curl -fsS "http://127.0.0.1:$NGINX_PORT/me.json" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fsS -o /dev/null "http://127.0.0.1:$NGINX_PORT/me.json" || { echo "nginx does not serve the peer reply"; exit 1; }
 
 # wrk against $1; prints its report and sets ok_rate to the 2xx answers per second.
 run_wrk() {
@@ -99,6 +100,7 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 echo "== static nginx reply"
 run_wrk "http://127.0.0.1:$NGINX_PORT/me.json"
 nginx_rate=$ok_rate
+[ "$nginx_rate" -gt 0 ] || { echo "the nginx peer answered no 2xx: no ratio can be given"; exit 1; }
 echo "== xenios-server GET /api/v1/me"
 # CPU time the server itself spends (utime + stime, in clock ticks): requests per server
 # CPU-second is a figure that survives a machine shared with other work.
