@@ -22,11 +22,10 @@ pub type RedisPool = bb8::Pool<RedisConnectionManager>;
 /// is [`Error::Unavailable`], which a caller may retry (a 503 `queue_unavailable`). In a
 /// pipeline, one wrong-type reply makes the whole error [`Error::Inconsistent`].
 pub(crate) fn error(e: ::redis::RedisError) -> Error {
-    let wrong_type = |code: &str| matches!(code, "WRONGTYPE" | "XENIOS_WRONGTYPE");
     let wrong_data = e.kind() == ::redis::ErrorKind::UnexpectedReturnType
         || e.clone()
             .into_server_errors()
-            .is_some_and(|errors| errors.iter().any(|(_, s)| wrong_type(s.code())));
+            .is_some_and(|errors| errors.iter().any(|(_, s)| is_wrong_type(s.code())));
     if wrong_data {
         Error::Inconsistent {
             component: Component::Redis,
@@ -36,6 +35,12 @@ pub(crate) fn error(e: ::redis::RedisError) -> Error {
     } else {
         Error::unavailable_from(Component::Redis, e)
     }
+}
+
+/// Whether a Redis error code says a key holds the wrong type for what was asked of it: Redis'
+/// own `WRONGTYPE`, or our scripts' `XENIOS_WRONGTYPE`. Such errors are bad data, not an outage.
+pub(crate) fn is_wrong_type(code: &str) -> bool {
+    matches!(code, "WRONGTYPE" | "XENIOS_WRONGTYPE")
 }
 
 /// [`error`] for a condition found by this backend rather than reported by the client.

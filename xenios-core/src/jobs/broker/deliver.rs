@@ -107,7 +107,8 @@ pub struct Refused(pub String);
 
 impl From<Refused> for Error {
     fn from(r: Refused) -> Self {
-        if r.0.starts_with("WRONGTYPE") || r.0.starts_with("XENIOS_WRONGTYPE") {
+        let code = r.0.split_whitespace().next().unwrap_or_default();
+        if crate::redis::is_wrong_type(code.trim_end_matches(':')) {
             Error::Inconsistent {
                 component: Component::Redis,
                 message: r.0.clone(),
