@@ -14,14 +14,22 @@ use super::{
 };
 use crate::error::Result;
 
-/// Moves an unacked message to the dead-letter list by its tag (when it is still unacked).
-pub async fn dead_letter_tag<C: ConnectionLike + Send>(conn: &mut C, tag: &str) -> Result<bool> {
-    let entry: Option<String> = redis::cmd("HGET")
+/// The `unacked` entry of `tag` (`[envelope, exchange, routing_key]` as JSON), if any.
+async fn unacked_entry<C: ConnectionLike + Send>(
+    conn: &mut C,
+    tag: &str,
+) -> Result<Option<String>> {
+    redis::cmd("HGET")
         .arg(UNACKED_KEY)
         .arg(tag)
         .query_async(conn)
         .await
-        .map_err(redis_error)?;
+        .map_err(redis_error)
+}
+
+/// Moves an unacked message to the dead-letter list by its tag (when it is still unacked).
+pub async fn dead_letter_tag<C: ConnectionLike + Send>(conn: &mut C, tag: &str) -> Result<bool> {
+    let entry = unacked_entry(conn, tag).await?;
     match entry {
         Some(entry) => {
             let raw = match serde_json::from_str::<Value>(&entry) {
@@ -40,12 +48,7 @@ pub async fn unacked_routing_key<C: ConnectionLike + Send>(
     conn: &mut C,
     tag: &str,
 ) -> Result<Option<String>> {
-    let entry: Option<String> = redis::cmd("HGET")
-        .arg(UNACKED_KEY)
-        .arg(tag)
-        .query_async(conn)
-        .await
-        .map_err(redis_error)?;
+    let entry = unacked_entry(conn, tag).await?;
     Ok(entry
         .and_then(|e| serde_json::from_str::<Value>(&e).ok())
         .and_then(|v| v.get(2).and_then(Value::as_str).map(str::to_owned))
@@ -122,12 +125,7 @@ pub async fn requeue<C: ConnectionLike + Send>(
 pub async fn give_back<C: ConnectionLike + Send>(conn: &mut C, tags: &[String]) -> Result<usize> {
     let mut n = 0;
     for tag in tags {
-        let entry: Option<String> = redis::cmd("HGET")
-            .arg(UNACKED_KEY)
-            .arg(tag)
-            .query_async(conn)
-            .await
-            .map_err(redis_error)?;
+        let entry = unacked_entry(conn, tag).await?;
         if let Some(entry) = entry
             && requeue(conn, tag, &entry, true, None).await?
         {
@@ -197,12 +195,7 @@ async fn restore_locked<C: ConnectionLike + Send>(conn: &mut C, vt: Duration) ->
         .map_err(redis_error)?;
     let mut restored = 0;
     for tag in tags {
-        let entry: Option<String> = redis::cmd("HGET")
-            .arg(UNACKED_KEY)
-            .arg(&tag)
-            .query_async(conn)
-            .await
-            .map_err(redis_error)?;
+        let entry = unacked_entry(conn, &tag).await?;
         match entry {
             Some(entry) => {
                 if requeue(conn, &tag, &entry, true, Some(ceil)).await? {
