@@ -141,6 +141,20 @@ pub struct ChildWorker {
 
 impl ChildWorker {
     pub fn spawn(vars: &HashMap<String, String>, args: &[&str]) -> Self {
+        Self::spawn_with_stderr(vars, args, Stdio::inherit())
+    }
+
+    /// As [`ChildWorker::spawn`], its log lines written to the file `log`.
+    pub fn spawn_logging_to(
+        vars: &HashMap<String, String>,
+        args: &[&str],
+        log: &std::path::Path,
+    ) -> Self {
+        let file = std::fs::File::create(log).expect("worker log file");
+        Self::spawn_with_stderr(vars, args, Stdio::from(file))
+    }
+
+    fn spawn_with_stderr(vars: &HashMap<String, String>, args: &[&str], stderr: Stdio) -> Self {
         let child = Command::new(worker_bin())
             .args(args)
             .envs(vars)
@@ -148,9 +162,17 @@ impl ChildWorker {
             .env("LOG_LEVEL", "info")
             .current_dir(std::env::temp_dir())
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn xenios-worker");
         Self { child: Some(child) }
+    }
+
+    /// Whether the process is still running (false once it has exited or was killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     pub fn pid(&self) -> u32 {

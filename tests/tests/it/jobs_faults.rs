@@ -673,15 +673,7 @@ async fn faults_a_worker_started_before_redis_waits_for_it_then_drains() {
     let db = TestDb::new().await;
     let vars = test_vars(&db, &redis.url());
     let log = std::env::temp_dir().join(format!("xenios-worker-{}.log", uuid::Uuid::new_v4()));
-    let mut worker = std::process::Command::new(xenios_tests::jobs_support::worker_bin())
-        .args(["-Q", "default", "-c", "2"])
-        .envs(&vars)
-        .env("LOG_FORMAT", "pretty")
-        .env("LOG_LEVEL", "info")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut worker = ChildWorker::spawn_logging_to(&vars, &["-Q", "default", "-c", "2"], &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_for(
         "the worker retrying to take while Redis is down",
@@ -690,7 +682,7 @@ async fn faults_a_worker_started_before_redis_waits_for_it_then_drains() {
     )
     .await;
     assert!(
-        worker.try_wait().unwrap().is_none(),
+        worker.is_running(),
         "the worker exited while Redis was down:\n{}",
         read_log()
     );
@@ -714,8 +706,7 @@ async fn faults_a_worker_started_before_redis_waits_for_it_then_drains() {
         Duration::from_secs(30),
     )
     .await;
-    let _ = worker.kill();
-    let _ = worker.wait();
+    worker.kill();
     let _ = std::fs::remove_file(&log);
     assert_eq!(statuses, ["SUCCESS"]);
 }
