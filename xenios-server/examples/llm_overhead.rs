@@ -1,5 +1,11 @@
 //! Latency the server adds to an LLM call (not a test: run `scripts/bench-llm.sh`).
 //!
+//! `scripts/bench-llm.sh` takes its `complete` figures from oha against an nginx mock, three
+//! separate processes; it runs this example (with `BENCH_RATES=""`) only for the streaming
+//! time to first token. Run alone, the example measures both itself, but its mock and its
+//! load generator share one process, whose own wake-ups and scheduling inflate the direct
+//! path at high rates (the added latency can come out negative).
+//!
 //! Loopback only. This process runs a fast mock OpenRouter and the load generator; the real
 //! `xenios-server` binary (release build, API-key check on, audit rows written to Postgres)
 //! runs as its own process, pointed at the mock, as in production. An open-loop generator
