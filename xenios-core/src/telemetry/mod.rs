@@ -125,22 +125,74 @@ pub fn init_with(level: &str, format: LogFormat) {
 }
 
 fn fmt_layer(level: &str, format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync> {
-    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_span_events(FmtSpan::NONE);
-    match format {
+    let layer = match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .with_filter(filter)
             .boxed(),
-        LogFormat::Pretty => builder
-            .with_target(false)
-            .compact()
-            .with_filter(filter)
-            .boxed(),
+        LogFormat::Pretty => builder.with_target(false).compact().boxed(),
+    };
+    match log_filter(level) {
+        LogFilter::Level(bare) => layer.with_filter(bare).boxed(),
+        LogFilter::Directives(directives) => layer.with_filter(*directives).boxed(),
+    }
+}
+
+/// What [`log_filter`] makes of `LOG_LEVEL`.
+enum LogFilter {
+    Level(LevelFilter),
+    Directives(Box<EnvFilter>),
+}
+
+/// The filter for `LOG_LEVEL`. A bare level (the usual `info`) is checked by comparing
+/// levels; only directives per target (`info,xenios_core::jobs=debug`) need an
+/// [`EnvFilter`], which matches every span and event against them (about 3% of the CPU of
+/// a proxied LLM call, measured with `scripts/bench-llm.sh`). A text that is neither falls
+/// back to `info` (the configuration refuses it before this).
+fn log_filter(level: &str) -> LogFilter {
+    match level.trim().parse::<LevelFilter>() {
+        Ok(bare) => LogFilter::Level(bare),
+        Err(_) => LogFilter::Directives(Box::new(
+            EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::filter::LevelFilter;
+
+    use super::{LogFilter, log_filter};
+
+    fn level(text: &str) -> Option<LevelFilter> {
+        match log_filter(text) {
+            LogFilter::Level(l) => Some(l),
+            LogFilter::Directives(_) => None,
+        }
+    }
+
+    fn directives(text: &str) -> Option<String> {
+        match log_filter(text) {
+            LogFilter::Level(_) => None,
+            LogFilter::Directives(f) => Some(f.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_bare_level_is_compared_and_directives_go_to_env_filter() {
+        assert_eq!(level("info"), Some(LevelFilter::INFO));
+        assert_eq!(level(" WARN "), Some(LevelFilter::WARN));
+        assert_eq!(level("off"), Some(LevelFilter::OFF));
+        assert_eq!(
+            directives("info,xenios_core::jobs=debug").as_deref(),
+            Some("xenios_core::jobs=debug,info")
+        );
+        // Not a filter at all (refused by the configuration first): info.
+        assert_eq!(directives("info,[").as_deref(), Some("info"));
     }
 }
