@@ -5,6 +5,7 @@
 # every result is stored; see xenios-worker/examples/bench.rs and tests/python/bench_celery.py).
 # Prints each side's figures, then ours as a ratio of Celery's measured in this run.
 #   scripts/bench-jobs.sh [jobs, default 20000]
+#   BENCH_TASK_EVENTS=1 scripts/bench-jobs.sh   # both workers send task events (as for Flower)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/toolchain.sh
@@ -18,6 +19,9 @@ trap 'kill $redis_pid 2>/dev/null; wait $redis_pid 2>/dev/null || true; rm -f "$
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 cargo build -q --release -p xenios-worker -p xenios-cli --bin xenios-worker --bin xenios-cli --example bench
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
+# Both workers drain with task events off (Celery's default), or both with them on:
+# BENCH_TASK_EVENTS=1 (our JOB_TASK_EVENTS=true, Celery's -E, as when Flower watches).
+echo "task events during the drain, both sides: $([ "${BENCH_TASK_EVENTS:-0}" = 1 ] && echo on || echo off)"
 echo "== xenios ($N jobs) on redis 127.0.0.1:$port"
 bench_db=${BENCH_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/xenios_bench?sslmode=disable}
 PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE xenios_bench" postgres 2>/dev/null || true

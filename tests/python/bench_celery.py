@@ -33,6 +33,8 @@ OWN_COMMANDS = {"strlen", "info", "rename", "flushdb", "llen", "hlen", "dbsize"}
 POLL_WINDOW = 256
 # Pools tried; the best one is Celery's figure. prefork -c 2 is one process per core here.
 POOLS = (("solo", "1"), ("threads", "8"), ("prefork", "2"), ("prefork", "4"))
+# Task events as on our side (BENCH_TASK_EVENTS=1: `-E`, as for Flower); off by default.
+EVENTS = ["-E"] if os.environ.get("BENCH_TASK_EVENTS") in ("1", "true") else []
 
 
 def commandstats(r):
@@ -70,7 +72,7 @@ def drain(r, n, pool, conc):
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "celery_interop", "worker", "-Q", QUEUE,
          "-P", pool, "-c", conc, "-n", f"bench-{pool}-{conc}@%h", "--without-gossip",
-         "--without-mingle", "--without-heartbeat", "-l", "error"],
+         "--without-mingle", "--without-heartbeat", "-l", "error", *EVENTS],
         cwd=os.path.dirname(os.path.abspath(__file__)),
     )
     try:

@@ -35,7 +35,17 @@ fn rss_kib(pid: u32) -> u64 {
     xenios_core::health::proc_status_kib(Some(pid), "VmRSS").unwrap_or(0)
 }
 
-fn spawn_worker(concurrency: &str) -> Child {
+/// Whether the drain runs with task events (`BENCH_TASK_EVENTS=1`): both sides the same,
+/// off by default as in `celery worker` without `-E`. The latency phase always has them (it
+/// reads the `task-started` events).
+fn drain_events() -> bool {
+    matches!(
+        std::env::var("BENCH_TASK_EVENTS").as_deref(),
+        Ok("1" | "true")
+    )
+}
+
+fn spawn_worker(concurrency: &str, events: bool) -> Child {
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -54,6 +64,7 @@ fn spawn_worker(concurrency: &str) -> Child {
             "--allow-unhandled-queues",
         ])
         .env("LOG_LEVEL", "error")
+        .env("JOB_TASK_EVENTS", if events { "true" } else { "false" })
         .stdin(Stdio::null())
         .spawn()
         .expect("xenios-worker binary (cargo build --release -p xenios-worker)")
@@ -259,7 +270,7 @@ async fn main() {
     let ctx = RequestContext::system();
 
     // Idle RSS of a worker process.
-    let worker = spawn_worker("8");
+    let worker = spawn_worker("8", true);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let idle_rss = rss_kib(worker.id());
 
@@ -359,7 +370,7 @@ async fn main() {
     // worker's queue when the clock starts (the last job is enqueued normally, which also
     // wakes a blocked pop); the clock stops when all N results are stored.
     let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
-    let worker = spawn_worker("8");
+    let worker = spawn_worker("8", drain_events());
     let warm = backend
         .jobs()
         .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
