@@ -180,8 +180,8 @@ impl EventSender {
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        // One more period for the batch in flight.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // One more period for the batch in flight (its linger, then its publish).
+        tokio::time::sleep(EVENT_LINGER + std::time::Duration::from_millis(20)).await;
     }
 }
 
@@ -203,10 +203,19 @@ async fn publish(pool: &RedisPool, redis_db: i64, hostname: &str, rk: &str, body
     }
 }
 
+/// How long the batcher lets task events gather after the first one before it publishes
+/// them. Without it, every event woke the batcher, which published what little had queued
+/// (about three events per `PUBLISH`: one job's received, started and succeeded); the wake-ups
+/// and envelopes cost the worker more CPU than running the job (`scripts/bench-jobs.sh` with
+/// `BENCH_TASK_EVENTS=1`). Flower sees an event at most this much later; its timestamp is
+/// still the moment it happened.
+const EVENT_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 async fn batcher(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Value>) {
     let mut batch = Vec::with_capacity(512);
     while let Some(first) = rx.recv().await {
         batch.push(first);
+        tokio::time::sleep(EVENT_LINGER).await;
         while batch.len() < 512 {
             match rx.try_recv() {
                 Ok(ev) => batch.push(ev),
