@@ -710,3 +710,84 @@ async fn faults_a_worker_started_before_redis_waits_for_it_then_drains() {
     let _ = std::fs::remove_file(&log);
     assert_eq!(statuses, ["SUCCESS"]);
 }
+
+/// The task events of `envelope` (a kombu message published on `celeryev`): one event, or
+/// the list of a `task.multi` batch.
+fn task_events(envelope: &[u8]) -> Vec<Value> {
+    use base64::Engine as _;
+    let Ok(env) = serde_json::from_slice::<Value>(envelope) else {
+        return Vec::new();
+    };
+    let body = env["body"]
+        .as_str()
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    match body {
+        Some(Value::Array(events)) => events,
+        Some(event) => vec![event],
+        None => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_task_events_flow_again_after_redis_is_sigkilled_and_restarted() {
+    // The event batcher publishes through the worker's Redis pool: after Redis dies and
+    // comes back, Flower must see the events of new jobs again.
+    let mut redis = DurableRedis::start().await;
+    let db = TestDb::new().await;
+    let mut vars = test_vars(&db, &redis.url());
+    vars.insert("JOB_TASK_EVENTS".into(), "true".into());
+    let mut worker = ChildWorker::spawn(&vars, &["-Q", "default", "-c", "2"]);
+    let config = xenios_core::Config::from_map(&vars).unwrap();
+    let backend = AiBackend::builder(config).build().await.unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+
+    // Events of a job before the fault and of one after it, each seen on `celeryev`.
+    for phase in ["before", "after"] {
+        if phase == "after" {
+            redis.kill();
+            redis.start_again().await;
+        }
+        let mut pubsub = wait_for(
+            "a subscription to the event channels",
+            Duration::from_secs(30),
+            || async {
+                let mut p = client.get_async_pubsub().await.ok()?;
+                p.psubscribe("/0.celeryev/*").await.ok()?;
+                Some(p)
+            },
+        )
+        .await;
+        let job = wait_for("an enqueue", Duration::from_secs(30), || async {
+            backend
+                .jobs()
+                .enqueue(
+                    &ctx(),
+                    EnqueueRequest::new("xenios.echo").args([phase]).unwrap(),
+                )
+                .await
+                .ok()
+        })
+        .await;
+        let mut messages = pubsub.on_message();
+        let seen = tokio::time::timeout(Duration::from_secs(30), async {
+            use futures::StreamExt as _;
+            while let Some(msg) = messages.next().await {
+                if task_events(msg.get_payload_bytes())
+                    .iter()
+                    .any(|e| e["type"] == "task-succeeded" && e["uuid"] == job.id.as_str())
+                {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            seen,
+            Ok(true),
+            "no task-succeeded event for the job {phase} the restart"
+        );
+    }
+    worker.kill();
+}
