@@ -21,7 +21,8 @@ cargo build -q --release -p xenios-worker -p xenios-cli --bin xenios-worker --bi
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
 # Both workers drain with task events off (Celery's default), or both with them on:
 # BENCH_TASK_EVENTS=1 (our JOB_TASK_EVENTS=true, Celery's -E, as when Flower watches).
-echo "task events during the drain, both sides: $([ "${BENCH_TASK_EVENTS:-0}" = 1 ] && echo on || echo off)"
+case ${BENCH_TASK_EVENTS:-0} in 1|true) events=on;; *) events=off;; esac
+echo "task events during the drain, both sides: $events"
 echo "== xenios ($N jobs) on redis 127.0.0.1:$port"
 bench_db=${BENCH_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/xenios_bench?sslmode=disable}
 PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE xenios_bench" postgres 2>/dev/null || true

@@ -24,6 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/toolchain.sh
+source scripts/bench-lib.sh
 
 RATES=${BENCH_RATES:-20 200 1000}
 SECS=${BENCH_SECS:-10}
@@ -54,7 +55,6 @@ fi
 export REDIS_URL=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
 [ -n "${BENCH_NO_BUILD:-}" ] || cargo build --release -q -p xenios-server --bin xenios-server --example llm_overhead
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 work=$(mktemp -d -t xenios-bench-llm-XXXXXX)
 server=
 cleanup() {
@@ -126,7 +126,6 @@ run_oha() {
   errors=$(jq '[.errorDistribution | to_entries[] | select(.key != "aborted due to deadline") | .value] | add // 0' <<<"$json")
   failed=$((all - ok + errors))
 }
-cpu_ticks() { awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12] + f[13] }' "/proc/$server/stat"; }
 hz=$(getconf CLK_TCK)
 
 echo "mock: nginx 1 worker; server: $(nproc) cores, TOKIO_WORKER_THREADS=${BENCH_SERVER_WORKER_THREADS:-default}, LOG_LEVEL=${LOG_LEVEL:-info} LOG_FORMAT=${LOG_FORMAT:-json}; oha $OHA_VERSION, $CONNECTIONS connections, open loop"
@@ -138,9 +137,9 @@ for rate in $RATES; do
   secs=$(( SECS > (600 + rate - 1) / rate ? SECS : (600 + rate - 1) / rate ))
   run_oha "$rate" "$secs" "$MOCK/chat/completions"
   d50=$p50 d99=$p99 dok=$ok dfail=$failed
-  t0=$(cpu_ticks)
+  t0=$(cpu_ticks "$server")
   run_oha "$rate" "$secs" "$SERVER/api/v1/llm/complete" -H "x-api-key: $KEY"
-  t1=$(cpu_ticks)
+  t1=$(cpu_ticks "$server")
   echo "complete: $rate req/s, $secs s a leg"
   awk -v d50="$d50" -v d99="$d99" -v g50="$p50" -v g99="$p99" -v dok="$dok" -v df="$dfail" \
     -v gok="$ok" -v gf="$failed" -v t=$((t1 - t0)) -v hz="$hz" 'BEGIN {

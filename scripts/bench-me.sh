@@ -4,7 +4,7 @@
 # build, with wrk, on 127.0.0.1 only, as a ratio of a static nginx reply measured by the
 # same wrk settings in the same run (absolute figures drift between days on these machines).
 # Only 2xx answers count. Starts Postgres/Redis if needed,
-# starts the server on BENCH_PORT, runs wrk for a bounded time, prints the figures and stops
+# starts the server on BENCH_PORT (default: a free port), runs wrk for a bounded time, prints the figures and stops
 # the server (also on failure or Ctrl-C).
 #
 #   scripts/bench-me.sh                 # 15 s, 64 connections, 2 wrk threads
@@ -14,11 +14,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/toolchain.sh
+source scripts/bench-lib.sh
 
 DURATION=${DURATION:-15}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
-BENCH_PORT=${BENCH_PORT:-18431}
+BENCH_PORT=${BENCH_PORT:-$(free_port)}
 API_KEY=bench-api-key-0123456789abcdef
 JWT_SECRET=bench-jwt-secret-with-at-least-32-characters
 ISSUER_BASE=http://127.0.0.1:9   # only used as the expected `iss`; HS256 needs no JWKS fetch
@@ -59,7 +60,7 @@ echo "GET /api/v1/me -> $check"
 case $check in *'"principal":"user"'*) ;; *) echo "the token was not accepted"; exit 1;; esac
 
 # The peer: nginx serving a static JSON reply of the same size, on its own port.
-NGINX_PORT=${NGINX_PORT:-18432}
+NGINX_PORT=${NGINX_PORT:-$(free_port)}
 ngx=$(mktemp -d -t xenios-bench-nginx-XXXXXX)
 printf '%s' "$check" > "$ngx/me.json"
 cat > "$ngx/nginx.conf" <<NGINX
@@ -104,10 +105,9 @@ nginx_rate=$ok_rate
 echo "== xenios-server GET /api/v1/me"
 # CPU time the server itself spends (utime + stime, in clock ticks): requests per server
 # CPU-second is a figure that survives a machine shared with other work.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
-ticks_before=$(cpu_ticks)
+ticks_before=$(cpu_ticks "$server")
 run_wrk "$url"
-ticks_after=$(cpu_ticks)
+ticks_after=$(cpu_ticks "$server")
 hz=$(getconf CLK_TCK)
 awk -v n="$ok_requests" -v t=$((ticks_after - ticks_before)) -v hz="$hz" 'BEGIN {
   s = t / hz; if (s > 0) printf "server CPU: %.2f s for %d 2xx answers = %.0f per server CPU-second\n", s, n, n / s }'

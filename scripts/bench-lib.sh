@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Helpers shared by the benchmark scripts (sourced, not run).
+
+# A TCP port free on 127.0.0.1 now. A fixed port can be held by a server an earlier run left
+# behind, which then answers in place of the one under test.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# User plus system CPU of process $1 so far, in clock ticks (getconf CLK_TCK per second).
+# The fields are counted after the `(comm)`, which may hold spaces.
+cpu_ticks() {
+  awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12] + f[13] }' "/proc/$1/stat"
+}
