@@ -4,23 +4,29 @@
 //! a bounded channel ([`AuditWriter::inference`], [`AuditWriter::job`] never block) and one
 //! task writes them in batches: rows that arrive within `AUDIT_BATCH_LINGER_MS` of the first
 //! (or queued while the previous batch was being written) go in together, as one multi-row
-//! statement per table. When the channel is
-//! full or Postgres stays down past a few retries, rows are dropped and counted in
-//! [`AuditStats`]; nothing else slows down. A backend built without a database
-//! ([`AuditWriter::discarding`]) drops and counts every row at once.
+//! statement per table ([`super::batch`]: prepared once per connection, then one round trip
+//! per batch). The writer keeps one connection of its own, outside the pool: no checkout
+//! ping per batch, and request paths never wait behind it for a pooled connection. It is
+//! replaced after a lost connection, a statement that outlives `WRITE_TIMEOUT` and an idle
+//! spell. When the channel is full or Postgres stays down past a few retries, rows are
+//! dropped and counted in [`AuditStats`]; nothing else slows down. A backend built without a
+//! database ([`AuditWriter::discarding`]) drops and counts every row at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{Array, Int4, Nullable, Text, Timestamptz};
+use diesel::pg::Pg;
+use diesel::query_builder::{QueryFragment, QueryId};
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::PoolableConnection;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::batch::{InferenceBatch, JobBatch, JobRow};
 use super::models::{JobStateChange, NewInferenceLog};
-use super::schema::inference_logs;
 use super::{DbError, PgPool};
 use crate::jobs::JobState;
 
@@ -28,6 +34,13 @@ use crate::jobs::JobState;
 const MAX_BATCH: usize = 500;
 /// Attempts per batch before its rows are counted as failed.
 const WRITE_ATTEMPTS: u32 = 3;
+/// Longest a batch statement may run. Past it the connection is in an unknown state (a
+/// peer that vanished without a reset, a stuck server): it is dropped and the batch tried
+/// again on a new one.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The writer's connection is closed after this long unused, as the pool closes its idle
+/// ones, so that a quiet process holds no connection a pooler might have dropped.
+const IDLE_CLOSE: Duration = Duration::from_secs(300);
 
 /// Counters of the writer, for `/metrics` and tests.
 #[derive(Debug, Default)]
@@ -243,6 +256,7 @@ async fn run(
     // attempt each (no backoff), so an outage costs one connect timeout per batch instead
     // of several, and the queue keeps moving. The first success ends it.
     let mut down = false;
+    let mut link = Link::new(pool);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         linger_for_more(&mut rx, &mut batch, linger, &flushing).await;
         let mut inference = Vec::new();
@@ -256,13 +270,16 @@ async fn run(
             }
         }
         if !inference.is_empty() {
-            let result = with_retries(attempts(down), || write_inference(&pool, &inference)).await;
+            let batch = InferenceBatch::of(&inference);
+            let result;
+            (link, result) = with_retries(attempts(down), link, &batch).await;
             down = account(&stats, inference.len(), result, "inference_logs rows lost");
         }
         if !jobs.is_empty() {
             let n = jobs.len();
-            let merged = merge_jobs(jobs);
-            let result = with_retries(attempts(down), || write_jobs(&pool, &merged)).await;
+            let batch = JobBatch::of(merge_jobs(jobs).into_iter().map(MergedJob::into_row));
+            let result;
+            (link, result) = with_retries(attempts(down), link, &batch).await;
             down = account(&stats, n, result, "job_queue_metadata changes lost");
         }
         for w in waiters {
@@ -277,7 +294,7 @@ fn attempts(down: bool) -> u32 {
 }
 
 /// Counts a batch of `n` rows as written or failed; true when it failed (Postgres down).
-fn account(stats: &AuditStats, n: usize, result: Result<(), DbError>, lost: &str) -> bool {
+fn account(stats: &AuditStats, n: usize, result: Result<(), WriteError>, lost: &str) -> bool {
     let n = n as u64;
     match result {
         Ok(()) => {
@@ -292,12 +309,84 @@ fn account(stats: &AuditStats, n: usize, result: Result<(), DbError>, lost: &str
     }
 }
 
-async fn with_retries<F, Fut>(attempts: u32, mut write: F) -> Result<(), DbError>
+/// Why one write attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("postgres unavailable: cannot connect: {0}")]
+    Connect(#[source] diesel_async::pooled_connection::PoolError),
+    #[error("postgres unavailable: no connection within {} ms", .0.as_millis())]
+    ConnectTimeout(Duration),
+    #[error("postgres unavailable: no answer within {} s", WRITE_TIMEOUT.as_secs())]
+    Timeout,
+    #[error(transparent)]
+    Query(DbError),
+}
+
+/// The writer's own connection: opened on first use and kept, so that each batch is one
+/// statement on a connection that already holds it prepared.
+struct Link {
+    pool: PgPool,
+    conn: Option<(AsyncPgConnection, Instant)>,
+}
+
+impl Link {
+    fn new(pool: PgPool) -> Self {
+        Self { pool, conn: None }
+    }
+
+    /// The kept connection, or a new one when there is none, it was lost, or it sat idle
+    /// longer than [`IDLE_CLOSE`]. Opening one is bounded by `DATABASE_CONNECT_TIMEOUT_MS`.
+    async fn connection(&mut self) -> Result<&mut AsyncPgConnection, WriteError> {
+        if let Some((conn, used)) = &mut self.conn
+            && (conn.is_broken() || used.elapsed() > IDLE_CLOSE)
+        {
+            self.conn = None;
+        }
+        let conn = match self.conn.take() {
+            Some((conn, _)) => conn,
+            None => {
+                let limit = self.pool.config().connection_timeout;
+                tokio::time::timeout(limit, self.pool.dedicated_connection())
+                    .await
+                    .map_err(|_| WriteError::ConnectTimeout(limit))?
+                    .map_err(WriteError::Connect)?
+            }
+        };
+        let (conn, _) = self.conn.insert((conn, Instant::now()));
+        Ok(conn)
+    }
+
+    /// Runs `query` within [`WRITE_TIMEOUT`]. A connection that timed out or broke is
+    /// dropped; one that refused the statement (bad data) is kept.
+    async fn execute<Q>(&mut self, query: &Q) -> Result<(), WriteError>
+    where
+        Q: QueryFragment<Pg> + QueryId + Send + Sync,
+    {
+        use diesel_async::RunQueryDsl;
+        let conn = self.connection().await?;
+        let result = tokio::time::timeout(WRITE_TIMEOUT, RunQueryDsl::execute(query, conn)).await;
+        let result = match result {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(WriteError::Query(DbError::query(e))),
+            Err(_) => Err(WriteError::Timeout),
+        };
+        if let Some((conn, used)) = &mut self.conn {
+            if matches!(result, Err(WriteError::Timeout)) || conn.is_broken() {
+                self.conn = None;
+            } else {
+                *used = Instant::now();
+            }
+        }
+        result
+    }
+}
+
+/// Writes `query` on `link`, up to `attempts` times; hands the link back with the result.
+async fn with_retries<Q>(attempts: u32, link: Link, query: &Q) -> (Link, Result<(), WriteError>)
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), DbError>>,
+    Q: QueryFragment<Pg> + QueryId + Send + Sync,
 {
-    use backon::Retryable;
+    use backon::RetryableWithContext;
     // 100 ms, then four times longer each time: 100, 400, 1600 ms...
     let backoff = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
@@ -305,32 +394,20 @@ where
         .without_max_delay()
         .with_max_times(usize::try_from(attempts.saturating_sub(1)).unwrap_or(usize::MAX));
     let mut attempt = 0u32;
-    (|| {
+    (|mut link: Link| {
         attempt += 1;
         let attempt = attempt;
-        let written = write();
         async move {
-            written.await.inspect_err(|e| {
+            let result = link.execute(query).await.inspect_err(|e| {
                 tracing::warn!(attempt, error = %e, "audit write failed");
-            })
+            });
+            (link, result)
         }
     })
     .retry(backoff)
     .sleep(tokio::time::sleep)
+    .context(link)
     .await
-}
-
-async fn write_inference(pool: &PgPool, rows: &[NewInferenceLog]) -> Result<(), DbError> {
-    use diesel_async::RunQueryDsl;
-    let mut conn = pool.get().await.map_err(DbError::Pool)?;
-    // Several rows of one call may repeat an id only if a caller reused a row: skip those.
-    diesel::insert_into(inference_logs::table)
-        .values(rows)
-        .on_conflict_do_nothing()
-        .execute(&mut conn)
-        .await
-        .map(|_| ())
-        .map_err(DbError::query)
 }
 
 /// A job's changes within one batch, folded together, with the time it first started.
@@ -368,106 +445,33 @@ fn merge_jobs(changes: Vec<JobStateChange>) -> Vec<MergedJob> {
         .collect()
 }
 
-/// One upsert for the whole batch, with the same precedence rules as
-/// [`JobStateChange::absorb`] so that late or reordered events never move a job backwards.
-const UPSERT_JOBS: &str = r#"
-INSERT INTO ai_backend.job_queue_metadata AS j
-    (task_id, task_name, queue, status, args_digest, attempts, enqueued_at, started_at,
-     finished_at, worker, error, correlation_id, user_id, updated_at, owner)
-SELECT t.task_id, t.task_name, t.queue, t.status, t.args_digest, t.attempts,
-       t.at, t.started_at, t.finished_at, t.worker, t.error, t.correlation_id,
-       t.user_id::uuid, t.at, t.owner
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[],
-              $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[],
-              $11::text[], $12::text[], $13::text[], $14::text[])
-    AS t(task_id, task_name, queue, status, args_digest, attempts, at, started_at,
-         finished_at, worker, error, correlation_id, user_id, owner)
-ON CONFLICT (task_id) DO UPDATE SET
-    status = CASE
-        WHEN j.status IN ('success', 'failure', 'revoked') THEN j.status
-        WHEN EXCLUDED.status IN ('success', 'failure', 'revoked') THEN EXCLUDED.status
-        WHEN EXCLUDED.updated_at >= j.updated_at THEN EXCLUDED.status
-        ELSE j.status END,
-    task_name = CASE WHEN j.task_name = 'unknown' THEN EXCLUDED.task_name ELSE j.task_name END,
-    queue = CASE WHEN j.queue = 'unknown' THEN EXCLUDED.queue ELSE j.queue END,
-    args_digest = COALESCE(j.args_digest, EXCLUDED.args_digest),
-    attempts = GREATEST(j.attempts, EXCLUDED.attempts),
-    enqueued_at = LEAST(j.enqueued_at, EXCLUDED.enqueued_at),
-    started_at = COALESCE(j.started_at, EXCLUDED.started_at),
-    finished_at = COALESCE(EXCLUDED.finished_at, j.finished_at),
-    worker = COALESCE(EXCLUDED.worker, j.worker),
-    error = COALESCE(EXCLUDED.error, j.error),
-    correlation_id = COALESCE(j.correlation_id, EXCLUDED.correlation_id),
-    user_id = COALESCE(j.user_id, EXCLUDED.user_id),
-    owner = COALESCE(j.owner, EXCLUDED.owner),
-    updated_at = GREATEST(j.updated_at, EXCLUDED.updated_at)
-"#;
-
-/// The batch as column arrays, for `unnest`.
-#[derive(Default)]
-struct JobColumns {
-    task_id: Vec<String>,
-    task_name: Vec<String>,
-    queue: Vec<String>,
-    status: Vec<String>,
-    args_digest: Vec<Option<String>>,
-    attempts: Vec<i32>,
-    at: Vec<DateTime<Utc>>,
-    started_at: Vec<Option<DateTime<Utc>>>,
-    finished_at: Vec<Option<DateTime<Utc>>>,
-    worker: Vec<Option<String>>,
-    error: Vec<Option<String>>,
-    correlation_id: Vec<Option<String>>,
-    user_id: Vec<Option<String>>,
-    owner: Vec<Option<String>>,
-}
-
-async fn write_jobs(pool: &PgPool, changes: &[MergedJob]) -> Result<(), DbError> {
-    use diesel_async::RunQueryDsl;
-    let mut cols = JobColumns::default();
-    for MergedJob {
-        change: c,
-        started_at,
-    } in changes
-    {
-        cols.task_id.push(c.task_id.clone());
-        cols.task_name.push(c.task_name.clone());
-        cols.queue.push(c.queue.clone());
-        cols.status.push(c.status.db_name().to_owned());
-        cols.args_digest.push(c.args_digest.clone());
-        cols.attempts.push(c.attempts.max(0));
-        cols.at.push(c.at);
-        cols.started_at.push(*started_at);
-        cols.finished_at.push(c.status.is_ready().then_some(c.at));
-        cols.worker.push(c.worker.clone());
-        cols.error.push(match (&c.error, &c.redact) {
+impl MergedJob {
+    fn into_row(self) -> JobRow {
+        let MergedJob {
+            change: c,
+            started_at,
+        } = self;
+        let error = match (c.error, &c.redact) {
             (Some(e), Some(q)) if !q.is_empty() => Some(e.replace(q.as_str(), "")),
-            (e, _) => e.clone(),
-        });
-        cols.correlation_id.push(c.correlation_id.clone());
-        cols.user_id.push(c.user_id.map(|u| u.to_string()));
-        cols.owner.push(c.owner.clone());
+            (e, _) => e,
+        };
+        JobRow {
+            status: c.status.db_name(),
+            attempts: c.attempts.max(0),
+            finished_at: c.status.is_ready().then_some(c.at),
+            at: c.at,
+            started_at,
+            error,
+            task_id: c.task_id,
+            task_name: c.task_name,
+            queue: c.queue,
+            args_digest: c.args_digest,
+            worker: c.worker,
+            correlation_id: c.correlation_id,
+            user_id: c.user_id,
+            owner: c.owner,
+        }
     }
-    let mut conn = pool.get().await.map_err(DbError::Pool)?;
-    diesel::sql_query(UPSERT_JOBS)
-        .bind::<Array<Text>, _>(cols.task_id)
-        .bind::<Array<Text>, _>(cols.task_name)
-        .bind::<Array<Text>, _>(cols.queue)
-        .bind::<Array<Text>, _>(cols.status)
-        .bind::<Array<Nullable<Text>>, _>(cols.args_digest)
-        .bind::<Array<Int4>, _>(cols.attempts)
-        .bind::<Array<Timestamptz>, _>(cols.at)
-        .bind::<Array<Nullable<Timestamptz>>, _>(cols.started_at)
-        .bind::<Array<Nullable<Timestamptz>>, _>(cols.finished_at)
-        .bind::<Array<Nullable<Text>>, _>(cols.worker)
-        .bind::<Array<Nullable<Text>>, _>(cols.error)
-        .bind::<Array<Nullable<Text>>, _>(cols.correlation_id)
-        .bind::<Array<Nullable<Text>>, _>(cols.user_id)
-        .bind::<Array<Nullable<Text>>, _>(cols.owner)
-        .execute(&mut conn)
-        .await
-        .map(|_| ())
-        .map_err(DbError::query)
 }
 
 #[cfg(test)]

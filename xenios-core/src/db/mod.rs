@@ -15,6 +15,7 @@
 //! - `schema.rs`, [`models`]: diesel tables and typed rows.
 
 pub(crate) mod audit;
+mod batch;
 pub(crate) mod connect;
 mod database;
 mod error;
