@@ -129,3 +129,151 @@ pub fn run_worker(vars: &HashMap<String, String>, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output_within_deadline()
 }
+
+/// A private PostgreSQL server (its own `initdb` cluster in a temporary directory, on a free
+/// port, trust auth, no TLS) that a test may SIGKILL and restart: never the shared one.
+/// Killed and its directory removed on drop. As root, the server runs as the `postgres`
+/// user (PostgreSQL refuses to run as root).
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    pub port: u16,
+    pub dir: PathBuf,
+    bin: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries under /usr/lib/postgresql")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("initdb under /usr/lib/postgresql/<version>/bin");
+        let dir = std::env::temp_dir().join(format!("xenios-pg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut pg = Self {
+            port: free_port(),
+            dir,
+            bin,
+            child: None,
+        };
+        if as_root() {
+            let out = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&pg.dir)
+                .output_within_deadline();
+            assert!(out.status.success(), "chown: {out:?}");
+        }
+        let out = pg
+            .command("initdb")
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(pg.dir.join("data"))
+            .output_within_deadline();
+        assert!(out.status.success(), "initdb: {out:?}");
+        pg.start_again().await;
+        pg
+    }
+
+    /// `program` from the server's binaries, as the `postgres` user when we are root.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if as_root() {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--clear-groups",
+                "--",
+            ])
+            .arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// SIGKILL to the postmaster and every backend at once (its process group), as an OOM
+    /// killer or a crashed host would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .output_within_deadline();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data (after [`PrivatePostgres::kill`]: it
+    /// recovers from its WAL), and waits until it answers a query.
+    pub async fn start_again(&mut self) {
+        use std::os::unix::process::CommandExt as _;
+        self.kill();
+        let socket_dir = self.dir.to_string_lossy().into_owned();
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-p", &self.port.to_string(), "-k", &socket_dir])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "ssl=off"])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres");
+        self.child = Some(child);
+        let url = self.url();
+        wait_for(
+            "the private PostgreSQL to accept queries",
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move {
+                    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                        .await
+                        .ok()?;
+                    tokio::spawn(conn);
+                    client.simple_query("SELECT 1").await.ok()
+                }
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn as_root() -> bool {
+    // The effective uid, from /proc: no libc binding needed.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}

@@ -524,9 +524,15 @@ impl Drop for RedisProcess {
 
 /// Configuration variables for a test backend on the given database and Redis.
 pub fn test_vars(db: &TestDb, redis_url: &str) -> HashMap<String, String> {
+    let mut vars = test_vars_without_database(redis_url);
+    vars.insert("DATABASE_URL".to_owned(), db.url.clone());
+    vars
+}
+
+/// [`test_vars`] without `DATABASE_URL`, for a test that brings a Postgres of its own.
+pub fn test_vars_without_database(redis_url: &str) -> HashMap<String, String> {
     [
         ("ENVIRONMENT", "development"),
-        ("DATABASE_URL", db.url.as_str()),
         ("REDIS_URL", redis_url),
         ("XENIOS_BACKEND_API_KEY", API_KEY),
         ("HOST", "127.0.0.1"),

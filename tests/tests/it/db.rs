@@ -543,3 +543,74 @@ async fn server_runs_migrations_at_start_when_configured() {
     let _ = tx.send(());
     server.await.unwrap().unwrap();
 }
+
+/// One inference row and one job row, `tag` in both, queued and flushed.
+async fn audit_both(b: &AiBackend, tag: &str) {
+    let mut row = NewInferenceLog::new("chat", "m", InferenceStatus::Success);
+    row.correlation_id = Some(tag.to_owned());
+    b.database().audit().inference(row);
+    b.database().audit().job(JobStateChange::new(
+        tag,
+        "xenios.noop",
+        "default",
+        JobState::Success,
+    ));
+    b.database().flush_audit().await;
+}
+
+/// Whether both rows of [`audit_both`] are stored.
+async fn both_stored(b: &AiBackend, tag: &str) -> bool {
+    let logs = b.database().inference_logs_for(tag).await;
+    let job = b.database().job_record(tag).await;
+    matches!((logs, job), (Ok(l), Ok(Some(j))) if l.len() == 1 && j.status == "success")
+}
+
+#[tokio::test]
+async fn faults_audit_rows_are_written_again_after_postgres_is_sigkilled_and_restarted() {
+    // The audit writer keeps a connection of its own, with its two statements prepared on
+    // it. A real Postgres server is killed under it (SIGKILL to the postmaster and every
+    // backend) and started again: the writer must notice its connection is gone, open a
+    // new one, prepare again, and write the rows queued after the restart.
+    let redis = TestRedis::new().await;
+    let mut pg = xenios_tests::faults::PrivatePostgres::start().await;
+    let mut vars = xenios_tests::test_vars_without_database(&redis.url);
+    vars.insert("DATABASE_URL".into(), pg.url());
+    let b = AiBackend::builder(Config::from_map(&vars).unwrap())
+        .build()
+        .await
+        .unwrap();
+    b.database().migrate().await.unwrap();
+    // Twice before the fault: the second batch runs on the kept connection.
+    for tag in ["before-1", "before-2"] {
+        audit_both(&b, tag).await;
+        assert!(
+            both_stored(&b, tag).await,
+            "{:?}",
+            b.database().audit_stats()
+        );
+    }
+
+    pg.kill();
+    pg.start_again().await;
+
+    let mut n = 0;
+    wait_for(
+        "audit rows written after Postgres restarted",
+        Duration::from_secs(60),
+        || {
+            n += 1;
+            let tag = format!("after-{n}");
+            let b = b.clone();
+            async move {
+                audit_both(&b, &tag).await;
+                both_stored(&b, &tag).await.then_some(())
+            }
+        },
+    )
+    .await;
+    // The rows from before the kill survived it (committed), and nothing was dropped.
+    assert!(both_stored(&b, "before-1").await);
+    let s = b.database().audit_stats();
+    assert_eq!(s.dropped, 0, "{s:?}");
+    assert!(s.written >= 6, "{s:?}");
+}
