@@ -13,7 +13,8 @@ pub struct DatabaseConfig {
     /// `sslmode=require` (Supabase) turns TLS on. Empty when no database is configured
     /// (only [`crate::Config::llm_only_from_env`] allows that).
     pub url: SecretString,
-    /// `DATABASE_POOL_SIZE`: most connections held by this process (default 10).
+    /// `DATABASE_POOL_SIZE`: most pooled connections held by this process (default 10); the
+    /// audit writer holds one more, outside the pool.
     pub pool_size: u32,
     /// `DATABASE_CONNECT_TIMEOUT_MS`: how long a query waits for a pooled connection
     /// (default 5000).
