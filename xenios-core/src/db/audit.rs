@@ -25,7 +25,7 @@ use diesel_async::pooled_connection::PoolableConnection;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::batch::{InferenceBatch, JobBatch, JobRow};
+use super::batch::{InferenceBatch, JobBatch};
 use super::models::{JobStateChange, NewInferenceLog};
 use super::{DbError, PgPool};
 use crate::jobs::JobState;
@@ -270,14 +270,16 @@ async fn run(
             }
         }
         if !inference.is_empty() {
-            let batch = InferenceBatch::of(&inference);
+            let n = inference.len();
+            let batch = InferenceBatch::of(inference);
             let result;
             (link, result) = with_retries(attempts(down), link, &batch).await;
-            down = account(&stats, inference.len(), result, "inference_logs rows lost");
+            down = account(&stats, n, result, "inference_logs rows lost");
         }
         if !jobs.is_empty() {
             let n = jobs.len();
-            let batch = JobBatch::of(merge_jobs(jobs).into_iter().map(MergedJob::into_row));
+            let merged = merge_jobs(jobs).into_iter();
+            let batch = JobBatch::of(merged.map(|m| (m.change, m.started_at)));
             let result;
             (link, result) = with_retries(attempts(down), link, &batch).await;
             down = account(&stats, n, result, "job_queue_metadata changes lost");
@@ -443,35 +445,6 @@ fn merge_jobs(changes: Vec<JobStateChange>) -> Vec<MergedJob> {
         .into_iter()
         .filter_map(|id| by_id.remove(&id))
         .collect()
-}
-
-impl MergedJob {
-    fn into_row(self) -> JobRow {
-        let MergedJob {
-            change: c,
-            started_at,
-        } = self;
-        let error = match (c.error, &c.redact) {
-            (Some(e), Some(q)) if !q.is_empty() => Some(e.replace(q.as_str(), "")),
-            (e, _) => e,
-        };
-        JobRow {
-            status: c.status.db_name(),
-            attempts: c.attempts.max(0),
-            finished_at: c.status.is_ready().then_some(c.at),
-            at: c.at,
-            started_at,
-            error,
-            task_id: c.task_id,
-            task_name: c.task_name,
-            queue: c.queue,
-            args_digest: c.args_digest,
-            worker: c.worker,
-            correlation_id: c.correlation_id,
-            user_id: c.user_id,
-            owner: c.owner,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -13,9 +13,23 @@ use chrono::{DateTime, Utc};
 use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::sql_types::{Array, Bool, Float8, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{
+    Array, Bool, Float8, HasSqlType, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid,
+};
 
-use super::models::NewInferenceLog;
+use super::models::{JobStateChange, NewInferenceLog};
+
+/// Pushes one column array as the next parameter, then `sql` (its cast and what follows).
+fn column<'b, ST, U>(out: &mut AstPass<'_, 'b, Pg>, values: &'b U, sql: &str) -> QueryResult<()>
+where
+    Pg: HasSqlType<ST>,
+    U: ToSql<ST, Pg>,
+{
+    out.push_bind_param::<ST, U>(values)?;
+    out.push_sql(sql);
+    Ok(())
+}
 
 /// `inference_logs` rows as column arrays: one `INSERT .. SELECT FROM unnest(..)`. A row
 /// whose id is already stored is skipped (a caller that reused a row).
@@ -43,16 +57,16 @@ pub(super) struct InferenceBatch {
 }
 
 impl InferenceBatch {
-    /// The batch of `rows`, in order.
-    pub(super) fn of(rows: &[NewInferenceLog]) -> Self {
+    /// The batch of `rows`, in order (moved, not copied).
+    pub(super) fn of(rows: Vec<NewInferenceLog>) -> Self {
         let mut b = Self::default();
         for r in rows {
             b.id.push(r.id);
-            b.task_type.push(r.task_type.clone());
-            b.model_requested.push(r.model_requested.clone());
-            b.model_used.push(r.model_used.clone());
+            b.task_type.push(r.task_type);
+            b.model_requested.push(r.model_requested);
+            b.model_used.push(r.model_used);
             b.fallback_used.push(r.fallback_used);
-            b.status.push(r.status.clone());
+            b.status.push(r.status);
             b.prompt_tokens.push(r.prompt_tokens);
             b.completion_tokens.push(r.completion_tokens);
             b.total_tokens.push(r.total_tokens);
@@ -60,11 +74,11 @@ impl InferenceBatch {
             b.latency_ms.push(r.latency_ms);
             b.ttft_ms.push(r.ttft_ms);
             b.streaming.push(r.streaming);
-            b.error.push(r.error.clone());
-            b.correlation_id.push(r.correlation_id.clone());
+            b.error.push(r.error);
+            b.correlation_id.push(r.correlation_id);
             b.user_id.push(r.user_id);
-            b.request_payload.push(r.request_payload.clone());
-            b.response_payload.push(r.response_payload.clone());
+            b.request_payload.push(r.request_payload);
+            b.response_payload.push(r.response_payload);
             b.created_at.push(r.created_at);
         }
         b
@@ -78,76 +92,43 @@ impl QueryId for InferenceBatch {
 
 impl QueryFragment<Pg> for InferenceBatch {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(
+        let o = &mut out;
+        o.push_sql(
             "INSERT INTO ai_backend.inference_logs (id, task_type, model_requested, \
              model_used, fallback_used, status, prompt_tokens, completion_tokens, \
              total_tokens, cost_usd, latency_ms, ttft_ms, streaming, error, correlation_id, \
              user_id, request_payload, response_payload, created_at) \
              SELECT * FROM unnest(",
         );
-        out.push_bind_param::<Array<Uuid>, _>(&self.id)?;
-        out.push_sql("::uuid[], ");
-        out.push_bind_param::<Array<Text>, _>(&self.task_type)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&self.model_requested)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.model_used)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Bool>, _>(&self.fallback_used)?;
-        out.push_sql("::bool[], ");
-        out.push_bind_param::<Array<Text>, _>(&self.status)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Int4>>, _>(&self.prompt_tokens)?;
-        out.push_sql("::int4[], ");
-        out.push_bind_param::<Array<Nullable<Int4>>, _>(&self.completion_tokens)?;
-        out.push_sql("::int4[], ");
-        out.push_bind_param::<Array<Nullable<Int4>>, _>(&self.total_tokens)?;
-        out.push_sql("::int4[], ");
-        out.push_bind_param::<Array<Nullable<Float8>>, _>(&self.cost_usd)?;
-        out.push_sql("::float8[], ");
-        out.push_bind_param::<Array<Int4>, _>(&self.latency_ms)?;
-        out.push_sql("::int4[], ");
-        out.push_bind_param::<Array<Nullable<Int4>>, _>(&self.ttft_ms)?;
-        out.push_sql("::int4[], ");
-        out.push_bind_param::<Array<Bool>, _>(&self.streaming)?;
-        out.push_sql("::bool[], ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.error)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.correlation_id)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Uuid>>, _>(&self.user_id)?;
-        out.push_sql("::uuid[], ");
-        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&self.request_payload)?;
-        out.push_sql("::jsonb[], ");
-        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&self.response_payload)?;
-        out.push_sql("::jsonb[], ");
-        out.push_bind_param::<Array<Timestamptz>, _>(&self.created_at)?;
-        out.push_sql("::timestamptz[]) ON CONFLICT (id) DO NOTHING");
-        Ok(())
+        column::<Array<Uuid>, _>(o, &self.id, "::uuid[], ")?;
+        column::<Array<Text>, _>(o, &self.task_type, "::text[], ")?;
+        column::<Array<Text>, _>(o, &self.model_requested, "::text[], ")?;
+        column::<Array<Nullable<Text>>, _>(o, &self.model_used, "::text[], ")?;
+        column::<Array<Bool>, _>(o, &self.fallback_used, "::bool[], ")?;
+        column::<Array<Text>, _>(o, &self.status, "::text[], ")?;
+        column::<Array<Nullable<Int4>>, _>(o, &self.prompt_tokens, "::int4[], ")?;
+        column::<Array<Nullable<Int4>>, _>(o, &self.completion_tokens, "::int4[], ")?;
+        column::<Array<Nullable<Int4>>, _>(o, &self.total_tokens, "::int4[], ")?;
+        column::<Array<Nullable<Float8>>, _>(o, &self.cost_usd, "::float8[], ")?;
+        column::<Array<Int4>, _>(o, &self.latency_ms, "::int4[], ")?;
+        column::<Array<Nullable<Int4>>, _>(o, &self.ttft_ms, "::int4[], ")?;
+        column::<Array<Bool>, _>(o, &self.streaming, "::bool[], ")?;
+        column::<Array<Nullable<Text>>, _>(o, &self.error, "::text[], ")?;
+        column::<Array<Nullable<Text>>, _>(o, &self.correlation_id, "::text[], ")?;
+        column::<Array<Nullable<Uuid>>, _>(o, &self.user_id, "::uuid[], ")?;
+        column::<Array<Nullable<Jsonb>>, _>(o, &self.request_payload, "::jsonb[], ")?;
+        column::<Array<Nullable<Jsonb>>, _>(o, &self.response_payload, "::jsonb[], ")?;
+        column::<Array<Timestamptz>, _>(
+            o,
+            &self.created_at,
+            "::timestamptz[]) ON CONFLICT (id) DO NOTHING",
+        )
     }
-}
-
-/// One job's folded changes, as [`JobBatch`] writes them.
-pub(super) struct JobRow {
-    pub(super) task_id: String,
-    pub(super) task_name: String,
-    pub(super) queue: String,
-    pub(super) status: &'static str,
-    pub(super) args_digest: Option<String>,
-    pub(super) attempts: i32,
-    pub(super) at: DateTime<Utc>,
-    pub(super) started_at: Option<DateTime<Utc>>,
-    pub(super) finished_at: Option<DateTime<Utc>>,
-    pub(super) worker: Option<String>,
-    pub(super) error: Option<String>,
-    pub(super) correlation_id: Option<String>,
-    pub(super) user_id: Option<uuid::Uuid>,
-    pub(super) owner: Option<String>,
 }
 
 /// `job_queue_metadata` changes as column arrays: one upsert whose conflict rules never move
 /// a job backwards (a terminal state stays, a later change wins over an earlier one), the
-/// same precedence as [`super::models::JobStateChange::absorb`].
+/// same precedence as [`JobStateChange::absorb`].
 #[derive(Default)]
 pub(super) struct JobBatch {
     task_id: Vec<String>,
@@ -167,24 +148,30 @@ pub(super) struct JobBatch {
 }
 
 impl JobBatch {
-    /// The batch of `rows` (at most one per job), in order.
-    pub(super) fn of(rows: impl IntoIterator<Item = JobRow>) -> Self {
+    /// The batch of each job's folded change and the time it first started (at most one
+    /// entry per job), in order. The error text loses the change's `redact` text.
+    pub(super) fn of(
+        jobs: impl IntoIterator<Item = (JobStateChange, Option<DateTime<Utc>>)>,
+    ) -> Self {
         let mut b = Self::default();
-        for r in rows {
-            b.task_id.push(r.task_id);
-            b.task_name.push(r.task_name);
-            b.queue.push(r.queue);
-            b.status.push(r.status);
-            b.args_digest.push(r.args_digest);
-            b.attempts.push(r.attempts);
-            b.at.push(r.at);
-            b.started_at.push(r.started_at);
-            b.finished_at.push(r.finished_at);
-            b.worker.push(r.worker);
-            b.error.push(r.error);
-            b.correlation_id.push(r.correlation_id);
-            b.user_id.push(r.user_id);
-            b.owner.push(r.owner);
+        for (c, started_at) in jobs {
+            b.status.push(c.status.db_name());
+            b.attempts.push(c.attempts.max(0));
+            b.finished_at.push(c.status.is_ready().then_some(c.at));
+            b.at.push(c.at);
+            b.started_at.push(started_at);
+            b.error.push(match (c.error, &c.redact) {
+                (Some(e), Some(q)) if !q.is_empty() => Some(e.replace(q.as_str(), "")),
+                (e, _) => e,
+            });
+            b.task_id.push(c.task_id);
+            b.task_name.push(c.task_name);
+            b.queue.push(c.queue);
+            b.args_digest.push(c.args_digest);
+            b.worker.push(c.worker);
+            b.correlation_id.push(c.correlation_id);
+            b.user_id.push(c.user_id);
+            b.owner.push(c.owner);
         }
         b
     }
@@ -197,7 +184,8 @@ impl QueryId for JobBatch {
 
 impl QueryFragment<Pg> for JobBatch {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(
+        let o = &mut out;
+        o.push_sql(
             "INSERT INTO ai_backend.job_queue_metadata AS j (task_id, task_name, queue, \
              status, args_digest, attempts, enqueued_at, started_at, finished_at, worker, \
              error, correlation_id, user_id, updated_at, owner) \
@@ -205,35 +193,22 @@ impl QueryFragment<Pg> for JobBatch {
              t.at, t.started_at, t.finished_at, t.worker, t.error, t.correlation_id, \
              t.user_id, t.at, t.owner FROM unnest(",
         );
-        out.push_bind_param::<Array<Text>, _>(&self.task_id)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&self.task_name)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&self.queue)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&self.status)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.args_digest)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Int4>, _>(&self.attempts)?;
-        out.push_sql("::int4[], ");
-        out.push_bind_param::<Array<Timestamptz>, _>(&self.at)?;
-        out.push_sql("::timestamptz[], ");
-        out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.started_at)?;
-        out.push_sql("::timestamptz[], ");
-        out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.finished_at)?;
-        out.push_sql("::timestamptz[], ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.worker)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.error)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.correlation_id)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Nullable<Uuid>>, _>(&self.user_id)?;
-        out.push_sql("::uuid[], ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.owner)?;
-        out.push_sql(
-            "::text[]) AS t(task_id, task_name, queue, status, args_digest, attempts, at, \
+        column::<Array<Text>, _>(o, &self.task_id, "::text[], ")?;
+        column::<Array<Text>, _>(o, &self.task_name, "::text[], ")?;
+        column::<Array<Text>, _>(o, &self.queue, "::text[], ")?;
+        column::<Array<Text>, _>(o, &self.status, "::text[], ")?;
+        column::<Array<Nullable<Text>>, _>(o, &self.args_digest, "::text[], ")?;
+        column::<Array<Int4>, _>(o, &self.attempts, "::int4[], ")?;
+        column::<Array<Timestamptz>, _>(o, &self.at, "::timestamptz[], ")?;
+        column::<Array<Nullable<Timestamptz>>, _>(o, &self.started_at, "::timestamptz[], ")?;
+        column::<Array<Nullable<Timestamptz>>, _>(o, &self.finished_at, "::timestamptz[], ")?;
+        column::<Array<Nullable<Text>>, _>(o, &self.worker, "::text[], ")?;
+        column::<Array<Nullable<Text>>, _>(o, &self.error, "::text[], ")?;
+        column::<Array<Nullable<Text>>, _>(o, &self.correlation_id, "::text[], ")?;
+        column::<Array<Nullable<Uuid>>, _>(o, &self.user_id, "::uuid[], ")?;
+        column::<Array<Nullable<Text>>, _>(o, &self.owner, "::text[]) ")?;
+        o.push_sql(
+            "AS t(task_id, task_name, queue, status, args_digest, attempts, at, \
              started_at, finished_at, worker, error, correlation_id, user_id, owner) \
              ON CONFLICT (task_id) DO UPDATE SET \
              status = CASE \
@@ -278,8 +253,8 @@ mod tests {
     #[test]
     fn both_statements_are_cacheable_and_their_text_does_not_depend_on_the_batch() {
         let row = NewInferenceLog::new("chat", "m", InferenceStatus::Success);
-        let one = InferenceBatch::of(std::slice::from_ref(&row));
-        let two = InferenceBatch::of(&[row.clone(), row]);
+        let one = InferenceBatch::of(vec![row.clone()]);
+        let two = InferenceBatch::of(vec![row.clone(), row]);
         assert_eq!(sql(&one), sql(&two));
         assert!(sql(&one).ends_with("$19::timestamptz[]) ON CONFLICT (id) DO NOTHING"));
         assert!(sql(&JobBatch::default()).contains("$14::text[]) AS t(task_id"));
