@@ -15,6 +15,7 @@ Prints `RESULT key=value` lines that scripts/bench-jobs.sh turns into ratios.
 usage: bench_celery.py <jobs>   (XENIOS_TEST_BROKER = the Redis DB it may flush)
 """
 
+import collections
 import os
 import subprocess
 import sys
@@ -29,8 +30,9 @@ STAGING = "celerybench-staging"
 # The benchmark's own commands, left out of the per-job counts. It polls results with STRLEN,
 # which no worker uses, so that a worker's own EXISTS calls are counted.
 OWN_COMMANDS = {"strlen", "info", "rename", "flushdb", "llen", "hlen", "dbsize"}
-# Results checked at once when the oldest missing one is stored (see wait_results).
-POLL_WINDOW = 256
+# Fewest and most results checked at once when the oldest missing one is stored (see
+# wait_results).
+POLL_WINDOW = (16, 256)
 # Pools tried; the best one is Celery's figure. prefork -c 2 is one process per core here.
 POOLS = (("solo", "1"), ("threads", "8"), ("prefork", "2"), ("prefork", "4"))
 # Task events as on our side (BENCH_TASK_EVENTS=1: `-E`, as for Flower); off by default.
@@ -50,21 +52,27 @@ def commands_per_job(before, after, n):
 
 def wait_results(r, ids, deadline):
     """Waits until every result is stored. While the oldest missing one is not, only it is
-    checked (every 2 ms); once it is, the next POLL_WINDOW are checked at once. Workers
-    finish roughly in order, so polling costs about one command per job and does not load
-    Redis in proportion to N (as bench.rs does it)."""
-    missing = list(ids)
+    checked (every 2 ms); once it is, the next ones are checked at once: twice as many as
+    the last window found (within POLL_WINDOW). Workers finish roughly in order, so the
+    window follows the drain's pace and polling costs a few commands per job and does not
+    load Redis in proportion to N (as bench.rs does it)."""
+    # A deque: each poll takes its window off the front and puts back what is still missing,
+    # without copying the other ids (as bench.rs does it).
+    missing = collections.deque(ids)
+    size = POLL_WINDOW[0]
     while missing:
         if time.monotonic() > deadline:
             raise SystemExit(f"celery: {len(missing)} results missing at the deadline")
         if not r.strlen(f"celery-task-meta-{missing[0]}"):
             time.sleep(0.002)
             continue
-        window = missing[:POLL_WINDOW]
+        window = [missing.popleft() for _ in range(min(size, len(missing)))]
         pipe = r.pipeline(transaction=False)
         for task_id in window:
             pipe.strlen(f"celery-task-meta-{task_id}")
-        missing = [t for t, size in zip(window, pipe.execute()) if not size] + missing[POLL_WINDOW:]
+        sizes = pipe.execute()
+        missing.extendleft(t for t, n in reversed(list(zip(window, sizes))) if not n)
+        size = min(max(2 * sum(1 for n in sizes if n), POLL_WINDOW[0]), POLL_WINDOW[1])
 
 
 def drain(r, n, pool, conc):
