@@ -16,7 +16,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::jwks::{JwksCache, JwksSettings, KeyLookupError};
-use super::verified::{self, VerifiedTokens};
+use super::verified::{self, VerifiedBy, VerifiedTokens};
 use super::{AuthError, Principal, UserContext};
 use crate::config::{MAX_JWKS_CACHE_TTL, SupabaseConfig};
 
@@ -55,8 +55,8 @@ pub struct JwtVerifier {
     es256: Validation,
     rs256: Validation,
     jwks: Option<Arc<JwksCache>>,
-    /// Asymmetric tokens verified before ([`verified`]): a session's token costs one
-    /// signature check, not one per request.
+    /// Tokens verified before ([`verified`]): a session's token costs one signature check,
+    /// not one per request.
     verified: VerifiedTokens,
 }
 
@@ -147,6 +147,13 @@ impl JwtVerifier {
         {
             return Err(invalid("not a compact JWS (three base64url parts)"));
         }
+        // A token verified before ([`verified`]) costs a hash and a lookup: no header decode,
+        // no signature check, no claims parse.
+        let hash = verified::digest(token);
+        let current = |kid: &str| self.jwks.as_ref().and_then(|jwks| jwks.fresh_key(kid));
+        if let Some(principal) = self.verified.get(&hash, current) {
+            return Ok(principal);
+        }
         // `alg: none` and unknown algorithms fail here: jsonwebtoken has no such variants.
         let header = decode_header(token).map_err(|e| invalid(format!("bad header: {e}")))?;
         match header.alg {
@@ -157,17 +164,16 @@ impl JwtVerifier {
                 let claims = decode::<Claims>(token, key, validation)
                     .map_err(|e| invalid(format!("verification failed: {e}")))?
                     .claims;
-                principal_from(claims)
+                let exp = claims.exp as u64;
+                let principal = principal_from(claims)?;
+                self.verified
+                    .insert(hash, &principal, exp, VerifiedBy::Secret);
+                Ok(principal)
             }
             Algorithm::ES256 | Algorithm::RS256 => {
                 let jwks = self.jwks.as_ref().ok_or_else(|| {
                     invalid("asymmetric token but no JWKS is configured (SUPABASE_URL)")
                 })?;
-                // Only asymmetric tokens are worth remembering: HS256 costs less than the hash.
-                let hash = verified::digest(token);
-                if let Some(principal) = self.verified.get(&hash, |kid| jwks.fresh_key(kid)) {
-                    return Ok(principal);
-                }
                 let kid = header
                     .kid
                     .as_deref()
@@ -190,7 +196,11 @@ impl JwtVerifier {
                     .claims;
                 let exp = claims.exp as u64;
                 let principal = principal_from(claims)?;
-                self.verified.insert(hash, &principal, exp, kid, key);
+                let by = VerifiedBy::Jwks {
+                    kid: kid.to_owned(),
+                    key,
+                };
+                self.verified.insert(hash, &principal, exp, by);
                 Ok(principal)
             }
             other => Err(invalid(format!("algorithm {other:?} is not accepted"))),
@@ -391,6 +401,33 @@ mod tests {
                 other => panic!("{name}: expected InvalidToken, got {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_verified_hs256_token_is_remembered_and_a_tampered_one_is_not() {
+        let v = verifier();
+        let token = hs(&claims());
+        let first = v.verify(&token).await.unwrap();
+        assert_eq!(v.verified.len(), 1);
+        assert_eq!(v.verify(&token).await.unwrap(), first);
+        assert_eq!(v.verified.len(), 1);
+        // One byte of the signature changed: another entry's key, checked in full, refused.
+        let mut tampered = token.into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        match v.verify(&tampered).await {
+            Err(AuthError::InvalidToken { detail }) => {
+                assert!(detail.contains("verification failed"), "{detail}")
+            }
+            other => panic!("a tampered token gave {other:?}"),
+        }
+        assert_eq!(v.verified.len(), 1);
+        // Claims that verify but name no user are refused and not remembered.
+        let mut anon = claims();
+        anon["role"] = json!("anon");
+        assert!(v.verify(&hs(&anon)).await.is_err());
+        assert_eq!(v.verified.len(), 1);
     }
 
     #[tokio::test]
