@@ -12,7 +12,7 @@ use crate::db::audit::AuditWriter;
 use crate::db::{self, Database, PgPool};
 use crate::error::{Error, Result};
 use crate::jobs::Jobs;
-use crate::llm::{FakeProvider, Llm, OpenRouterProvider, Provider, TokenBudget};
+use crate::llm::{FakeProvider, Llm, OpenRouterProvider, Provider, TokenBudget, Upstream};
 use crate::redis::{self as xredis, RedisPool};
 
 /// Builds an [`AiBackend`] from a [`Config`], optionally with parts supplied by the caller.
@@ -113,15 +113,21 @@ impl AiBackendBuilder {
             }
             None => Some(xredis::build_pool(&config.redis)?),
         };
-        let http = match self.http {
-            Some(c) => c,
-            None => upstream_http_client(config.llm.connect_timeout)?,
+        // Without a client of the embedder's, upstream LLM calls get a client per thread
+        // (`llm::upstream`); the other HTTP calls (the JWKS) share the first one.
+        let (http, upstream) = match self.http {
+            Some(c) => (c.clone(), Upstream::Shared(c)),
+            None => {
+                let upstream = Upstream::per_thread(config.llm.connect_timeout)?;
+                (upstream.client().clone(), upstream)
+            }
         };
         Parts {
             config,
             db,
             redis,
             http,
+            upstream,
             llm_provider: self.llm_provider,
         }
         .assemble()
@@ -170,6 +176,7 @@ impl AiBackend {
             config,
             db: Some(db),
             redis: Some(redis),
+            upstream: Upstream::Shared(http.clone()),
             http,
             llm_provider: None,
         }
@@ -183,6 +190,7 @@ struct Parts {
     db: Option<PgPool>,
     redis: Option<RedisPool>,
     http: reqwest::Client,
+    upstream: Upstream,
     llm_provider: Option<Arc<dyn Provider>>,
 }
 
@@ -206,6 +214,7 @@ impl Parts {
             db,
             redis,
             http,
+            upstream,
             llm_provider,
         } = self;
         if tokio::runtime::Handle::try_current().is_err() {
@@ -230,7 +239,7 @@ impl Parts {
         let provider: Arc<dyn Provider> = match (llm_provider, &config.openrouter.api_key) {
             (Some(p), _) => p,
             (None, Some(key)) => Arc::new(OpenRouterProvider::new(
-                http.clone(),
+                upstream,
                 &config.openrouter.base_url,
                 key.clone(),
             )),

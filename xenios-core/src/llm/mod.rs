@@ -39,6 +39,7 @@ mod retry;
 pub mod routing;
 mod stream;
 pub mod types;
+pub mod upstream;
 
 pub use self::budget::{TokenBudget, TokenUsage};
 pub use self::engine::Llm;
@@ -54,3 +55,4 @@ pub use self::stream::LlmStream;
 pub use self::types::{
     Completion, CompletionRequest, Message, ModelListError, Role, StreamEvent, StreamSummary, Usage,
 };
+pub use self::upstream::Upstream;

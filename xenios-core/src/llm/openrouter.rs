@@ -1,5 +1,6 @@
-//! The OpenRouter provider: OpenAI-shaped chat completions over the backend's shared
-//! reqwest client (pooled connections, HTTP/2 where the server offers it).
+//! The OpenRouter provider: OpenAI-shaped chat completions over reqwest (pooled
+//! connections, HTTP/2 where the server offers it), a client per thread by default
+//! ([`super::upstream`]).
 //!
 //! Streams are parsed with `eventsource-stream`: `:` comment lines (`: OPENROUTER
 //! PROCESSING`) are skipped by the parser, `data: [DONE]` ends the stream, and a `data:`
@@ -20,6 +21,7 @@ use super::provider::{
     ProviderResponse, parse_retry_after,
 };
 use super::types::{Message, Usage};
+use super::upstream::Upstream;
 
 /// Calls `POST {OPENROUTER_BASE_URL}/chat/completions`.
 ///
@@ -27,7 +29,7 @@ use super::types::{Message, Usage};
 /// (IDNA included) and formatting the header showed up in the per-request profile.
 #[derive(Clone)]
 pub struct OpenRouterProvider {
-    http: reqwest::Client,
+    http: std::sync::Arc<Upstream>,
     /// An unusable URL or key fails every call the same way: 401-like, so no fallback is
     /// tried (the configuration refuses both, so this is for embedders' mistakes).
     url: Result<reqwest::Url, ProviderError>,
@@ -68,9 +70,10 @@ struct StreamOptions {
 }
 
 impl OpenRouterProvider {
-    /// A provider on `http`, against `base_url` (e.g. `https://openrouter.ai/api/v1`).
-    /// An invalid URL or key (the configuration refuses both) fails every call.
-    pub fn new(http: reqwest::Client, base_url: &str, api_key: SecretString) -> Self {
+    /// A provider on `http` (a client, or [`Upstream::per_thread`]), against `base_url`
+    /// (e.g. `https://openrouter.ai/api/v1`). An invalid URL or key (the configuration
+    /// refuses both) fails every call.
+    pub fn new(http: impl Into<Upstream>, base_url: &str, api_key: SecretString) -> Self {
         let refused = |m: String| ProviderError::new(ProviderErrorKind::Status(401), m);
         let url = reqwest::Url::parse(&format!(
             "{}/chat/completions",
@@ -84,7 +87,7 @@ impl OpenRouterProvider {
             })
             .map_err(|_| refused("OPENROUTER_API_KEY is not a valid header value".to_owned()));
         Self {
-            http,
+            http: std::sync::Arc::new(http.into()),
             url,
             authorization,
         }
@@ -119,6 +122,7 @@ impl OpenRouterProvider {
         );
         let mut request = self
             .http
+            .client()
             .post(url.clone())
             .header(reqwest::header::AUTHORIZATION, authorization.clone())
             .header("X-Request-ID", &req.correlation_id)
