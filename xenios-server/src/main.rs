@@ -11,7 +11,9 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+/// The backend's own tasks run here; HTTP is served from a thread per core
+/// ([`xenios_server::serve`]).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = match xenios_core::Config::from_env() {
         Ok(c) => c,

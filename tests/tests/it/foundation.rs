@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-use xenios_tests::{FakeUpstream, RedisProcess, TestApp, TestDb, test_vars, wait_for};
+use serde_json::{Value, json};
+use xenios_tests::fake_openrouter::{FakeOpenRouter, Replies};
+use xenios_tests::process::ServerProcess;
+use xenios_tests::{API_KEY, FakeUpstream, RedisProcess, TestApp, TestDb, test_vars, wait_for};
 
 #[tokio::test]
 async fn health_and_live_answer_without_auth() {
@@ -228,6 +230,87 @@ async fn graceful_shutdown_stops_accepting_and_returns() {
         || async move { tokio::net::TcpStream::connect(addr).await.err().map(|_| ()) },
     )
     .await;
+}
+
+/// The binary serves from `SERVER_THREADS` threads on one port: many connections at once,
+/// proxied LLM calls among them (each thread with its own upstream client), all answered;
+/// then SIGTERM lets an in-flight call finish and the process exits cleanly, its audit rows
+/// written.
+#[tokio::test]
+async fn the_binary_serves_from_a_thread_per_listener_and_stops_cleanly() {
+    let db = TestDb::new().await;
+    let redis = RedisProcess::start().await;
+    let upstream = FakeOpenRouter::start(Replies::ok()).await;
+    let mut vars = test_vars(&db, &redis.url());
+    vars.insert("SERVER_THREADS".into(), "3".into());
+    vars.insert("OPENROUTER_API_KEY".into(), "sk-or-test-key".into());
+    vars.insert("OPENROUTER_BASE_URL".into(), upstream.base_url());
+    vars.insert("RUN_MIGRATIONS".into(), "true".into());
+    // 48 requests at once from one caller: this test is about serving, not rate limits.
+    vars.insert("RATE_LIMIT_PER_MINUTE".into(), "0".into());
+    let mut server = ServerProcess::start(&vars);
+    let expected: Vec<String> = (0..3).map(|i| format!("xenios-http-{i}")).collect();
+    // A thread names itself once it runs: wait for all three.
+    let names = wait_for("three serving threads", Duration::from_secs(10), || {
+        let names = server.thread_names();
+        let all = expected.iter().all(|e| names.contains(e));
+        async move { all.then_some(names) }
+    })
+    .await;
+    let serving = names
+        .iter()
+        .filter(|n| n.starts_with("xenios-http-"))
+        .count();
+    assert_eq!(serving, 3, "{names:?}");
+
+    // 24 connections of their own (the kernel spreads them over the three sockets), each
+    // asking /me and making an LLM call.
+    let calls = (0..24).map(|i| {
+        let (me, complete) = (server.url("/api/v1/me"), server.url("/api/v1/llm/complete"));
+        async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+            let r = client
+                .get(me)
+                .header("x-api-key", API_KEY)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "connection {i}");
+            let body = json!({"task": "chat", "messages": [{"role": "user", "content": "hi"}]});
+            let r = client
+                .post(complete)
+                .header("x-api-key", API_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "connection {i}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["content"], "ok", "connection {i}: {v}");
+        }
+    });
+    futures::future::join_all(calls).await;
+    assert_eq!(upstream.len(), 24);
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.terminate_within(Duration::from_secs(30));
+        (status, server)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "exit status {:?}", status.0);
+    // Every proxied call's audit row reached Postgres before the exit.
+    let rows: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM ai_backend.inference_logs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 24);
 }
 
 #[tokio::test]

@@ -54,6 +54,22 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Per-caller rate limits of the authenticated API.
     pub rate_limit: RateLimitConfig,
+    /// `SERVER_THREADS`: threads serving HTTP, each its own event loop on its own listening
+    /// socket (default 0: one per core; at most [`MAX_SERVER_THREADS`]).
+    pub threads: usize,
+}
+
+/// The most `SERVER_THREADS` accepted.
+pub const MAX_SERVER_THREADS: usize = 256;
+
+impl ServerConfig {
+    /// The threads to serve HTTP with: `SERVER_THREADS`, or one per core when 0.
+    pub fn serving_threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
 }
 
 /// What cross-origin requests the server allows ([`ServerConfig::cors`]).
@@ -143,7 +159,14 @@ impl ServerConfig {
                     r.parse("RATE_LIMIT_REDIS_TIMEOUT_MS", 200u64).max(1),
                 ),
             },
+            threads: r.parse("SERVER_THREADS", 0usize),
         };
+        if server.threads > MAX_SERVER_THREADS {
+            r.problems.push(format!(
+                "SERVER_THREADS: {} is more than {MAX_SERVER_THREADS} (0: one per core)",
+                server.threads
+            ));
+        }
         if server.rate_limit.per_minute > 0 && server.rate_limit.burst == 0 {
             r.problems.push(
                 "RATE_LIMIT_BURST: must be at least 1 while RATE_LIMIT_PER_MINUTE is set"

@@ -205,3 +205,20 @@ fn secrets_are_redacted_in_debug() {
     assert!(!debug.contains("sk-or-topsecret"));
     assert!(!debug.contains(DEV_API_KEY));
 }
+
+#[test]
+fn server_threads_default_to_one_per_core_and_are_bounded() {
+    let c = Config::from_map(&vars(&[])).unwrap();
+    assert_eq!(c.server.threads, 0);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    assert_eq!(c.server.serving_threads(), cores);
+    let c = Config::from_map(&vars(&[("SERVER_THREADS", "3")])).unwrap();
+    assert_eq!(c.server.serving_threads(), 3);
+    for hostile in ["257", "100000000", "-1", "two", "18446744073709551616"] {
+        let err = Config::from_map(&vars(&[("SERVER_THREADS", hostile)])).unwrap_err();
+        assert!(
+            err.to_string().contains("SERVER_THREADS"),
+            "{hostile}: {err}"
+        );
+    }
+}
