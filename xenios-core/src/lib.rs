@@ -36,7 +36,8 @@
 //!   events and pidbox for Flower).
 //! - [`metrics`]: Prometheus metrics (names, help texts, histograms) and their text page.
 //! - [`health`]: readiness probes of the dependencies.
-//! - [`telemetry`]: structured logging, error reports, traces.
+//! - [`telemetry`]: structured logging (JSON lines written by a thread of their own), error
+//!   reports, traces.
 //! - [`shutdown`]: SIGTERM/SIGINT handling shared by the binaries.
 //! - [`version`]: the service name, version and commit of this build.
 //! - [`error`]: the one facade [`Error`], its [`ErrorKind`] classification and the

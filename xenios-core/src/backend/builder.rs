@@ -70,7 +70,8 @@ impl AiBackendBuilder {
         self
     }
 
-    /// Uses this HTTP client for upstream calls.
+    /// Uses this HTTP client for upstream calls and the JWKS, shared by every thread.
+    /// Without it, each thread gets an upstream client of its own ([`crate::llm::upstream`]).
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http = Some(client);
         self

@@ -7,6 +7,7 @@
 //!   defined and read in [`crate::config::llm`] and re-exported here.
 //! - [`provider`]: the [`Provider`] trait and [`ProviderError`] with the fallback rules.
 //! - [`openrouter`]: the real provider. [`fake`]: the offline one, driven by model names.
+//!   [`upstream`]: its HTTP client, one per thread by default.
 //! - [`input`]: the rules for requests from outside: roles, OpenAI content parts, whether
 //!   an OpenAI `model` is a task or a model id.
 //! - [`policy`]: who may choose models and `max_tokens`. [`budget`]: per-user daily token
