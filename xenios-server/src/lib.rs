@@ -220,13 +220,27 @@ async fn bind_per_thread(
             format!("`{bind}` has no address"),
         )
     })?;
+    let v4 = addr.is_ipv4();
+    let new_socket = move || {
+        if v4 {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+    };
+    // SO_REUSEPORT would let a second server (of the same user) share a port that is
+    // already taken, and each would get some of the connections. A plain bind first fails
+    // as a single listener would: the port is in use.
+    if addr.port() != 0 {
+        let probe = new_socket()?;
+        probe.set_reuseaddr(true)?;
+        probe
+            .bind(addr)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    }
     let mut listeners = Vec::with_capacity(threads);
     for _ in 0..threads.max(1) {
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
+        let socket = new_socket()?;
         socket.set_reuseaddr(true)?;
         socket.set_reuseport(true)?;
         socket.bind(addr)?;

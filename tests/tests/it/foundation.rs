@@ -249,6 +249,30 @@ async fn the_binary_serves_from_a_thread_per_listener_and_stops_cleanly() {
     // 48 requests at once from one caller: this test is about serving, not rate limits.
     vars.insert("RATE_LIMIT_PER_MINUTE".into(), "0".into());
     let mut server = ServerProcess::start(&vars);
+
+    // A second server on the same port is refused at start, as with a single listener:
+    // SO_REUSEPORT must not let it take a share of the first one's connections.
+    let port = server.addr.rsplit(':').next().unwrap().to_owned();
+    let mut second = std::process::Command::new(xenios_tests::jobs_support::server_bin());
+    second
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(&vars)
+        .env("PORT", &port)
+        .current_dir(std::env::temp_dir());
+    let out =
+        xenios_tests::process::output_within_async(second, None, xenios_tests::process::DEADLINE)
+            .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second server started on port {port}: {stderr}"
+    );
+    assert!(
+        stderr.contains("cannot listen on") && stderr.contains("in use"),
+        "{stderr}"
+    );
+
     let expected: Vec<String> = (0..3).map(|i| format!("xenios-http-{i}")).collect();
     // A thread names itself once it runs: wait for all three.
     let names = wait_for("three serving threads", Duration::from_secs(10), || {
