@@ -255,6 +255,9 @@ async fn bind_per_thread(
 /// The listen backlog of each socket (tokio's own default).
 const LISTEN_BACKLOG: u32 = 1024;
 
+/// How long a serving thread's runtime waits for its blocking tasks at the end.
+const RUNTIME_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves each listener from a thread of its own until `shutdown` (or until one of them
 /// fails: then all stop), then writes the audit rows and lets the threads end.
 async fn serve_per_thread(
@@ -308,6 +311,9 @@ async fn serve_per_thread(
                     let _ = done.send(served);
                     let _ = released.wait_for(|r| *r).await;
                 });
+                // Dropping a runtime waits for its blocking tasks (reqwest's DNS lookups run
+                // there) for as long as they take; a stuck one must not hold up the exit.
+                runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
             })?;
         threads.push(thread);
         ended.push(end);
