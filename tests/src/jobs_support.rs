@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, Config};
@@ -189,28 +189,15 @@ impl ChildWorker {
 
     /// SIGTERM (warm shutdown).
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        crate::process::sigterm(self.pid());
     }
 
     /// Waits for the exit, killing the process after `deadline`.
     pub fn wait(&mut self, deadline: Duration) -> ExitStatus {
-        let start = Instant::now();
         let child = self.child.as_mut().expect("not running");
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status;
-            }
-            if start.elapsed() > deadline {
-                self.kill();
-                panic!("xenios-worker did not exit within {deadline:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = crate::process::exit_within(child, deadline);
+        self.child = None;
+        status.unwrap_or_else(|| panic!("xenios-worker did not exit within {deadline:?}"))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long any child process of a test may run: generous for a loaded box, far below the
@@ -69,27 +69,44 @@ pub fn wait_output_within(mut child: Child, deadline: Duration) -> Output {
             .take()
             .map(|r| Box::new(r) as Box<dyn Read + Send>),
     );
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break status;
-        }
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let err = stderr.join().unwrap_or_default();
-            panic!(
-                "child {} still ran after {deadline:?}; killed. stderr:\n{}",
-                child.id(),
-                String::from_utf8_lossy(&err)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = exit_within(&mut child, deadline) else {
+        let err = stderr.join().unwrap_or_default();
+        panic!(
+            "child {} still ran after {deadline:?}; killed. stderr:\n{}",
+            child.id(),
+            String::from_utf8_lossy(&err)
+        );
     };
     Output {
         status,
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// Sends SIGTERM to `pid` (a warm shutdown).
+pub fn sigterm(pid: u32) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill -TERM {pid} failed");
+}
+
+/// Waits for `child` to exit and returns its status; past `deadline` kills and reaps it and
+/// returns `None`.
+pub fn exit_within(child: &mut Child, deadline: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            return Some(status);
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -177,23 +194,9 @@ impl ServerProcess {
 
     /// SIGTERM, then waits for the exit; kills it and panics past `deadline`.
     pub fn terminate_within(&mut self, deadline: Duration) -> std::process::ExitStatus {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(sent.success(), "kill -TERM failed");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for the server") {
-                return status;
-            }
-            if start.elapsed() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("the server did not exit within {deadline:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        sigterm(self.pid());
+        exit_within(&mut self.child, deadline)
+            .unwrap_or_else(|| panic!("the server did not exit within {deadline:?} of SIGTERM"))
     }
 }
 
