@@ -284,37 +284,10 @@ async fn serve_per_thread(
     for (i, listener) in listeners.into_iter().enumerate() {
         let (done, end) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
         let (app, backend) = (app.clone(), backend.clone());
-        let (mut stopping, mut released) = (stopping.clone(), released.clone());
+        let (stopping, released) = (stopping.clone(), released.clone());
         let thread = std::thread::Builder::new()
             .name(format!("xenios-http-{i}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = done.send(Err(e));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let served = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            let stop = async move {
-                                let _ = stopping.wait_for(|s| *s).await;
-                            };
-                            serve_listener(app, listener, stop, &backend).await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    let _ = done.send(served);
-                    let _ = released.wait_for(|r| *r).await;
-                });
-                // Dropping a runtime waits for its blocking tasks (reqwest's DNS lookups run
-                // there) for as long as they take; a stuck one must not hold up the exit.
-                runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
-            })?;
+            .spawn(move || serving_thread(listener, app, backend, stopping, released, done))?;
         threads.push(thread);
         ended.push(end);
     }
@@ -347,6 +320,42 @@ async fn serve_per_thread(
     })
     .await;
     result
+}
+
+/// One serving thread: a current-thread runtime serving `listener` until `stopping` turns
+/// true, reporting the outcome on `done`, then driving its tasks on until `released`.
+fn serving_thread(
+    listener: std::net::TcpListener,
+    app: Arc<impl Endpoint + 'static>,
+    backend: AiBackend,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    mut released: tokio::sync::watch::Receiver<bool>,
+    done: tokio::sync::oneshot::Sender<std::io::Result<()>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = done.send(Err(e));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let stop = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        let served = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => serve_listener(app, listener, stop, &backend).await,
+            Err(e) => Err(e),
+        };
+        let _ = done.send(served);
+        let _ = released.wait_for(|r| *r).await;
+    });
+    // Dropping a runtime waits for its blocking tasks (reqwest's DNS lookups run there) for
+    // as long as they take; a stuck one must not hold up the exit.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
 }
 
 /// poem's TCP acceptor with `TCP_NODELAY` on every connection: without it, Nagle's algorithm

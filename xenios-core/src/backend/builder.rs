@@ -120,7 +120,7 @@ impl AiBackendBuilder {
             Some(c) => (c.clone(), Upstream::Shared(c)),
             None => {
                 let upstream = Upstream::per_thread(config.llm.connect_timeout)?;
-                (upstream.client().clone(), upstream)
+                (upstream.shared().clone(), upstream)
             }
         };
         Parts {

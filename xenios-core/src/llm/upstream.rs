@@ -44,6 +44,15 @@ impl Upstream {
         })))
     }
 
+    /// The client of calls not tied to a serving thread (the JWKS): the embedder's, or the
+    /// first one built.
+    pub fn shared(&self) -> &reqwest::Client {
+        match self {
+            Self::Shared(c) => c,
+            Self::PerThread(p) => &p.first,
+        }
+    }
+
     /// The client for a call made on the current thread.
     pub fn client(&self) -> &reqwest::Client {
         match self {
