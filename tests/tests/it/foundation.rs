@@ -8,7 +8,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use xenios_tests::fake_openrouter::{FakeOpenRouter, Replies};
 use xenios_tests::process::ServerProcess;
-use xenios_tests::{API_KEY, FakeUpstream, RedisProcess, TestApp, TestDb, test_vars, wait_for};
+use xenios_tests::{
+    API_KEY, FakeUpstream, RedisProcess, TcpProxy, TestApp, TestDb, test_vars, url_via_port,
+    wait_for,
+};
 
 #[tokio::test]
 async fn health_and_live_answer_without_auth() {
@@ -319,13 +322,11 @@ async fn the_binary_serves_from_a_thread_per_listener_and_stops_cleanly() {
     futures::future::join_all(calls).await;
     assert_eq!(upstream.len(), 24);
 
-    let status = tokio::task::spawn_blocking(move || {
-        let status = server.terminate_within(Duration::from_secs(30));
-        (status, server)
-    })
-    .await
-    .unwrap();
-    assert!(status.0.success(), "exit status {:?}", status.0);
+    let status =
+        tokio::task::spawn_blocking(move || server.terminate_within(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(status.success(), "exit status {status:?}");
     // Every proxied call's audit row reached Postgres before the exit.
     let rows: i64 = db
         .client()
@@ -335,6 +336,88 @@ async fn the_binary_serves_from_a_thread_per_listener_and_stops_cleanly() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 24);
+}
+
+/// Each serving thread keeps upstream connections of its own: after the upstream dies
+/// (listener gone, open connections broken) calls fail with an error answer, and once it is
+/// back every thread reaches it again, without a restart of the server.
+#[tokio::test]
+async fn every_serving_thread_reaches_the_upstream_again_after_it_dies_and_comes_back() {
+    let db = TestDb::new().await;
+    let redis = RedisProcess::start().await;
+    let upstream = FakeOpenRouter::start(Replies::ok()).await;
+    let upstream_addr: std::net::SocketAddr = upstream
+        .base_url()
+        .trim_start_matches("http://")
+        .trim_end_matches("/api/v1")
+        .parse()
+        .unwrap();
+    let mut proxy = TcpProxy::start(upstream_addr).await;
+    let mut vars = test_vars(&db, &redis.url());
+    vars.insert("SERVER_THREADS".into(), "2".into());
+    vars.insert("OPENROUTER_API_KEY".into(), "sk-or-test-key".into());
+    vars.insert(
+        "OPENROUTER_BASE_URL".into(),
+        url_via_port(&upstream.base_url(), proxy.port),
+    );
+    vars.insert("LLM_MAX_RETRIES".into(), "0".into());
+    vars.insert("RATE_LIMIT_PER_MINUTE".into(), "0".into());
+    let server = ServerProcess::start(&vars);
+    let complete = server.url("/api/v1/llm/complete");
+    // 8 connections of their own (spread over both threads), each one call: its status.
+    let round = || {
+        let complete = complete.clone();
+        async move {
+            let calls = (0..8).map(|_| {
+                let complete = complete.clone();
+                async move {
+                    let client = reqwest::Client::builder()
+                        .pool_max_idle_per_host(0)
+                        .build()
+                        .unwrap();
+                    let body =
+                        json!({"task": "chat", "messages": [{"role": "user", "content": "hi"}]});
+                    let r = client
+                        .post(complete)
+                        .header("x-api-key", API_KEY)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = r.status();
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    (status, v)
+                }
+            });
+            futures::future::join_all(calls).await
+        }
+    };
+    for (status, v) in round().await {
+        assert_eq!(status, 200, "{v}");
+    }
+
+    proxy.cut();
+    for (status, v) in round().await {
+        assert!(status.is_server_error(), "{status}: {v}");
+        assert!(
+            v["error"]["code"].as_str().is_some_and(|c| !c.is_empty()),
+            "{v}"
+        );
+    }
+
+    proxy.restore().await;
+    wait_for(
+        "the upstream to be reached again",
+        Duration::from_secs(30),
+        || {
+            let round = round();
+            async move { round.await.iter().all(|(s, _)| *s == 200).then_some(()) }
+        },
+    )
+    .await;
+    for (status, v) in round().await {
+        assert_eq!(status, 200, "{v}");
+    }
 }
 
 #[tokio::test]
