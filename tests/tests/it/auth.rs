@@ -682,6 +682,67 @@ async fn rate_limits_are_per_caller_with_429_and_retry_after() {
     assert_eq!(app.get("/health").await.status(), 200);
 }
 
+/// Many requests of one caller at once, each finding the process's lease used up, must not
+/// each lease tokens of their own: that emptied the bucket with tokens nobody spent, and
+/// callers well under their burst got 429.
+#[tokio::test]
+async fn concurrent_requests_of_one_caller_get_the_whole_burst_and_no_more() {
+    const BURST: usize = 60;
+    const WAVE: usize = 12;
+    let jwks = Jwks::start(&[]).await;
+    let app = app(
+        &jwks,
+        &[
+            ("RATE_LIMIT_PER_MINUTE", "1"),
+            ("RATE_LIMIT_BURST", "60"),
+            ("RATE_LIMIT_LEASE", "8"),
+            // A loaded test box must not push the limiter into its per-process fallback.
+            ("RATE_LIMIT_REDIS_TIMEOUT_MS", "5000"),
+        ],
+    )
+    .await;
+    let alice = hs256(&claims(&jwks.issuer(), "alice"));
+    // Waves of requests at once, until one is refused: each wave finds the lease of the
+    // last one used up.
+    let mut statuses = Vec::new();
+    while !statuses.contains(&429) {
+        assert!(statuses.len() < BURST * 2, "never refused: {statuses:?}");
+        let wave = futures::future::join_all((0..WAVE).map(|_| me(&app, Some(&alice)))).await;
+        statuses.extend(wave.into_iter().map(|(status, _, _)| status));
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let first_refused = statuses.iter().position(|s| *s == 429).unwrap_or(0);
+    // Leased tokens lapse only if the box stalls for LEASE_TTL, which would cost at most one
+    // lease (RATE_LIMIT_LEASE); one token may refill meanwhile.
+    assert!(
+        first_refused >= BURST - 8,
+        "refused after {first_refused} requests within a burst of {BURST}: {statuses:?}"
+    );
+    assert!(
+        (BURST - 8..=BURST + 1).contains(&ok),
+        "{ok} requests let through a burst of {BURST}: {statuses:?}"
+    );
+    // One lease in flight at a time, covering the requests waiting for it (9 leases for 72
+    // requests when measured), not a lease for each request of a crowd.
+    let leases = app.backend.auth().rate_limit_stats().leases;
+    assert!(
+        leases <= 20,
+        "{leases} leases for {} requests",
+        statuses.len()
+    );
+    // Refused again, with the time until the next token, and without asking Redis: it said
+    // when the next token comes.
+    let (status, body, headers) = me(&app, Some(&alice)).await;
+    assert_eq!(status, 429, "{body}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(app.backend.auth().rate_limit_stats().leases, leases);
+}
+
 #[tokio::test]
 async fn bodies_over_the_limit_get_413_and_bodyless_requests_pass() {
     let jwks = Jwks::start(&[]).await;

@@ -10,14 +10,21 @@
 //! within [`LEASE_TTL`] are dropped, never given back: replicas together never let through more
 //! than the bucket holds, at worst slightly fewer.
 //!
+//! A process has at most one lease in flight per caller. Requests that find the caller's
+//! tokens used up while a lease is on its way wait for it (in arrival order), and the next
+//! lease also covers every request then waiting, so a crowd of one caller's requests costs
+//! one round trip, not one lease each (leases of their own would empty the bucket with tokens
+//! nobody spends). When Redis answers that the bucket is empty, the process refuses that
+//! caller locally until the time Redis gave for the next token.
+//!
 //! When Redis does not answer (within `RATE_LIMIT_REDIS_TIMEOUT_MS`), the process falls back to
 //! its in-process limiter ([`RateLimiter`], the same quota per process) and leaves Redis alone
 //! for [`RETRY_REDIS_AFTER`] before trying again; `/metrics` shows it
 //! ([`SharedLimiterStats`]).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
@@ -102,6 +109,57 @@ struct Lease {
     tokens: u32,
     expires: Instant,
     size: u32,
+    /// Redis said the bucket is empty: refuse locally until then.
+    empty_until: Option<Instant>,
+    flight: Arc<Flight>,
+}
+
+impl Lease {
+    fn new(now: Instant) -> Self {
+        Self {
+            tokens: 0,
+            expires: now,
+            size: 0,
+            empty_until: None,
+            flight: Arc::default(),
+        }
+    }
+}
+
+/// The one lease in flight for a caller: whoever holds `gate` asks Redis; the others wait on
+/// it (tokio's mutex is fair, so in arrival order).
+#[derive(Debug, Default)]
+struct Flight {
+    gate: tokio::sync::Mutex<()>,
+    /// Requests waiting for `gate`, so that the lease covers them too.
+    waiting: AtomicU32,
+}
+
+/// Counts a request among those waiting for a lease, until it has the gate or is dropped
+/// (a cancelled request must not inflate later leases).
+struct Waiting<'a>(&'a AtomicU32);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a request found in its caller's lease.
+enum Local {
+    /// It took a token.
+    Spent,
+    /// Redis said the bucket is empty; refused for this long.
+    Empty(Duration),
+    /// No token: lease (at least this many), through this flight.
+    Lease(u32, Arc<Flight>),
 }
 
 /// Counters of the shared limiter, for `/metrics`.
@@ -205,44 +263,90 @@ impl SharedRateLimiter {
         if lock(&self.down_until).is_some_and(|until| Instant::now() < until) {
             return self.fallback(principal);
         }
-        let now = Instant::now();
-        let want = {
-            let mut leases = lock(&self.leases);
-            if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-                leases.retain(|_, l| l.expires > now);
-            }
-            match leases.get_mut(&key) {
-                Some(l) if l.expires > now && l.tokens > 0 => {
-                    l.tokens -= 1;
-                    return Ok(());
-                }
-                // Used up while still fresh: the caller is busy, lease more next time.
-                Some(l) if l.expires > now => (l.size * 2).min(self.max_lease),
-                _ => 1,
-            }
+        let flight = match self.take_local(&key, Instant::now()) {
+            Local::Spent => return Ok(()),
+            Local::Empty(wait) => return Err(Error::RateLimited { retry_after: wait }),
+            Local::Lease(_, flight) => flight,
         };
+        let _in_flight = {
+            let _waiting = Waiting::new(&flight.waiting);
+            flight.gate.lock().await
+        };
+        // The lease this request waited for may have brought its token.
+        let now = Instant::now();
+        let grow = match self.take_local(&key, now) {
+            Local::Spent => return Ok(()),
+            Local::Empty(wait) => return Err(Error::RateLimited { retry_after: wait }),
+            Local::Lease(grow, _) => grow,
+        };
+        let waiting = flight.waiting.load(Ordering::Relaxed);
+        let want = grow.max(waiting.saturating_add(1).min(self.config.burst.max(1)));
+        self.lease_and_take(principal, key, want, now).await
+    }
+
+    /// Spends one of the caller's leased tokens if the process holds one.
+    fn take_local(&self, key: &Key, now: Instant) -> Local {
+        let mut leases = lock(&self.leases);
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            // An entry whose lease is in flight or awaited stays: its waiters need its gate.
+            leases.retain(|_, l| {
+                l.expires > now
+                    || l.empty_until.is_some_and(|t| t > now)
+                    || Arc::strong_count(&l.flight) > 1
+            });
+        }
+        let l = match leases.get_mut(key) {
+            Some(l) => l,
+            None => leases.entry(key.clone()).or_insert_with(|| Lease::new(now)),
+        };
+        if l.expires > now && l.tokens > 0 {
+            l.tokens -= 1;
+            return Local::Spent;
+        }
+        if let Some(until) = l.empty_until {
+            if until > now {
+                return Local::Empty(until - now);
+            }
+            l.empty_until = None;
+        }
+        // Used up while still fresh: the caller is busy, lease more next time.
+        let grow = if l.expires > now {
+            l.size.saturating_mul(2).clamp(1, self.max_lease)
+        } else {
+            1
+        };
+        Local::Lease(grow, Arc::clone(&l.flight))
+    }
+
+    /// Leases `want` tokens for `key`, spends one, keeps the rest.
+    async fn lease_and_take(
+        &self,
+        principal: &Principal,
+        key: Key,
+        want: u32,
+        now: Instant,
+    ) -> Result<(), Error> {
         match self.lease(&key, want).await {
             Ok((granted, _)) if granted > 0 => {
                 self.lease_count.fetch_add(1, Ordering::Relaxed);
                 let mut leases = lock(&self.leases);
-                let l = leases.entry(key).or_insert(Lease {
-                    tokens: 0,
-                    expires: now,
-                    size: want,
-                });
+                let l = leases.entry(key).or_insert_with(|| Lease::new(now));
                 if l.expires <= now {
                     l.tokens = 0;
                 }
                 l.tokens += granted - 1;
                 l.expires = now + LEASE_TTL;
-                l.size = want;
+                l.size = want.min(self.max_lease);
+                l.empty_until = None;
                 Ok(())
             }
             Ok((_, wait_ms)) => {
                 self.lease_count.fetch_add(1, Ordering::Relaxed);
-                Err(Error::RateLimited {
-                    retry_after: Duration::from_millis(wait_ms.max(1)),
-                })
+                let retry_after = Duration::from_millis(wait_ms.max(1));
+                let mut leases = lock(&self.leases);
+                let l = leases.entry(key).or_insert_with(|| Lease::new(now));
+                l.empty_until = Some(Instant::now() + retry_after);
+                Err(Error::RateLimited { retry_after })
             }
             Err(e) => {
                 self.redis_failures.fetch_add(1, Ordering::Relaxed);
