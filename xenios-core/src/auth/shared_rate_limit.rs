@@ -260,7 +260,7 @@ impl SharedRateLimiter {
             Principal::Service => Key::Service,
             Principal::User(u) => Key::User(u.user_id.clone()),
         };
-        if lock(&self.down_until).is_some_and(|until| Instant::now() < until) {
+        if self.redis_resting() {
             return self.fallback(principal);
         }
         let flight = match self.take_local(&key, Instant::now()) {
@@ -272,6 +272,11 @@ impl SharedRateLimiter {
             let _waiting = Waiting::new(&flight.waiting);
             flight.gate.lock().await
         };
+        // The lease this request waited for failed: the crowd behind it must not try Redis
+        // in turn, each after the other's timeout.
+        if self.redis_resting() {
+            return self.fallback(principal);
+        }
         // The lease this request waited for may have brought its token.
         let now = Instant::now();
         let grow = match self.take_local(&key, now) {
@@ -282,6 +287,12 @@ impl SharedRateLimiter {
         let waiting = flight.waiting.load(Ordering::Relaxed);
         let want = grow.max(waiting.saturating_add(1).min(self.config.burst.max(1)));
         self.lease_and_take(principal, key, want, now).await
+    }
+
+    /// Whether Redis failed less than [`RETRY_REDIS_AFTER`] ago (the in-process limiter
+    /// decides meanwhile).
+    fn redis_resting(&self) -> bool {
+        lock(&self.down_until).is_some_and(|until| Instant::now() < until)
     }
 
     /// Spends one of the caller's leased tokens if the process holds one.
