@@ -11,8 +11,8 @@
 //! than the bucket holds, at worst slightly fewer.
 //!
 //! A process has at most one lease in flight per caller. Requests that find the caller's
-//! tokens used up while a lease is on its way wait for it (in arrival order), and the next
-//! lease also covers every request then waiting, so a crowd of one caller's requests costs
+//! tokens used up while a lease is on its way wait for it to land, all woken together, and the
+//! next lease also covers every request then waiting, so a crowd of one caller's requests costs
 //! one round trip, not one lease each (leases of their own would empty the bucket with tokens
 //! nobody spends). When Redis answers that the bucket is empty, the process refuses that
 //! caller locally until the time Redis gave for the next token.
@@ -126,17 +126,39 @@ impl Lease {
     }
 }
 
-/// The one lease in flight for a caller: whoever holds `gate` asks Redis; the others wait on
-/// it (tokio's mutex is fair, so in arrival order).
+/// The one lease in flight for a caller: the request that sets `leasing` asks Redis; the
+/// others wait for `landed` and look at the caller's tokens again.
 #[derive(Debug, Default)]
 struct Flight {
-    gate: tokio::sync::Mutex<()>,
-    /// Requests waiting for `gate`, so that the lease covers them too.
+    leasing: AtomicBool,
+    landed: tokio::sync::Notify,
+    /// Requests waiting for the lease in flight, so that the next lease covers them too.
     waiting: AtomicU32,
 }
 
-/// Counts a request among those waiting for a lease, until it has the gate or is dropped
-/// (a cancelled request must not inflate later leases).
+/// Held by the request asking Redis; when it is done or dropped (a cancelled request), the
+/// waiters are woken, all at once.
+struct Leading<'a>(&'a Flight);
+
+impl<'a> Leading<'a> {
+    fn try_new(flight: &'a Flight) -> Option<Self> {
+        flight
+            .leasing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Self(flight))
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.leasing.store(false, Ordering::Release);
+        self.0.landed.notify_waiters();
+    }
+}
+
+/// Counts a request among those waiting for a lease, until it is woken or dropped (a
+/// cancelled request must not inflate later leases).
 struct Waiting<'a>(&'a AtomicU32);
 
 impl<'a> Waiting<'a> {
@@ -263,30 +285,44 @@ impl SharedRateLimiter {
         if self.redis_resting() {
             return self.fallback(principal);
         }
-        let flight = match self.take_local(&key, Instant::now()) {
-            Local::Spent => return Ok(()),
-            Local::Empty(wait) => return Err(Error::RateLimited { retry_after: wait }),
-            Local::Lease(_, flight) => flight,
-        };
-        let _in_flight = {
-            let _waiting = Waiting::new(&flight.waiting);
-            flight.gate.lock().await
-        };
-        // The lease this request waited for failed: the crowd behind it must not try Redis
-        // in turn, each after the other's timeout.
-        if self.redis_resting() {
-            return self.fallback(principal);
+        loop {
+            let flight = match self.take_local(&key, Instant::now()) {
+                Local::Spent => return Ok(()),
+                Local::Empty(wait) => return Err(Error::RateLimited { retry_after: wait }),
+                Local::Lease(_, flight) => flight,
+            };
+            if let Some(_leading) = Leading::try_new(&flight) {
+                // The last lease may have landed since the look above.
+                let now = Instant::now();
+                let grow = match self.take_local(&key, now) {
+                    Local::Spent => return Ok(()),
+                    Local::Empty(wait) => return Err(Error::RateLimited { retry_after: wait }),
+                    Local::Lease(grow, _) => grow,
+                };
+                // The usual lease (this request's token and those for the requests to come)
+                // and a token for each request waiting, which are spent at once, never left
+                // to lapse.
+                let waiting = flight.waiting.load(Ordering::Relaxed);
+                let want = grow.saturating_add(waiting).min(self.config.burst.max(1));
+                return self.lease_and_take(principal, key, want, now).await;
+            }
+            // A lease is in flight: wait for it to land (registered before looking, so that
+            // a landing in between is not missed), then look at the tokens again.
+            {
+                let _waiting = Waiting::new(&flight.waiting);
+                let landed = flight.landed.notified();
+                tokio::pin!(landed);
+                landed.as_mut().enable();
+                if flight.leasing.load(Ordering::Acquire) {
+                    landed.await;
+                }
+            }
+            // The lease failed: the crowd that waited for it must not try Redis in turn,
+            // each after the other's timeout.
+            if self.redis_resting() {
+                return self.fallback(principal);
+            }
         }
-        // The lease this request waited for may have brought its token.
-        let now = Instant::now();
-        let grow = match self.take_local(&key, now) {
-            Local::Spent => return Ok(()),
-            Local::Empty(wait) => return Err(Error::RateLimited { retry_after: wait }),
-            Local::Lease(grow, _) => grow,
-        };
-        let waiting = flight.waiting.load(Ordering::Relaxed);
-        let want = grow.max(waiting.saturating_add(1).min(self.config.burst.max(1)));
-        self.lease_and_take(principal, key, want, now).await
     }
 
     /// Whether Redis failed less than [`RETRY_REDIS_AFTER`] ago (the in-process limiter
@@ -400,5 +436,83 @@ impl SharedRateLimiter {
             tracing::info!("rate limits: Redis reachable again, limits are shared again");
         }
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use secrecy::SecretString;
+
+    use super::{Key, SharedRateLimiter};
+    use crate::auth::Principal;
+    use crate::config::{RateLimitConfig, RedisConfig};
+
+    fn flight_state(limiter: &SharedRateLimiter) -> (bool, u32) {
+        let leases = super::lock(&limiter.leases);
+        leases.get(&Key::Service).map_or((false, 0), |l| {
+            (
+                l.flight.leasing.load(super::Ordering::Acquire),
+                l.flight.waiting.load(super::Ordering::Relaxed),
+            )
+        })
+    }
+
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The request asking Redis is cancelled (its caller went away) while others wait for
+    /// its lease: they must go on, not wait for a landing that never comes.
+    #[tokio::test]
+    async fn waiters_go_on_when_the_request_asking_redis_is_cancelled() {
+        // A "Redis" that takes connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let config = RateLimitConfig {
+            per_minute: 60,
+            burst: 10,
+            lease: 8,
+            redis_timeout: Duration::from_millis(300),
+        };
+        let redis = RedisConfig {
+            url: SecretString::from(format!("redis://{addr}/0")),
+            pool_size: 1,
+        };
+        let limiter = Arc::new(SharedRateLimiter::new(&config, &redis));
+        let check = |l: &Arc<SharedRateLimiter>| {
+            let l = Arc::clone(l);
+            tokio::spawn(async move { l.check(&Principal::Service).await })
+        };
+        let leading = check(&limiter);
+        until("a lease in flight", || flight_state(&limiter).0).await;
+        let waiters: Vec<_> = (0..3).map(|_| check(&limiter)).collect();
+        until("three waiting", || flight_state(&limiter).1 == 3).await;
+        leading.abort();
+        // One of them asks Redis in turn, gets no answer within the timeout, and the three
+        // are decided by the in-process limiter.
+        for w in waiters {
+            let done = tokio::time::timeout(Duration::from_secs(30), w).await;
+            assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+        }
+        let stats = limiter.stats();
+        assert_eq!(
+            (stats.redis_up, stats.redis_failures, stats.fallback_checks),
+            (false, 1, 3),
+            "{stats:?}"
+        );
+        silent.abort();
     }
 }
