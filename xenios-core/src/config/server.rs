@@ -15,7 +15,7 @@ pub struct RateLimitConfig {
     /// applies (default 60).
     pub burst: u32,
     /// `RATE_LIMIT_LEASE`: most tokens one process takes from the shared Redis bucket at once
-    /// (default 8, at most a quarter of the burst); see [`crate::auth::SharedRateLimiter`].
+    /// (default 64, at most a quarter of the burst); see [`crate::auth::SharedRateLimiter`].
     pub lease: u32,
     /// `RATE_LIMIT_REDIS_TIMEOUT_MS`: how long a request waits for the shared limiter's Redis
     /// before the in-process limiter decides (default 200).
@@ -154,7 +154,7 @@ impl ServerConfig {
             rate_limit: RateLimitConfig {
                 per_minute: r.parse("RATE_LIMIT_PER_MINUTE", 300u32),
                 burst: r.parse("RATE_LIMIT_BURST", 60u32),
-                lease: r.parse("RATE_LIMIT_LEASE", 8u32).max(1),
+                lease: r.parse("RATE_LIMIT_LEASE", 64u32).max(1),
                 redis_timeout: Duration::from_millis(
                     r.parse("RATE_LIMIT_REDIS_TIMEOUT_MS", 200u64).max(1),
                 ),

@@ -163,6 +163,8 @@ fn abuse_limits_are_read_and_checked_with_the_rest() {
     assert_eq!(c.llm.user_daily_tokens, 5000);
     assert_eq!(c.server.rate_limit.lease, 4);
     assert!(!format!("{c:?}").contains("old-key"));
+    let c = Config::from_map(&vars(&[])).unwrap();
+    assert_eq!(c.server.rate_limit.lease, 64);
 }
 
 #[test]
