@@ -62,6 +62,15 @@ pub fn skip(reason: &str) -> bool {
     true
 }
 
+/// A client that opens a connection of its own for each request, so that the kernel spreads
+/// them over a server's serving threads (`SERVER_THREADS`, one socket each).
+pub fn connection_per_request() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
 /// Polls `check` until it returns `Some`, or panics after `deadline` with `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where

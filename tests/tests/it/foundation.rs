@@ -295,10 +295,7 @@ async fn the_binary_serves_from_a_thread_per_listener_and_stops_cleanly() {
     let calls = (0..24).map(|i| {
         let (me, complete) = (server.url("/api/v1/me"), server.url("/api/v1/llm/complete"));
         async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap();
+            let client = xenios_tests::connection_per_request();
             let r = client
                 .get(me)
                 .header("x-api-key", API_KEY)
@@ -306,16 +303,8 @@ async fn the_binary_serves_from_a_thread_per_listener_and_stops_cleanly() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 200, "connection {i}");
-            let body = json!({"task": "chat", "messages": [{"role": "user", "content": "hi"}]});
-            let r = client
-                .post(complete)
-                .header("x-api-key", API_KEY)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200, "connection {i}");
-            let v: Value = r.json().await.unwrap();
+            let (status, v) = chat(&client, &complete).await;
+            assert_eq!(status, 200, "connection {i}");
             assert_eq!(v["content"], "ok", "connection {i}: {v}");
         }
     });
@@ -370,24 +359,7 @@ async fn every_serving_thread_reaches_the_upstream_again_after_it_dies_and_comes
         async move {
             let calls = (0..8).map(|_| {
                 let complete = complete.clone();
-                async move {
-                    let client = reqwest::Client::builder()
-                        .pool_max_idle_per_host(0)
-                        .build()
-                        .unwrap();
-                    let body =
-                        json!({"task": "chat", "messages": [{"role": "user", "content": "hi"}]});
-                    let r = client
-                        .post(complete)
-                        .header("x-api-key", API_KEY)
-                        .json(&body)
-                        .send()
-                        .await
-                        .unwrap();
-                    let status = r.status();
-                    let v: Value = r.json().await.unwrap_or(Value::Null);
-                    (status, v)
-                }
+                async move { chat(&xenios_tests::connection_per_request(), &complete).await }
             });
             futures::future::join_all(calls).await
         }
@@ -418,6 +390,21 @@ async fn every_serving_thread_reaches_the_upstream_again_after_it_dies_and_comes
     for (status, v) in round().await {
         assert_eq!(status, 200, "{v}");
     }
+}
+
+/// One chat call to `complete` (`/api/v1/llm/complete`): its status and body (`null` when
+/// the body is not JSON).
+async fn chat(client: &reqwest::Client, complete: &str) -> (reqwest::StatusCode, Value) {
+    let body = json!({"task": "chat", "messages": [{"role": "user", "content": "hi"}]});
+    let r = client
+        .post(complete)
+        .header("x-api-key", API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test]
