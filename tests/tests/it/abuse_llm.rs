@@ -519,6 +519,94 @@ async fn the_shared_limiter_returns_to_redis_after_redis_is_killed_and_restarted
     );
 }
 
+/// The same with the binary's serving threads: the limiter's Redis connection and the pooled
+/// ones (the token budget `/me` reads) are driven by whichever serving thread opened them.
+/// After Redis is killed and started again, requests on every thread find Redis again.
+#[tokio::test]
+async fn every_serving_thread_finds_redis_again_after_it_is_killed_and_restarted() {
+    let mut redis = RedisProcess::start().await;
+    let db = TestDb::new().await;
+    let mut vars = xenios_tests::test_vars(&db, &redis.url());
+    vars.insert("SERVER_THREADS".into(), "2".into());
+    vars.insert("RATE_LIMIT_PER_MINUTE".into(), "60000".into());
+    vars.insert("RATE_LIMIT_BURST".into(), "10000".into());
+    vars.insert("LLM_USER_DAILY_TOKENS".into(), "1000".into());
+    vars.insert("SUPABASE_JWT_SECRET".into(), JWT_SECRET.into());
+    let server = ServerProcess::start(&vars);
+    let (_, token) = user_token();
+    // 8 connections of their own (the kernel spreads them over both threads), one `/me`
+    // each: their statuses.
+    let round = || {
+        let (url, token) = (server.url("/api/v1/me"), token.clone());
+        async move {
+            let calls = (0..8).map(|_| {
+                let (url, token) = (url.clone(), token.clone());
+                async move {
+                    let r = xenios_tests::connection_per_request()
+                        .get(url)
+                        .header("x-api-key", API_KEY)
+                        .header("authorization", format!("Bearer {token}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    r.status().as_u16()
+                }
+            });
+            futures::future::join_all(calls).await
+        }
+    };
+    let metrics = || async {
+        reqwest::Client::new()
+            .get(server.url("/metrics"))
+            .header("x-api-key", API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    assert_eq!(round().await, [200; 8]);
+    assert_eq!(
+        metric(&metrics().await, "xenios_rate_limit_redis_up"),
+        Some(1)
+    );
+
+    redis.stop();
+    // The budget fails closed without Redis; the limiter falls back to the process's own.
+    let down = round().await;
+    assert!(down.iter().all(|s| *s == 503), "{down:?}");
+    let text = metrics().await;
+    assert_eq!(
+        metric(&text, "xenios_rate_limit_redis_up"),
+        Some(0),
+        "{text}"
+    );
+    let leases_while_down = metric(&text, "xenios_rate_limit_leases_total").unwrap();
+
+    redis.restart().await;
+    let text = wait_for(
+        "every thread back on Redis",
+        Duration::from_secs(30),
+        || {
+            let (round, metrics) = (round(), metrics());
+            async move {
+                if round.await != [200; 8] {
+                    return None;
+                }
+                let text = metrics.await;
+                (metric(&text, "xenios_rate_limit_redis_up") == Some(1)).then_some(text)
+            }
+        },
+    )
+    .await;
+    assert!(
+        metric(&text, "xenios_rate_limit_leases_total").unwrap() > leases_while_down,
+        "{text}"
+    );
+    assert_eq!(round().await, [200; 8]);
+}
+
 #[tokio::test]
 async fn with_redis_gone_the_in_process_limiter_decides_and_metrics_say_so() {
     let mut redis = RedisProcess::start().await;
