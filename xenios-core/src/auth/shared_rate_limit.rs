@@ -468,6 +468,26 @@ mod tests {
         }
     }
 
+    /// However large `RATE_LIMIT_LEASE` is, one lease takes at most a quarter of the burst,
+    /// and at least one token.
+    #[tokio::test]
+    async fn a_lease_is_capped_by_a_quarter_of_the_burst() {
+        let redis = RedisConfig {
+            url: SecretString::from("redis://127.0.0.1:1/0"),
+            pool_size: 1,
+        };
+        for (lease, burst, cap) in [(u32::MAX, 60, 15), (64, 1000, 64), (0, 60, 1), (64, 2, 1)] {
+            let config = RateLimitConfig {
+                per_minute: 60,
+                burst,
+                lease,
+                redis_timeout: Duration::from_millis(300),
+            };
+            let limiter = SharedRateLimiter::new(&config, &redis);
+            assert_eq!(limiter.max_lease, cap, "lease {lease}, burst {burst}");
+        }
+    }
+
     /// The request asking Redis is cancelled (its caller went away) while others wait for
     /// its lease: they must go on, not wait for a landing that never comes.
     #[tokio::test]

@@ -128,6 +128,14 @@ fn jwks_cache_ttl_and_rate_limits_are_bounded() {
     ]))
     .unwrap();
     assert_eq!(c.server.rate_limit.per_minute, 0);
+    // Hostile lease sizes: 0 is one token at a time; more than a u32, or not a number, is
+    // refused at start with the variable named.
+    let c = Config::from_map(&vars(&[("RATE_LIMIT_LEASE", "0")])).unwrap();
+    assert_eq!(c.server.rate_limit.lease, 1);
+    for bad in ["4294967296", "-1", "lots", "1e3"] {
+        let err = Config::from_map(&vars(&[("RATE_LIMIT_LEASE", bad)])).unwrap_err();
+        assert!(err.to_string().contains("RATE_LIMIT_LEASE"), "{bad}: {err}");
+    }
 }
 
 #[test]
