@@ -58,8 +58,8 @@ impl Upstream {
         match self {
             Self::Shared(c) => c,
             Self::PerThread(p) => p.clients.get_or(|| {
-                // Building a client only fails if the TLS backend cannot start, and then it
-                // failed for `first` too; the fallback keeps calls working regardless.
+                // Building a client fails only when the TLS backend cannot start, and `first`
+                // proved at start that it can; should it fail later, calls share `first`.
                 upstream_http_client(p.connect_timeout).unwrap_or_else(|_| p.first.clone())
             }),
         }
