@@ -193,6 +193,14 @@ struct Seen<'a> {
 
 impl Visit for Seen<'_> {
     fn record_debug(&mut self, field: &Field, _: &dyn fmt::Debug) {
+        // Most recorded fields are new (the request span's `user_id`): a name that JSON
+        // writes as it is and that does not occur at all is not stored, found without
+        // building anything.
+        let bare = name(field);
+        let escaped = bare.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
+        if !escaped && !self.stored.contains(bare) {
+            return;
+        }
         // A key is the only place a quote-delimited `"name":` can appear: inside a string
         // value every quote is escaped.
         let mut key = String::with_capacity(field.name().len() + 3);
