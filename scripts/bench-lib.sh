@@ -12,3 +12,8 @@ free_port() {
 cpu_ticks() {
   awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12] + f[13] }' "/proc/$1/stat"
 }
+
+# User and system CPU ticks of process $1, as "user system".
+cpu_ticks_split() {
+  awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12], f[13] }' "/proc/$1/stat"
+}

@@ -10,7 +10,10 @@
 # each rate (BENCH_RATES, default "20 200 1000" req/s) oha first sends straight to the mock,
 # then through `POST /api/v1/llm/complete`; the script prints p50/p99 of both, the
 # difference (the added latency), the ratio, the failures (transport errors and non-2xx)
-# and the server's CPU time per proxied call. Each leg runs BENCH_SECS (default 10) and at
+# and the server's CPU time per proxied call (user and system). A third leg goes through
+# nginx as a plain reverse proxy to the same mock (one worker process, upstream keep-alive,
+# no auth, no log): the cost of one proxy hop on this machine in this run, the floor that
+# the added latency is read against. Each leg runs BENCH_SECS (default 10) and at
 # least 600 requests. Then the streaming time to first token (BENCH_STREAM=0 skips it),
 # measured by the llm_overhead example against its own in-process mock.
 #
@@ -67,6 +70,8 @@ trap cleanup EXIT
 # The mock upstream: one nginx worker answering every POST /chat/completions with the same
 # OpenRouter-shaped completion, keep-alive for as long as the run.
 MOCK_PORT=$(free_port)
+HOP_PORT=$(free_port)
+while [ "$HOP_PORT" = "$MOCK_PORT" ]; do HOP_PORT=$(free_port); done
 COMPLETION='{"id":"gen-1","model":"bench/model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello world!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10,"cost":0.0001}}'
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
@@ -83,10 +88,17 @@ http {
     listen 127.0.0.1:$MOCK_PORT;
     location = /chat/completions { default_type application/json; return 200 '$COMPLETION'; }
   }
+  # The floor: a plain reverse proxy to the mock, as a proxy hop with nothing else to do.
+  upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 32; }
+  server {
+    listen 127.0.0.1:$HOP_PORT;
+    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
 }
 NGINX
 /usr/sbin/nginx -c "$work/nginx.conf" -g 'daemon on;'
 MOCK=http://127.0.0.1:$MOCK_PORT
+HOP=http://127.0.0.1:$HOP_PORT
 
 PORT=$(free_port)
 SERVER=http://127.0.0.1:$PORT
@@ -110,6 +122,7 @@ BODY='{"task":"chat","messages":[{"role":"user","content":"hello"}]}'
 check=$(curl -fsS -H "x-api-key: $KEY" -H 'content-type: application/json' -d "$BODY" "$SERVER/api/v1/llm/complete")
 case $check in *'Hello world!'*) ;; *) echo "the server did not proxy to the mock: $check"; exit 1;; esac
 curl -fsS -d "$BODY" "$MOCK/chat/completions" | grep -qF 'Hello world!' || { echo "the mock does not answer"; exit 1; }
+curl -fsS -d "$BODY" "$HOP/chat/completions" | grep -qF 'Hello world!' || { echo "the nginx proxy hop does not answer"; exit 1; }
 
 # oha at $1 req/s for $2 s against $3 (more arguments go to oha); sets p50/p99 (ms), ok and
 # failed.
@@ -132,21 +145,27 @@ echo "mock: nginx 1 worker; server: $(nproc) cores, TOKIO_WORKER_THREADS=${BENCH
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "warming up..."
 run_oha 500 2 "$MOCK/chat/completions"
+run_oha 500 2 "$HOP/chat/completions"
 run_oha 500 2 "$SERVER/api/v1/llm/complete" -H "x-api-key: $KEY"
 for rate in $RATES; do
   secs=$(( SECS > (600 + rate - 1) / rate ? SECS : (600 + rate - 1) / rate ))
   run_oha "$rate" "$secs" "$MOCK/chat/completions"
   d50=$p50 d99=$p99 dok=$ok dfail=$failed
-  t0=$(cpu_ticks "$server")
+  run_oha "$rate" "$secs" "$HOP/chat/completions"
+  h50=$p50 h99=$p99 hok=$ok hfail=$failed
+  read -r u0 s0 < <(cpu_ticks_split "$server")
   run_oha "$rate" "$secs" "$SERVER/api/v1/llm/complete" -H "x-api-key: $KEY"
-  t1=$(cpu_ticks "$server")
+  read -r u1 s1 < <(cpu_ticks_split "$server")
   echo "complete: $rate req/s, $secs s a leg"
   awk -v d50="$d50" -v d99="$d99" -v g50="$p50" -v g99="$p99" -v dok="$dok" -v df="$dfail" \
-    -v gok="$ok" -v gf="$failed" -v t=$((t1 - t0)) -v hz="$hz" 'BEGIN {
-    printf "  direct:  ok=%-6d failed=%-4d p50 %.3f ms  p99 %.3f ms\n", dok, df, d50, d99
-    printf "  gateway: ok=%-6d failed=%-4d p50 %.3f ms  p99 %.3f ms\n", gok, gf, g50, g99
+    -v h50="$h50" -v h99="$h99" -v hok="$hok" -v hf="$hfail" \
+    -v gok="$ok" -v gf="$failed" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" 'BEGIN {
+    printf "  direct:    ok=%-6d failed=%-4d p50 %.3f ms  p99 %.3f ms\n", dok, df, d50, d99
+    printf "  gateway:   ok=%-6d failed=%-4d p50 %.3f ms  p99 %.3f ms\n", gok, gf, g50, g99
+    printf "  nginx hop: ok=%-6d failed=%-4d p50 %.3f ms  p99 %.3f ms\n", hok, hf, h50, h99
     printf "  added:   p50 %.3f ms  p99 %.3f ms  (gateway/direct: p50 %.2fx, p99 %.2fx)\n", g50 - d50, g99 - d99, g50 / d50, g99 / d99
-    if (gok > 0) printf "  server CPU (user+system) per proxied call: %.0f µs\n", t / hz * 1e6 / gok }'
+    printf "  floor, added by a plain nginx proxy hop: p50 %.3f ms  p99 %.3f ms\n", h50 - d50, h99 - d99
+    if (gok > 0) printf "  server CPU per proxied call: %.0f µs (user %.0f, system %.0f)\n", (u + s) / hz * 1e6 / gok, u / hz * 1e6 / gok, s / hz * 1e6 / gok }'
 done
 echo "server RSS: $(ps -o rss= -p "$server" | awk '{printf "%.1f MB", $1/1024}')"
 rows=$(psql "$DATABASE_URL" -tAc 'SELECT count(*) FROM ai_backend.inference_logs' 2>/dev/null || echo '?')
