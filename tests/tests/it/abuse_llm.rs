@@ -129,6 +129,29 @@ async fn metrics(app: &TestApp) -> String {
     r.text().await.unwrap()
 }
 
+/// `/metrics` of a server process.
+async fn metrics_of(server: &ServerProcess) -> String {
+    reqwest::Client::new()
+        .get(server.url("/metrics"))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The variables of a server whose limits a test never reaches (60,000 a minute, a burst
+/// of 10,000), on `redis`, taking Supabase tokens.
+fn limits_far_off(db: &TestDb, redis: &RedisProcess) -> HashMap<String, String> {
+    let mut vars = xenios_tests::test_vars(db, &redis.url());
+    vars.insert("RATE_LIMIT_PER_MINUTE".into(), "60000".into());
+    vars.insert("RATE_LIMIT_BURST".into(), "10000".into());
+    vars.insert("SUPABASE_JWT_SECRET".into(), JWT_SECRET.into());
+    vars
+}
+
 fn metric(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
@@ -460,15 +483,7 @@ async fn two_server_processes_on_one_redis_enforce_one_limit() {
     assert!(ok[0] > 0 && ok[1] > 0, "{ok:?}");
     assert!(limited[0] > 0 && limited[1] > 0, "{limited:?}");
     for p in [&a, &b] {
-        let text = client
-            .get(format!("http://{}/metrics", p.addr))
-            .header("x-api-key", API_KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_of(p).await;
         assert_eq!(
             metric(&text, "xenios_rate_limit_redis_up"),
             Some(1),
@@ -487,10 +502,7 @@ async fn two_server_processes_on_one_redis_enforce_one_limit() {
 async fn the_shared_limiter_returns_to_redis_after_redis_is_killed_and_restarted() {
     let mut redis = RedisProcess::start().await;
     let db = TestDb::new().await;
-    let mut vars = xenios_tests::test_vars(&db, &redis.url());
-    vars.insert("RATE_LIMIT_PER_MINUTE".into(), "60000".into());
-    vars.insert("RATE_LIMIT_BURST".into(), "10000".into());
-    vars.insert("SUPABASE_JWT_SECRET".into(), JWT_SECRET.into());
+    let vars = limits_far_off(&db, &redis);
     let app = TestApp::spawn_on(db, None, vars).await;
     let (_, token) = user_token();
     assert_eq!(get(&app, "/api/v1/me", Some(&token)).await.status(), 200);
@@ -526,12 +538,9 @@ async fn the_shared_limiter_returns_to_redis_after_redis_is_killed_and_restarted
 async fn every_serving_thread_finds_redis_again_after_it_is_killed_and_restarted() {
     let mut redis = RedisProcess::start().await;
     let db = TestDb::new().await;
-    let mut vars = xenios_tests::test_vars(&db, &redis.url());
+    let mut vars = limits_far_off(&db, &redis);
     vars.insert("SERVER_THREADS".into(), "2".into());
-    vars.insert("RATE_LIMIT_PER_MINUTE".into(), "60000".into());
-    vars.insert("RATE_LIMIT_BURST".into(), "10000".into());
     vars.insert("LLM_USER_DAILY_TOKENS".into(), "1000".into());
-    vars.insert("SUPABASE_JWT_SECRET".into(), JWT_SECRET.into());
     let server = ServerProcess::start(&vars);
     let (_, token) = user_token();
     // 8 connections of their own (the kernel spreads them over both threads), one `/me`
@@ -555,17 +564,7 @@ async fn every_serving_thread_finds_redis_again_after_it_is_killed_and_restarted
             futures::future::join_all(calls).await
         }
     };
-    let metrics = || async {
-        reqwest::Client::new()
-            .get(server.url("/metrics"))
-            .header("x-api-key", API_KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let metrics = || metrics_of(&server);
     assert_eq!(round().await, [200; 8]);
     assert_eq!(
         metric(&metrics().await, "xenios_rate_limit_redis_up"),
