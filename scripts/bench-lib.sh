@@ -17,3 +17,15 @@ cpu_ticks() {
 cpu_ticks_split() {
   awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12], f[13] }' "/proc/$1/stat"
 }
+
+# On-CPU time in ns (user and system, from schedstat) of process $1's threads whose name
+# starts with $2: `threads_cpu_ns "$server" xenios-http` is the CPU of the threads that serve
+# HTTP, without the background writers.
+threads_cpu_ns() {
+  local t name total=0
+  for t in /proc/"$1"/task/*; do
+    read -r name < "$t/comm" 2>/dev/null || continue
+    case $name in "$2"*) total=$((total + $(cut -d' ' -f1 "$t/schedstat" 2>/dev/null || echo 0))) ;; esac
+  done
+  echo "$total"
+}

@@ -10,12 +10,17 @@
 # each rate (BENCH_RATES, default "20 200 1000" req/s) oha first sends straight to the mock,
 # then through `POST /api/v1/llm/complete`; the script prints p50/p99 of both, the
 # difference (the added latency), the ratio, the failures (transport errors and non-2xx)
-# and the server's CPU time per proxied call (user and system). A third leg goes through
-# nginx as a plain reverse proxy to the same mock (one worker process, upstream keep-alive,
-# no auth, no log): the cost of one proxy hop on this machine in this run, the floor that
-# the added latency is read against. Each leg runs BENCH_SECS (default 10) and at
-# least 600 requests. Then the streaming time to first token (BENCH_STREAM=0 skips it),
-# measured by the llm_overhead example against its own in-process mock.
+# and the server's CPU time per proxied call (user and system, and the share of the threads
+# that serve HTTP: the rest is the audit and log writers, off the answer's path). A third
+# leg goes through nginx as a plain reverse proxy to the same mock (a second nginx, one
+# worker process of its own, upstream keep-alive, no auth, no log): the cost of one proxy
+# hop on this machine in this run, the floor that the added latency is read against. The
+# hop runs in a process of its own, as our server does: one nginx worker serving both the
+# hop and the mock hands the request to itself without any process waking up, and at low
+# rates the wake-ups are most of a hop's cost on these machines. Each leg runs BENCH_SECS
+# (default 10) and at least 600 requests. Then the streaming time to first token
+# (BENCH_STREAM=0 skips it), measured by the llm_overhead example against its own
+# in-process mock.
 #
 #   scripts/bench-llm.sh
 #   BENCH_RATES="20" BENCH_SECS=60 scripts/bench-llm.sh
@@ -63,6 +68,7 @@ server=
 cleanup() {
   [ -z "$server" ] || { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; }
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
+  [ -f "$work/hop.pid" ] && kill "$(cat "$work/hop.pid")" 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -88,7 +94,21 @@ http {
     listen 127.0.0.1:$MOCK_PORT;
     location = /chat/completions { default_type application/json; return 200 '$COMPLETION'; }
   }
-  # The floor: a plain reverse proxy to the mock, as a proxy hop with nothing else to do.
+}
+NGINX
+# The floor: a plain reverse proxy to the mock, as a proxy hop with nothing else to do, in
+# an nginx of its own.
+cat > "$work/hop.conf" <<NGINX
+worker_processes 1;
+pid $work/hop.pid;
+error_log $work/hop-error.log error;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
+  uwsgi_temp_path $work; scgi_temp_path $work;
   upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 32; }
   server {
     listen 127.0.0.1:$HOP_PORT;
@@ -97,6 +117,7 @@ http {
 }
 NGINX
 /usr/sbin/nginx -c "$work/nginx.conf" -g 'daemon on;'
+/usr/sbin/nginx -c "$work/hop.conf" -g 'daemon on;'
 MOCK=http://127.0.0.1:$MOCK_PORT
 HOP=http://127.0.0.1:$HOP_PORT
 
@@ -141,7 +162,7 @@ run_oha() {
 }
 hz=$(getconf CLK_TCK)
 
-echo "mock: nginx 1 worker; server: $(nproc) cores, TOKIO_WORKER_THREADS=${BENCH_SERVER_WORKER_THREADS:-default}, LOG_LEVEL=${LOG_LEVEL:-info} LOG_FORMAT=${LOG_FORMAT:-json}; oha $OHA_VERSION, $CONNECTIONS connections, open loop"
+echo "mock: nginx 1 worker; hop: a second nginx, 1 worker; server: $(nproc) cores, TOKIO_WORKER_THREADS=${BENCH_SERVER_WORKER_THREADS:-default}, LOG_LEVEL=${LOG_LEVEL:-info} LOG_FORMAT=${LOG_FORMAT:-json}; oha $OHA_VERSION, $CONNECTIONS connections, open loop"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "warming up..."
 run_oha 500 2 "$MOCK/chat/completions"
@@ -154,18 +175,21 @@ for rate in $RATES; do
   run_oha "$rate" "$secs" "$HOP/chat/completions"
   h50=$p50 h99=$p99 hok=$ok hfail=$failed
   read -r u0 s0 < <(cpu_ticks_split "$server")
+  t0=$(threads_cpu_ns "$server" xenios-http)
   run_oha "$rate" "$secs" "$SERVER/api/v1/llm/complete" -H "x-api-key: $KEY"
   read -r u1 s1 < <(cpu_ticks_split "$server")
+  t1=$(threads_cpu_ns "$server" xenios-http)
   echo "complete: $rate req/s, $secs s a leg"
   awk -v d50="$d50" -v d99="$d99" -v g50="$p50" -v g99="$p99" -v dok="$dok" -v df="$dfail" \
     -v h50="$h50" -v h99="$h99" -v hok="$hok" -v hf="$hfail" \
-    -v gok="$ok" -v gf="$failed" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" 'BEGIN {
+    -v gok="$ok" -v gf="$failed" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" \
+    -v serving=$((t1 - t0)) 'BEGIN {
     printf "  direct:    ok=%-6d failed=%-4d p50 %.3f ms  p99 %.3f ms\n", dok, df, d50, d99
     printf "  gateway:   ok=%-6d failed=%-4d p50 %.3f ms  p99 %.3f ms\n", gok, gf, g50, g99
     printf "  nginx hop: ok=%-6d failed=%-4d p50 %.3f ms  p99 %.3f ms\n", hok, hf, h50, h99
     printf "  added:   p50 %.3f ms  p99 %.3f ms  (gateway/direct: p50 %.2fx, p99 %.2fx)\n", g50 - d50, g99 - d99, g50 / d50, g99 / d99
     printf "  floor, added by a plain nginx proxy hop: p50 %.3f ms  p99 %.3f ms\n", h50 - d50, h99 - d99
-    if (gok > 0) printf "  server CPU per proxied call: %.0f µs (user %.0f, system %.0f)\n", (u + s) / hz * 1e6 / gok, u / hz * 1e6 / gok, s / hz * 1e6 / gok }'
+    if (gok > 0) printf "  server CPU per proxied call: %.0f µs (user %.0f, system %.0f); of it the serving threads: %.0f µs\n", (u + s) / hz * 1e6 / gok, u / hz * 1e6 / gok, s / hz * 1e6 / gok, serving / 1000 / gok }'
 done
 echo "server RSS: $(ps -o rss= -p "$server" | awk '{printf "%.1f MB", $1/1024}')"
 rows=$(psql "$DATABASE_URL" -tAc 'SELECT count(*) FROM ai_backend.inference_logs' 2>/dev/null || echo '?')
