@@ -67,8 +67,10 @@ work=$(mktemp -d -t xenios-bench-llm-XXXXXX)
 server=
 cleanup() {
   [ -z "$server" ] || { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; }
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null
-  [ -f "$work/hop.pid" ] && kill "$(cat "$work/hop.pid")" 2>/dev/null
+  local pid
+  for pid in "$work"/mock.pid "$work"/hop.pid; do
+    [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -79,10 +81,13 @@ MOCK_PORT=$(free_port)
 HOP_PORT=$(free_port)
 while [ "$HOP_PORT" = "$MOCK_PORT" ]; do HOP_PORT=$(free_port); done
 COMPLETION='{"id":"gen-1","model":"bench/model","choices":[{"index":0,"message":{"role":"assistant","content":"Hello world!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10,"cost":0.0001}}'
-cat > "$work/nginx.conf" <<NGINX
+# An nginx of one worker process named $1 (its config, pid and error log in $work), serving
+# the http block's servers given as $2, with keep-alive for as long as the run.
+start_nginx() {
+  cat > "$work/$1.conf" <<NGINX
 worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/error.log error;
+pid $work/$1.pid;
+error_log $work/$1-error.log error;
 events { worker_connections 4096; }
 http {
   access_log off;
@@ -90,34 +95,24 @@ http {
   keepalive_timeout 300s;
   client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
   uwsgi_temp_path $work; scgi_temp_path $work;
+$2
+}
+NGINX
+  /usr/sbin/nginx -c "$work/$1.conf" -g 'daemon on;'
+}
+start_nginx mock "
   server {
     listen 127.0.0.1:$MOCK_PORT;
     location = /chat/completions { default_type application/json; return 200 '$COMPLETION'; }
-  }
-}
-NGINX
+  }"
 # The floor: a plain reverse proxy to the mock, as a proxy hop with nothing else to do, in
 # an nginx of its own.
-cat > "$work/hop.conf" <<NGINX
-worker_processes 1;
-pid $work/hop.pid;
-error_log $work/hop-error.log error;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 300s;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
-  uwsgi_temp_path $work; scgi_temp_path $work;
+start_nginx hop "
   upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 32; }
   server {
     listen 127.0.0.1:$HOP_PORT;
-    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
-/usr/sbin/nginx -c "$work/nginx.conf" -g 'daemon on;'
-/usr/sbin/nginx -c "$work/hop.conf" -g 'daemon on;'
+    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }"
 MOCK=http://127.0.0.1:$MOCK_PORT
 HOP=http://127.0.0.1:$HOP_PORT
 
