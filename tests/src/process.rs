@@ -174,6 +174,16 @@ impl ServerProcess {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// GET with the API key (as [`crate::TestApp::get`]).
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(self.url(path))
+            .header("x-api-key", crate::API_KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The process ID.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -131,15 +131,7 @@ async fn metrics(app: &TestApp) -> String {
 
 /// `/metrics` of a server process.
 async fn metrics_of(server: &ServerProcess) -> String {
-    reqwest::Client::new()
-        .get(server.url("/metrics"))
-        .header("x-api-key", API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    server.get("/metrics").await.text().await.unwrap()
 }
 
 /// The variables of a server whose limits a test never reaches (60,000 a minute, a burst

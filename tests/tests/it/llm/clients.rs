@@ -165,16 +165,7 @@ async fn development_without_a_key_uses_the_fake_provider() {
     assert_eq!(body["fallback_used"], true);
 
     app.backend.database().flush_audit().await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .header("x-api-key", API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get("/metrics").await.text().await.unwrap();
     for line in [
         "xenios_llm_calls_total 1",
         "xenios_llm_fallbacks_total 1",
