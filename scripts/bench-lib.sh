@@ -7,15 +7,17 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# User plus system CPU of process $1 so far, in clock ticks (getconf CLK_TCK per second).
-# The fields are counted after the `(comm)`, which may hold spaces.
-cpu_ticks() {
-  awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12] + f[13] }' "/proc/$1/stat"
-}
-
-# User and system CPU ticks of process $1, as "user system".
+# User and system CPU of process $1 so far, as "user system", in clock ticks (getconf
+# CLK_TCK per second). The fields are counted after the `(comm)`, which may hold spaces.
 cpu_ticks_split() {
   awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12], f[13] }' "/proc/$1/stat"
+}
+
+# User plus system CPU of process $1 so far, in clock ticks.
+cpu_ticks() {
+  local user system
+  read -r user system < <(cpu_ticks_split "$1")
+  echo $((user + system))
 }
 
 # On-CPU time in ns (user and system, from schedstat) of process $1's threads whose name
