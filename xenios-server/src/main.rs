@@ -8,6 +8,12 @@ use std::process::ExitCode;
 /// `scripts/bench-me.sh`; with mimalloc the same run answers 5-19% more requests. Built
 /// `no_thp` (the workspace's feature): with transparent huge pages its arenas took the
 /// server's idle RSS from 20 to 42 MB, without them 25 MB.
+///
+/// Measured again for low-load latency: the heap on huge pages *together with* the code
+/// copied onto an anonymous huge-page mapping (`mremap` over the text segment) cut the
+/// serving threads' CPU per call at 20 req/s by about 30% (`scripts/bench-llm.sh`) and
+/// raised `scripts/bench-me.sh` by 4-6%, but idle RSS went to 47 MB, past the 30 MB
+/// target; either one alone showed no gain. Revisit only as an opt-in.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
