@@ -86,10 +86,11 @@ async fn wait_empty(conn: &mut redis::aio::MultiplexedConnection) {
     }
 }
 
-/// Calls per Redis command since the server started (INFO commandstats).
+/// Calls and microseconds per Redis command since the server started (INFO commandstats).
+/// A script's time includes the commands it calls, which are also counted on their own.
 async fn commandstats(
     conn: &mut redis::aio::MultiplexedConnection,
-) -> std::collections::HashMap<String, u64> {
+) -> std::collections::HashMap<String, (u64, u64)> {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -98,13 +99,13 @@ async fn commandstats(
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
+            let field = |key: &str| -> Option<u64> {
+                rest.split(',')
+                    .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some((name.to_owned(), (field("calls")?, field("usec")?)))
         })
         .collect()
 }
@@ -180,25 +181,36 @@ async fn redis_pid(conn: &mut redis::aio::MultiplexedConnection) -> u32 {
 }
 
 fn commands_per_job(
-    before: &std::collections::HashMap<String, u64>,
-    after: &std::collections::HashMap<String, u64>,
+    before: &std::collections::HashMap<String, (u64, u64)>,
+    after: &std::collections::HashMap<String, (u64, u64)>,
     n: usize,
-) -> (f64, String) {
-    let mut calls: Vec<(String, u64)> = after
+) -> (f64, String, String) {
+    let mut calls: Vec<(String, u64, u64)> = after
         .iter()
         .filter(|(k, _)| !OWN_COMMANDS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
-        .filter(|(_, v)| *v > 0)
+        .map(|(k, (c, us))| {
+            let (c0, us0) = before.get(k).copied().unwrap_or((0, 0));
+            (k.clone(), c.saturating_sub(c0), us.saturating_sub(us0))
+        })
+        .filter(|(_, c, _)| *c > 0)
         .collect();
     calls.sort_by_key(|c| std::cmp::Reverse(c.1));
-    let total: u64 = calls.iter().map(|(_, v)| v).sum();
+    let total: u64 = calls.iter().map(|(_, c, _)| c).sum();
+    let per = |v: u64| v as f64 / n as f64;
     let top = calls
         .iter()
         .take(6)
-        .map(|(k, v)| format!("{k} {:.2}", *v as f64 / n as f64))
+        .map(|(k, c, _)| format!("{k} {:.2}", per(*c)))
         .collect::<Vec<_>>()
         .join(", ");
-    (total as f64 / n as f64, top)
+    calls.sort_by_key(|c| std::cmp::Reverse(c.2));
+    let time = calls
+        .iter()
+        .take(8)
+        .map(|(k, _, us)| format!("{k} {:.1}", per(*us)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (per(total), top, time)
 }
 
 /// Waits until every `celery-task-meta-<id>` exists. While the oldest missing one does not,
@@ -426,7 +438,7 @@ async fn main() {
     stop(worker);
     backend.database().flush_audit().await;
     let rows_after = pg_row_writes().await;
-    let (per_job, top) = commands_per_job(&stats_before, &stats_after, n);
+    let (per_job, top, redis_time) = commands_per_job(&stats_before, &stats_after, n);
     let drain_rate = n as f64 / drain_secs;
 
     println!(
@@ -444,6 +456,9 @@ async fn main() {
     );
     println!("RESULT xenios_drain={drain_rate:.1}");
     println!("xenios drain: {per_job:.1} Redis commands/job ({top})");
+    println!(
+        "xenios drain: Redis µs/job by command, as Redis times them (a script's time includes the commands it calls): {redis_time}"
+    );
     let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / n as f64;
     println!(
         "xenios drain: CPU µs/job: worker {:.1}, redis {:.1}, postgres {:.1}, benchmark (enqueue of the last job, polling) {:.1}",
