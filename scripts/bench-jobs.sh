@@ -43,3 +43,5 @@ awk -v a="$(result xenios_enqueue)" -v b="$(result celery_enqueue)" \
   'BEGIN { printf "enqueue, one call per job: %.1fx celery send_task\n", a / b }'
 awk -v a="$(result xenios_drain)" -v b="$(result celery_drain)" \
   'BEGIN { printf "drain, results stored: %.1fx celery best pool\n", a / b }'
+awk -v a="$(result xenios_drain_prefetch16)" -v b="$(result celery_drain_prefetch16)" \
+  'BEGIN { printf "shown apart, both at --prefetch-multiplier 16: %.1fx\n", a / b }'

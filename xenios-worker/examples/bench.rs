@@ -45,7 +45,7 @@ fn drain_events() -> bool {
     )
 }
 
-fn spawn_worker(concurrency: &str, events: bool) -> Child {
+fn spawn_worker(concurrency: &str, events: bool, extra: &[&str]) -> Child {
     let exe = std::env::current_exe().unwrap();
     let bin = exe
         .parent()
@@ -63,6 +63,7 @@ fn spawn_worker(concurrency: &str, events: bool) -> Child {
             "bench@%h",
             "--allow-unhandled-queues",
         ])
+        .args(extra)
         .env("LOG_LEVEL", "error")
         .env("JOB_TASK_EVENTS", if events { "true" } else { "false" })
         .stdin(Stdio::null())
@@ -88,9 +89,7 @@ async fn wait_empty(conn: &mut redis::aio::MultiplexedConnection) {
 
 /// Calls and microseconds per Redis command since the server started (INFO commandstats).
 /// A script's time includes the commands it calls, which are also counted on their own.
-async fn commandstats(
-    conn: &mut redis::aio::MultiplexedConnection,
-) -> std::collections::HashMap<String, (u64, u64)> {
+async fn commandstats(conn: &mut redis::aio::MultiplexedConnection) -> CommandStats {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -181,8 +180,8 @@ async fn redis_pid(conn: &mut redis::aio::MultiplexedConnection) -> u32 {
 }
 
 fn commands_per_job(
-    before: &std::collections::HashMap<String, (u64, u64)>,
-    after: &std::collections::HashMap<String, (u64, u64)>,
+    before: &CommandStats,
+    after: &CommandStats,
     n: usize,
 ) -> (f64, String, String) {
     let mut calls: Vec<(String, u64, u64)> = after
@@ -277,6 +276,84 @@ async fn pg_row_writes() -> Option<u64> {
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
+/// What one drain measured: its time, and the counters read just before and after it.
+struct Drained {
+    secs: f64,
+    cpu: (Cpu, Cpu),
+    stats: (CommandStats, CommandStats),
+    busy_rss: u64,
+}
+
+type CommandStats = std::collections::HashMap<String, (u64, u64)>;
+
+/// Drains `n` no-op jobs by the same rules as Celery's side: the worker (with `extra`
+/// arguments) is started and has finished a warm-up job before the clock; the N jobs wait
+/// in a staging list RENAMEd onto the worker's queue when the clock starts (the last job is
+/// enqueued normally, which also wakes a blocked pop); the clock stops when all N results
+/// are stored. `before` runs just before the clock starts (it may take its time); its
+/// output comes back with the measures.
+async fn drain<T>(
+    backend: &AiBackend,
+    ctx: &RequestContext,
+    conn: &mut redis::aio::MultiplexedConnection,
+    n: usize,
+    extra: &[&str],
+    before: impl std::future::Future<Output = T>,
+) -> (Drained, T) {
+    let _: () = redis::cmd("FLUSHDB").query_async(conn).await.unwrap();
+    let worker = spawn_worker("8", drain_events(), extra);
+    let warm = backend
+        .jobs()
+        .enqueue(ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
+        .await
+        .unwrap();
+    wait_results(
+        conn,
+        vec![warm.id.as_str().to_owned()],
+        Duration::from_secs(120),
+    )
+    .await;
+    let mut ids = Vec::with_capacity(n);
+    for chunk in 0..(n - 1).div_ceil(1000) {
+        let batch = (chunk * 1000..((chunk + 1) * 1000).min(n - 1))
+            .map(|_| EnqueueRequest::new("xenios.noop").queue("bench-staging"))
+            .collect();
+        let batch_ids = backend.jobs().enqueue_many(ctx, batch).await.unwrap();
+        ids.extend(batch_ids.iter().map(|id| id.as_str().to_owned()));
+    }
+    backend.database().flush_audit().await;
+    let before = before.await;
+    let stats_before = commandstats(conn).await;
+    let redis_pid = redis_pid(conn).await;
+    let cpu_before = Cpu::read(worker.id(), redis_pid);
+    let start = Instant::now();
+    let _: () = redis::cmd("RENAME")
+        .arg("bench-staging")
+        .arg("bench")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let last = backend
+        .jobs()
+        .enqueue(ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
+        .await
+        .unwrap();
+    ids.push(last.id.as_str().to_owned());
+    wait_results(conn, ids, Duration::from_secs(600)).await;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu_after = Cpu::read(worker.id(), redis_pid);
+    let stats_after = commandstats(conn).await;
+    let busy_rss = rss_kib(worker.id());
+    stop(worker);
+    let measures = Drained {
+        secs,
+        cpu: (cpu_before, cpu_after),
+        stats: (stats_before, stats_after),
+        busy_rss,
+    };
+    (measures, before)
+}
+
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::args()
@@ -292,7 +369,7 @@ async fn main() {
     let ctx = RequestContext::system();
 
     // Idle RSS of a worker process.
-    let worker = spawn_worker("8", true);
+    let worker = spawn_worker("8", true, &[]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let idle_rss = rss_kib(worker.id());
 
@@ -387,58 +464,12 @@ async fn main() {
     let concurrent_secs = start.elapsed().as_secs_f64();
     let concurrent_n = per_caller * callers;
 
-    // Drain, by the same rules as Celery's side: the worker is started and has finished a
-    // warm-up job before the clock; the N jobs wait in a staging list RENAMEd onto the
-    // worker's queue when the clock starts (the last job is enqueued normally, which also
-    // wakes a blocked pop); the clock stops when all N results are stored.
-    let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await.unwrap();
-    let worker = spawn_worker("8", drain_events());
-    let warm = backend
-        .jobs()
-        .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
-        .await
-        .unwrap();
-    wait_results(
-        &mut conn,
-        vec![warm.id.as_str().to_owned()],
-        Duration::from_secs(120),
-    )
-    .await;
-    let mut ids = Vec::with_capacity(n);
-    for chunk in 0..(n - 1).div_ceil(1000) {
-        let batch = (chunk * 1000..((chunk + 1) * 1000).min(n - 1))
-            .map(|_| EnqueueRequest::new("xenios.noop").queue("bench-staging"))
-            .collect();
-        let batch_ids = backend.jobs().enqueue_many(&ctx, batch).await.unwrap();
-        ids.extend(batch_ids.iter().map(|id| id.as_str().to_owned()));
-    }
-    backend.database().flush_audit().await;
-    let rows_before = pg_row_writes().await;
-    let stats_before = commandstats(&mut conn).await;
-    let redis_pid = redis_pid(&mut conn).await;
-    let cpu_before = Cpu::read(worker.id(), redis_pid);
-    let start = Instant::now();
-    let _: () = redis::cmd("RENAME")
-        .arg("bench-staging")
-        .arg("bench")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let last = backend
-        .jobs()
-        .enqueue(&ctx, EnqueueRequest::new("xenios.noop").queue("bench"))
-        .await
-        .unwrap();
-    ids.push(last.id.as_str().to_owned());
-    wait_results(&mut conn, ids, Duration::from_secs(600)).await;
-    let drain_secs = start.elapsed().as_secs_f64();
-    let cpu_after = Cpu::read(worker.id(), redis_pid);
-    let stats_after = commandstats(&mut conn).await;
-    let busy_rss = rss_kib(worker.id());
-    stop(worker);
+    // Drain, the compared figure: Celery's default prefetch multiplier (4) on both sides.
+    let (d, rows_before) = drain(&backend, &ctx, &mut conn, n, &[], pg_row_writes()).await;
+    let (drain_secs, (cpu_before, cpu_after), busy_rss) = (d.secs, d.cpu, d.busy_rss);
     backend.database().flush_audit().await;
     let rows_after = pg_row_writes().await;
-    let (per_job, top, redis_time) = commands_per_job(&stats_before, &stats_after, n);
+    let (per_job, top, redis_time) = commands_per_job(&d.stats.0, &d.stats.1, n);
     let drain_rate = n as f64 / drain_secs;
 
     println!(
@@ -474,6 +505,29 @@ async fn main() {
         ),
         _ => println!("xenios drain: Postgres row writes not measured (psql unavailable)"),
     }
+    // Shown apart, not compared: the same drain with a larger prefetch window. Each take
+    // is bounded by the free prefetch slots (32 at -c 8 and Celery's default multiplier of
+    // 4), and per-take costs dominate at that size; bench_celery.py shows Celery's side.
+    let (apart, ()) = drain(
+        &backend,
+        &ctx,
+        &mut conn,
+        n,
+        &["--prefetch-multiplier", "16"],
+        async {},
+    )
+    .await;
+    let (a_before, a_after) = &apart.cpu;
+    println!(
+        "xenios drain, shown apart, at --prefetch-multiplier 16: {:.0} jobs/s ({n} jobs); CPU µs/job: worker {:.1}, redis {:.1}",
+        n as f64 / apart.secs,
+        a_after.worker.saturating_sub(a_before.worker) as f64 / n as f64,
+        a_after.redis.saturating_sub(a_before.redis) as f64 / n as f64,
+    );
+    println!(
+        "RESULT xenios_drain_prefetch16={:.1}",
+        n as f64 / apart.secs
+    );
     println!(
         "xenios enqueue-to-start latency: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({samples} samples)",
         p(0.50),
