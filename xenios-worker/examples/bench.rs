@@ -521,8 +521,8 @@ async fn main() {
     println!(
         "xenios drain, shown apart, at --prefetch-multiplier 16: {:.0} jobs/s ({n} jobs); CPU µs/job: worker {:.1}, redis {:.1}",
         n as f64 / apart.secs,
-        a_after.worker.saturating_sub(a_before.worker) as f64 / n as f64,
-        a_after.redis.saturating_sub(a_before.redis) as f64 / n as f64,
+        per(a_after.worker, a_before.worker),
+        per(a_after.redis, a_before.redis),
     );
     println!(
         "RESULT xenios_drain_prefetch16={:.1}",
