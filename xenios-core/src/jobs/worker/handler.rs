@@ -129,6 +129,10 @@ impl TaskContext {
 /// Task handlers by name, each with its declaration (queue, callers, argument size; see
 /// [`crate::jobs::catalog`]). The `xenios-worker` binary fills one with
 /// [`crate::jobs::tasks::register_builtin`]; embedders and tests add their own.
+///
+/// The `xenios-worker` binary runs every handler on its one thread, beside its Redis loops:
+/// a handler awaits its I/O and puts CPU-heavy or blocking work in
+/// `tokio::task::spawn_blocking`, or it holds up every other job and the heartbeats.
 #[derive(Clone, Default)]
 pub struct TaskRegistry {
     pub(super) handlers: HashMap<String, Handler>,
