@@ -110,20 +110,20 @@ def main():
     secs = time.perf_counter() - start
     print(f"celery enqueue (send_task, one call per job, 1 producer): {n / secs:.0f} jobs/s ({n} jobs)")
     print(f"RESULT celery_enqueue={n / secs:.1f}")
-    best = (0.0, "", POOLS[0])
+    best = (0.0, *POOLS[0])
     for pool, conc in POOLS:
         rate, secs, per_job, top = drain(r, n, pool, conc)
         name = f"{pool} -c {conc}"
         print(f"celery drain ({name}, no-op, results stored): {rate:.0f} jobs/s "
               f"({n} jobs in {secs:.2f} s; {per_job:.1f} Redis commands/job: {top})")
         if rate > best[0]:
-            best = (rate, name, (pool, conc))
-    print(f"celery best drain: {best[0]:.0f} jobs/s ({best[1]})")
-    print(f"RESULT celery_drain={best[0]:.1f}")
+            best = (rate, pool, conc)
+    rate, pool, conc = best
+    print(f"celery best drain: {rate:.0f} jobs/s ({pool} -c {conc})")
+    print(f"RESULT celery_drain={rate:.1f}")
     # Shown apart, not compared, as on our side: the best pool with a larger prefetch window.
-    pool, conc = best[2]
     rate, secs, per_job, top = drain(r, n, pool, conc, ["--prefetch-multiplier", "16"])
-    print(f"celery drain, shown apart, at --prefetch-multiplier 16 ({best[1]}): {rate:.0f} jobs/s "
+    print(f"celery drain, shown apart, at --prefetch-multiplier 16 ({pool} -c {conc}): {rate:.0f} jobs/s "
           f"({n} jobs in {secs:.2f} s)")
     print(f"RESULT celery_drain_prefetch16={rate:.1f}")
     r.flushdb()

@@ -282,6 +282,8 @@ struct Drained {
     cpu: (Cpu, Cpu),
     stats: (CommandStats, CommandStats),
     busy_rss: u64,
+    /// Postgres row writes before the clock, when asked for (see [`pg_row_writes`]).
+    rows_before: Option<u64>,
 }
 
 type CommandStats = std::collections::HashMap<String, (u64, u64)>;
@@ -290,16 +292,16 @@ type CommandStats = std::collections::HashMap<String, (u64, u64)>;
 /// arguments) is started and has finished a warm-up job before the clock; the N jobs wait
 /// in a staging list RENAMEd onto the worker's queue when the clock starts (the last job is
 /// enqueued normally, which also wakes a blocked pop); the clock stops when all N results
-/// are stored. `before` runs just before the clock starts (it may take its time); its
-/// output comes back with the measures.
-async fn drain<T>(
+/// are stored. With `count_rows`, Postgres' row count is read before the clock (an 11 s
+/// wait, outside the timed part).
+async fn drain(
     backend: &AiBackend,
     ctx: &RequestContext,
     conn: &mut redis::aio::MultiplexedConnection,
     n: usize,
     extra: &[&str],
-    before: impl std::future::Future<Output = T>,
-) -> (Drained, T) {
+    count_rows: bool,
+) -> Drained {
     let _: () = redis::cmd("FLUSHDB").query_async(conn).await.unwrap();
     let worker = spawn_worker("8", drain_events(), extra);
     let warm = backend
@@ -322,7 +324,11 @@ async fn drain<T>(
         ids.extend(batch_ids.iter().map(|id| id.as_str().to_owned()));
     }
     backend.database().flush_audit().await;
-    let before = before.await;
+    let rows_before = if count_rows {
+        pg_row_writes().await
+    } else {
+        None
+    };
     let stats_before = commandstats(conn).await;
     let redis_pid = redis_pid(conn).await;
     let cpu_before = Cpu::read(worker.id(), redis_pid);
@@ -345,13 +351,13 @@ async fn drain<T>(
     let stats_after = commandstats(conn).await;
     let busy_rss = rss_kib(worker.id());
     stop(worker);
-    let measures = Drained {
+    Drained {
         secs,
         cpu: (cpu_before, cpu_after),
         stats: (stats_before, stats_after),
         busy_rss,
-    };
-    (measures, before)
+        rows_before,
+    }
 }
 
 #[tokio::main]
@@ -465,12 +471,12 @@ async fn main() {
     let concurrent_n = per_caller * callers;
 
     // Drain, the compared figure: Celery's default prefetch multiplier (4) on both sides.
-    let (d, rows_before) = drain(&backend, &ctx, &mut conn, n, &[], pg_row_writes()).await;
-    let (drain_secs, (cpu_before, cpu_after), busy_rss) = (d.secs, d.cpu, d.busy_rss);
+    let d = drain(&backend, &ctx, &mut conn, n, &[], true).await;
+    let (cpu_before, cpu_after) = &d.cpu;
     backend.database().flush_audit().await;
     let rows_after = pg_row_writes().await;
     let (per_job, top, redis_time) = commands_per_job(&d.stats.0, &d.stats.1, n);
-    let drain_rate = n as f64 / drain_secs;
+    let drain_rate = n as f64 / d.secs;
 
     println!(
         "xenios enqueue (one call per job, 1 producer, each awaited): {:.0} jobs/s ({n} jobs)",
@@ -483,7 +489,8 @@ async fn main() {
         concurrent_n as f64 / concurrent_secs
     );
     println!(
-        "xenios drain (1 worker process, -c 8, no-op, results stored, job rows written): {drain_rate:.0} jobs/s ({n} jobs in {drain_secs:.3} s)"
+        "xenios drain (1 worker process, -c 8, no-op, results stored, job rows written): {drain_rate:.0} jobs/s ({n} jobs in {:.3} s)",
+        d.secs
     );
     println!("RESULT xenios_drain={drain_rate:.1}");
     println!("xenios drain: {per_job:.1} Redis commands/job ({top})");
@@ -498,7 +505,7 @@ async fn main() {
         per(cpu_after.postgres, cpu_before.postgres),
         per(cpu_after.bench, cpu_before.bench),
     );
-    match (rows_before, rows_after) {
+    match (d.rows_before, rows_after) {
         (Some(b), Some(a)) => println!(
             "xenios drain: {:.2} Postgres row writes/job (inserts + updates of ai_backend tables)",
             a.saturating_sub(b) as f64 / n as f64
@@ -508,26 +515,23 @@ async fn main() {
     // Shown apart, not compared: the same drain with a larger prefetch window. Each take
     // is bounded by the free prefetch slots (32 at -c 8 and Celery's default multiplier of
     // 4), and per-take costs dominate at that size; bench_celery.py shows Celery's side.
-    let (apart, ()) = drain(
+    let apart = drain(
         &backend,
         &ctx,
         &mut conn,
         n,
         &["--prefetch-multiplier", "16"],
-        async {},
+        false,
     )
     .await;
+    let apart_rate = n as f64 / apart.secs;
     let (a_before, a_after) = &apart.cpu;
     println!(
-        "xenios drain, shown apart, at --prefetch-multiplier 16: {:.0} jobs/s ({n} jobs); CPU µs/job: worker {:.1}, redis {:.1}",
-        n as f64 / apart.secs,
+        "xenios drain, shown apart, at --prefetch-multiplier 16: {apart_rate:.0} jobs/s ({n} jobs); CPU µs/job: worker {:.1}, redis {:.1}",
         per(a_after.worker, a_before.worker),
         per(a_after.redis, a_before.redis),
     );
-    println!(
-        "RESULT xenios_drain_prefetch16={:.1}",
-        n as f64 / apart.secs
-    );
+    println!("RESULT xenios_drain_prefetch16={apart_rate:.1}");
     println!(
         "xenios enqueue-to-start latency: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({samples} samples)",
         p(0.50),
@@ -537,7 +541,7 @@ async fn main() {
     println!(
         "xenios worker RSS: idle {:.1} MB, during the drain {:.1} MB",
         idle_rss as f64 / 1024.0,
-        busy_rss as f64 / 1024.0
+        d.busy_rss as f64 / 1024.0
     );
     backend.database().flush_audit().await;
 }
