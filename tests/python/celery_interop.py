@@ -7,6 +7,9 @@ The broker and result backend are both XENIOS_TEST_BROKER (the test's own Redis 
 - As a script: `python celery_interop.py send <task> <queue> <args-json> <timeout>` sends a
   task the way a Python producer does and prints `{"result": ...}` or `{"error": ...}` from
   `AsyncResult.get()`.
+- `python celery_interop.py restore` runs kombu's own restore of unacked messages (what a
+  Python worker does every 10 s) with a visibility timeout of 0, so that everything unacked
+  goes back to its queue, and prints `{"unacked": n}`, what is left.
 - `python celery_interop.py control <worker-hostname>` drives that worker with Celery's own
   remote control (terminate, time_limit, rate_limit, then shutdown) and prints what it saw
   as one JSON object.
@@ -116,13 +119,23 @@ def control(host):
     print(json.dumps(out))
 
 
+def restore():
+    with app.connection_for_read(transport_options={"visibility_timeout": 0}) as conn:
+        channel = conn.default_channel
+        channel.qos.restore_visible(num=1000)
+        print(json.dumps({"unacked": channel.client.hlen(channel.unacked_key)}))
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "send":
         send(*sys.argv[2:])
+    elif len(sys.argv) == 2 and sys.argv[1] == "restore":
+        restore()
     elif len(sys.argv) == 3 and sys.argv[1] == "control":
         control(sys.argv[2])
     else:
         sys.exit(
             "usage: celery_interop.py send <task> <queue> <args-json> <timeout>\n"
+            "       celery_interop.py restore\n"
             "       celery_interop.py control <worker-hostname>"
         )

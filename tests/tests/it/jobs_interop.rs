@@ -14,7 +14,9 @@ use xenios_core::jobs::{
 };
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, CorrelationId, RequestContext};
-use xenios_tests::jobs_support::{ChildProcess, backend_on, python, python_dir};
+use xenios_tests::jobs_support::{
+    ChildProcess, ChildWorker, backend_on, count, python, python_dir, vars_for,
+};
 use xenios_tests::{TestDb, TestRedis, free_port, wait_for};
 
 fn ctx(id: &str) -> RequestContext {
@@ -163,6 +165,96 @@ async fn jobs_interop_our_producer_feeds_a_python_celery_worker() {
     assert_eq!(r.state, JobState::Success, "{r:?}");
     assert_eq!(r.result["correlation_id"], "req-to-python", "{r:?}");
     assert_eq!(r.result["delivery_info"], "pyq", "{r:?}");
+}
+
+/// What our worker held when it was SIGKILLed is put back by kombu's own restore (a Python
+/// worker's `restore_visible`), and our next worker runs it: the `unacked` entry is kombu's
+/// `[envelope, exchange, routing_key]`, filed under the taker's own tag, not the message's.
+#[tokio::test]
+async fn jobs_interop_kombu_restores_what_our_killed_worker_held() {
+    let redis = TestRedis::new().await;
+    let db = TestDb::new().await;
+    let backend = backend_on(&db, &redis, &[]).await;
+    let mut conn = redis.conn().await;
+    let mut victim = ChildWorker::spawn(
+        &vars_for(&db, &redis, &[]),
+        &["-Q", "default", "-c", "1", "-n", "victim@%h"],
+    );
+    let id = backend
+        .jobs()
+        .enqueue(
+            &ctx("req-kombu-restore"),
+            EnqueueRequest::new("xenios.sleep")
+                .kwargs(json!({"seconds": 1.0}))
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .id;
+    wait_for(
+        "the victim to take the job",
+        Duration::from_secs(20),
+        || {
+            let mut conn = conn.clone();
+            async move {
+                (count(&mut conn, "unacked").await == 1 && count(&mut conn, "default").await == 0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    victim.kill();
+    let held: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg("unacked")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let [(tag, entry)] = held.as_slice() else {
+        panic!("one unacked entry expected: {held:?}")
+    };
+    let entry: Value = serde_json::from_str(entry).unwrap();
+    assert_eq!(entry[0]["headers"]["id"], id.as_str(), "{entry}");
+    assert_eq!((&entry[1], &entry[2]), (&json!(""), &json!("default")));
+    assert_ne!(entry[0]["properties"]["delivery_tag"], json!(tag));
+
+    let mut cmd = python_cmd(&redis);
+    cmd.args(["celery_interop.py", "restore"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output_within_deadline())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kombu's restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(left, json!({"unacked": 0}));
+    assert_eq!(count(&mut conn, "unacked_index").await, 0);
+    let back: Vec<String> = redis::cmd("LRANGE")
+        .arg("default")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let [back] = back.as_slice() else {
+        panic!("the job is back on its queue, once: {back:?}")
+    };
+    let back: Value = serde_json::from_str(back).unwrap();
+    assert_eq!(back["headers"]["id"], id.as_str());
+    assert_eq!(back["headers"]["redelivered"], json!(true));
+
+    let (stop, rescuer) = spawn_worker(&backend, "rescuer@%h");
+    let r = backend
+        .jobs()
+        .wait_result(id.as_str(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(r.state, JobState::Success, "{r:?}");
+    assert!(r.worker.unwrap().starts_with("rescuer@"));
+    stop.send(()).unwrap();
+    rescuer.await.unwrap().unwrap();
+    assert_eq!(count(&mut conn, "unacked").await, 0);
 }
 
 #[tokio::test]

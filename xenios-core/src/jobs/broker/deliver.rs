@@ -1,43 +1,49 @@
 //! The consumer's side: taking messages (recorded as unacked in the same step), finishing
 //! them (result, retry and ack at once), and keeping the ones in hand from being restored.
 
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 
 use super::scripts::{FINISH, TAKE};
-use super::{DEAD_LETTER_KEY, UNACKED_INDEX_KEY, UNACKED_KEY, now_secs, redis_error};
+use super::{UNACKED_INDEX_KEY, UNACKED_KEY, now_secs, redis_error};
 use crate::error::{Component, Error, Result};
 
-/// What a fetch took.
+/// A message a fetch took, now recorded in `unacked` under `tag`.
 #[derive(Debug, Clone)]
-pub enum Taken {
-    /// A message, now recorded in `unacked` under `tag`.
-    Message {
-        /// Delivery tag.
-        tag: String,
-        /// The envelope.
-        raw: String,
-    },
-    /// A message without a readable delivery tag; moved to the dead-letter list.
-    Dead {
-        /// The raw message.
-        raw: String,
-    },
+pub struct Taken {
+    /// The delivery tag this take gave it (unique to this delivery; see [`take`]).
+    pub tag: String,
+    /// The envelope, as it was on the queue.
+    pub raw: String,
 }
 
-/// Takes up to `max` messages from `keys` (see [`consume_keys`]).
+/// Prefix of the delivery tags of this process: random, so that two workers never share one.
+static TAG_PREFIX: LazyLock<String> =
+    LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
+/// Takes made by this process, a part of every tag.
+static TAKES: AtomicU64 = AtomicU64::new(0);
+
+/// Takes up to `max` messages from `keys` (see [`consume_keys`]), each recorded in
+/// `unacked` in the same step under a new tag `<process>.<take>.<i>`: the taker's own, not
+/// the message's `properties.delivery_tag`, so that Redis need not decode the message to
+/// find it (see `scripts::TAKE`).
+///
+/// [`consume_keys`]: super::consume_keys
 pub async fn take<C: ConnectionLike + Send>(
     conn: &mut C,
     keys: &[(String, String)],
     max: usize,
 ) -> Result<Vec<Taken>> {
+    let prefix = format!("{}.{}.", *TAG_PREFIX, TAKES.fetch_add(1, Ordering::Relaxed));
     let mut inv = TAKE.prepare_invoke();
     inv.key(UNACKED_INDEX_KEY)
         .key(UNACKED_KEY)
-        .key(DEAD_LETTER_KEY)
         .arg(max.max(1))
-        .arg(now_secs());
+        .arg(now_secs())
+        .arg(&prefix);
     for (key, queue) in keys {
         inv.key(key).arg(queue);
     }
@@ -56,16 +62,14 @@ pub async fn take<C: ConnectionLike + Send>(
             "a queue's key is not a list; its messages cannot be taken until it is fixed"
         );
     }
-    let mut taken = Vec::with_capacity(out.len() / 2);
-    let mut it = out.into_iter();
-    while let (Some(tag), Some(raw)) = (it.next(), it.next()) {
-        taken.push(if tag.is_empty() {
-            Taken::Dead { raw }
-        } else {
-            Taken::Message { tag, raw }
-        });
-    }
-    Ok(taken)
+    Ok(out
+        .into_iter()
+        .zip(1..)
+        .map(|(raw, i)| Taken {
+            tag: format!("{prefix}{i}"),
+            raw,
+        })
+        .collect())
 }
 
 /// One finished delivery, for [`finish`].

@@ -10,10 +10,12 @@
 //!
 //! Where we do better than kombu: kombu BRPOPs a message and only then writes `unacked`, so
 //! a worker dying between the two loses the message. Here [`TAKE`] pops and records in one
-//! Lua script, so a taken message is always either on a queue or in `unacked`. Messages a
-//! worker cannot decode go, in the same script or the same transaction, to the dead-letter
-//! list [`DEAD_LETTER_KEY`] instead of vanishing. Live workers refresh the `unacked_index`
-//! score of what they hold, so a long job or a far ETA is not restored while its worker lives.
+//! Lua script, so a taken message is always either on a queue or in `unacked`. The tag it
+//! is recorded under is the taker's own (see [`take`]), and its routing key the queue it
+//! came from. Messages a worker cannot decode go from `unacked`, in one script, to the
+//! dead-letter list [`DEAD_LETTER_KEY`] instead of vanishing. Live workers refresh the
+//! `unacked_index` score of what they hold, so a long job or a far ETA is not restored
+//! while its worker lives.
 //!
 //! Every script checks the types of the keys it writes before it changes anything (`unacked`
 //! a hash, `unacked_index` a sorted set, queues and the dead-letter list lists; each may also

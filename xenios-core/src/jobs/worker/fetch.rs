@@ -104,47 +104,33 @@ pub(super) async fn fetch_loop(
 
 pub(super) async fn dispatch(shared: &Arc<Shared>, taken: Vec<Taken>) {
     let mut messages = Vec::with_capacity(taken.len());
-    for t in taken {
-        match t {
-            Taken::Dead { raw } => {
+    for Taken { tag, raw } in taken {
+        match TaskMessage::decode(raw.as_bytes()) {
+            Ok(m) if raw.len() > shared.jobs().max_message_bytes => {
                 shared.prefetch_sem.add_permits(1);
-                shared
-                    .counters
-                    .dead_lettered
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    bytes = raw.len(),
-                    list = broker::DEAD_LETTER_KEY,
-                    "rejected a message without a delivery tag (not a kombu envelope); moved to the dead-letter list"
-                );
+                let e = DecodeError {
+                    reason: format!(
+                        "the message is {} bytes; the limit is {} (JOB_MAX_MESSAGE_BYTES)",
+                        raw.len(),
+                        shared.jobs().max_message_bytes
+                    ),
+                    id: Some(m.id),
+                    task: Some(m.task),
+                    delivery_tag: Some(m.delivery_tag),
+                };
+                reject_undecodable(shared, &tag, &raw, &e).await;
             }
-            Taken::Message { tag, raw } => match TaskMessage::decode(raw.as_bytes()) {
-                Ok(m) if raw.len() > shared.jobs().max_message_bytes => {
-                    shared.prefetch_sem.add_permits(1);
-                    let e = DecodeError {
-                        reason: format!(
-                            "the message is {} bytes; the limit is {} (JOB_MAX_MESSAGE_BYTES)",
-                            raw.len(),
-                            shared.jobs().max_message_bytes
-                        ),
-                        id: Some(m.id),
-                        task: Some(m.task),
-                        delivery_tag: Some(tag.clone()),
-                    };
-                    reject_undecodable(shared, &tag, &raw, &e).await;
+            Ok(mut m) => {
+                if m.queue.is_empty() {
+                    // Without a routing key a retry would be pushed to the empty key.
+                    m.queue = source_queue(shared, &tag).await;
                 }
-                Ok(mut m) => {
-                    if m.queue.is_empty() {
-                        // Without a routing key a retry would be pushed to the empty key.
-                        m.queue = source_queue(shared, &tag).await;
-                    }
-                    messages.push((tag, m, raw));
-                }
-                Err(e) => {
-                    shared.prefetch_sem.add_permits(1);
-                    reject_undecodable(shared, &tag, &raw, &e).await;
-                }
-            },
+                messages.push((tag, m, raw));
+            }
+            Err(e) => {
+                shared.prefetch_sem.add_permits(1);
+                reject_undecodable(shared, &tag, &raw, &e).await;
+            }
         }
     }
     if messages.is_empty() {
