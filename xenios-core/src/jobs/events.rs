@@ -134,12 +134,14 @@ impl EventSender {
         Value::Object(fields)
     }
 
-    /// Queues a task event (`task-received`, `task-started`...), batched.
-    pub fn task(&self, kind: &str, fields: Value) {
+    /// Queues a task event (`task-received`, `task-started`...), batched. `fields` is
+    /// called only when task events are on: with them off (the default) a job pays nothing
+    /// for the `repr`s and maps its events would carry.
+    pub fn task(&self, kind: &str, fields: impl FnOnce() -> Value) {
         if !self.task_events() {
             return;
         }
-        let fields = match fields {
+        let fields = match fields() {
             Value::Object(m) => m,
             _ => Map::new(),
         };

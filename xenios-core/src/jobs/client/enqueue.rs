@@ -219,8 +219,7 @@ impl Jobs {
         let events = &self.events;
         for m in messages {
             self.audit.job(job_change(m, JobState::Pending));
-            events.task(
-                "task-sent",
+            events.task("task-sent", || {
                 json!({
                     "uuid": m.id, "root_id": m.root_id, "parent_id": m.parent_id,
                     "name": m.task, "args": args_repr(&m.args),
@@ -228,8 +227,8 @@ impl Jobs {
                     "retries": m.retries, "eta": m.eta.map(protocol::iso),
                     "expires": m.expires.map(protocol::iso), "queue": m.queue,
                     "exchange": m.exchange, "routing_key": m.queue,
-                }),
-            );
+                })
+            });
         }
         Ok(())
     }

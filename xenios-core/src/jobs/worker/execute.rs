@@ -89,7 +89,7 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
         shared.hand_changed.notify_waiters();
         return;
     }
-    shared.events.task("task-started", json!({"uuid": m.id}));
+    shared.events.task("task-started", || json!({"uuid": m.id}));
     let mut started_row = job_change(&m, JobState::Started);
     started_row.worker = Some(shared.hostname.clone());
     started_row.attempts = started_row.attempts.saturating_add(1);
@@ -150,12 +150,10 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
                 .conclude(&m, &tag, JobState::Success, &value, None, None)
                 .await;
             shared.counters.succeeded.fetch_add(1, Ordering::Relaxed);
-            if shared.events.task_events() {
-                shared.events.task(
-                    "task-succeeded",
-                    json!({"uuid": m.id, "result": py_repr(&value), "runtime": runtime}),
-                );
-            }
+            shared.events.task(
+                "task-succeeded",
+                || json!({"uuid": m.id, "result": py_repr(&value), "runtime": runtime}),
+            );
             let mut c = job_change(&m, JobState::Success);
             c.worker = Some(shared.hostname.clone());
             c.attempts = c.attempts.saturating_add(1);
@@ -207,7 +205,7 @@ async fn execute_inner(shared: Arc<Shared>, tag: String, held: Held, slot: Slot)
                 shared.counters.retried.fetch_add(1, Ordering::Relaxed);
                 shared.events.task(
                     "task-retried",
-                    json!({"uuid": m.id, "exception": exc.repr(), "traceback": tb}),
+                    || json!({"uuid": m.id, "exception": exc.repr(), "traceback": tb}),
                 );
                 let mut c = job_change(&m, JobState::Retry);
                 c.worker = Some(shared.hostname.clone());

@@ -154,8 +154,9 @@ pub(super) async fn dispatch(shared: &Arc<Shared>, taken: Vec<Taken>) {
     let now = Utc::now();
     for ((tag, m, raw), in_redis) in messages.into_iter().zip(revoked) {
         let slot = Slot(Some(shared.prefetch_sem.clone()));
-        let fields = Shared::task_fields(&m);
-        shared.events.task("task-received", fields);
+        shared
+            .events
+            .task("task-received", || Shared::task_fields(&m));
         if in_redis || lock(&shared.revoked).contains(&m.id) {
             tracing::info!(task_id = %m.id, task = %m.task, "discarding revoked task");
             shared.revoked(&m, &tag, Revocation::Revoked).await;
@@ -183,7 +184,7 @@ pub(super) async fn dispatch(shared: &Arc<Shared>, taken: Vec<Taken>) {
             }
             shared
                 .events
-                .task("task-rejected", json!({"uuid": m.id, "requeue": false}));
+                .task("task-rejected", || json!({"uuid": m.id, "requeue": false}));
             let exc = PyException::new(
                 "celery.exceptions",
                 "NotRegistered",
@@ -279,7 +280,7 @@ pub(super) async fn reject_undecodable(
         }
         shared
             .events
-            .task("task-rejected", json!({"uuid": id, "requeue": false}));
+            .task("task-rejected", || json!({"uuid": id, "requeue": false}));
     }
     if let Err(err) = broker::dead_letter(&mut c, tag, raw).await {
         tracing::error!(error = %err, "cannot move an undecodable message; it stays in unacked");

@@ -370,7 +370,7 @@ impl Shared {
         );
         self.events.task(
             "task-failed",
-            json!({"uuid": m.id, "exception": exc.repr(), "traceback": tb, "runtime": runtime}),
+            || json!({"uuid": m.id, "exception": exc.repr(), "traceback": tb, "runtime": runtime}),
         );
         let mut c = job_change(m, JobState::Failure);
         c.worker = Some(self.hostname.clone());
@@ -385,14 +385,13 @@ impl Shared {
             .await;
         self.counters.revoked.fetch_add(1, Ordering::Relaxed);
         let terminated = why == Revocation::Terminated;
-        self.events.task(
-            "task-revoked",
+        self.events.task("task-revoked", || {
             json!({
                 "uuid": m.id, "terminated": terminated,
                 "signum": if terminated { json!(15) } else { Value::Null },
                 "expired": why == Revocation::Expired,
-            }),
-        );
+            })
+        });
         let mut c = job_change(m, JobState::Revoked);
         c.worker = Some(self.hostname.clone());
         if why != Revocation::Revoked {
