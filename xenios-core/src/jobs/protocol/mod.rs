@@ -199,6 +199,39 @@ mod tests {
     }
 
     #[test]
+    fn odd_typed_headers_read_as_absent_and_unknown_ones_are_kept() {
+        let raw = json!({
+            "headers": {
+                "id": "a", "task": "t", "retries": "3", "root_id": 5, "parent_id": null,
+                "ignore_result": "yes", "timelimit": "x", "xenios_owner": 7,
+                "xenios_correlation_id": ["c"], "origin": {"o": 1},
+                "traceparent": "00-abc-def-01", "argsrepr": "(1,)",
+            },
+            "properties": {
+                "delivery_tag": 9, "priority": -1, "reply_to": "r",
+                "delivery_info": {"routing_key": "q", "exchange": 3, "redelivered": true},
+            },
+            "body": [[1], {}, {}],
+        });
+        let m = TaskMessage::decode(raw.to_string().as_bytes()).unwrap();
+        assert_eq!((m.id.as_str(), m.task.as_str()), ("a", "t"));
+        assert_eq!((m.retries, m.ignore_result, m.priority), (0, false, 0));
+        assert_eq!((m.root_id, m.parent_id), (None, None));
+        assert_eq!((m.owner, m.correlation_id), (None, None));
+        assert_eq!(m.origin, "");
+        assert_eq!((m.hard_time_limit, m.soft_time_limit), (None, None));
+        assert_eq!((m.queue.as_str(), m.exchange.as_str()), ("q", ""));
+        assert_eq!(m.reply_to.as_deref(), Some("r"));
+        assert!(m.redelivered);
+        // A delivery tag of another type reads as none, and the message gets a fresh one.
+        assert!(!m.delivery_tag.is_empty() && m.delivery_tag != "9");
+        // Headers it does not model are kept (for retries); the ones it does are not.
+        let extra: Vec<&str> = m.extra_headers.keys().map(String::as_str).collect();
+        assert_eq!(extra, ["traceparent"]);
+        assert_eq!(m.args, [json!(1)]);
+    }
+
+    #[test]
     fn malformed_messages_are_errors_not_panics() {
         for raw in [
             &b"not json"[..],
