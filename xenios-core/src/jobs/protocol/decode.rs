@@ -2,18 +2,19 @@
 //! them, then checked into a [`TaskMessage`].
 //!
 //! Celery tolerates odd values, so do these structs: a scalar of an unexpected type reads as
-//! absent ([`lenient`]), a section that is not a mapping as missing ([`section`]). What a
+//! absent ([`lenient`], and each [`Section`]'s fields), a section that is not a mapping as
+//! missing ([`section`]). What a
 //! message cannot do without (an id, a task name, a JSON body of `[args, kwargs, embed]`, a
 //! readable `eta`/`expires`) is a [`DecodeError`] that still carries what could be read, so
 //! the failure can be stored under the task id.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use chrono::{DateTime, Utc};
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::{DateTime, Utc};
 use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
