@@ -41,6 +41,36 @@ pub async fn count(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u
     redis::cmd(cmd).arg(key).query_async(conn).await.unwrap()
 }
 
+/// Every entry of a list, head first (none when it is missing).
+pub async fn list(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Waits (up to `within`) until a worker has taken everything from `queue` and holds
+/// `held` messages unacked.
+pub async fn wait_taken(
+    conn: &redis::aio::MultiplexedConnection,
+    queue: &str,
+    held: usize,
+    what: &str,
+    within: Duration,
+) {
+    crate::wait_for(what, within, || {
+        let mut conn = conn.clone();
+        async move {
+            (count(&mut conn, "unacked").await == held && count(&mut conn, queue).await == 0)
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 /// The `xenios-worker` binary of this build (built first if needed).
 pub fn worker_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use xenios_core::jobs::EnqueueRequest;
 use xenios_core::redis::redis;
 use xenios_core::{Config, RequestContext};
-use xenios_tests::jobs_support::{ChildProcess, ChildWorker, vars_for, worker_bin};
+use xenios_tests::jobs_support::{ChildProcess, ChildWorker, list, vars_for, worker_bin};
 use xenios_tests::{API_KEY, TestApp, TestDb, TestRedis, wait_for};
 
 const SECRET: &str = "abuse-jwt-secret-with-at-least-32-characters";
@@ -374,13 +374,7 @@ async fn users_see_and_revoke_only_their_own_jobs_and_the_service_sees_all() {
     assert_eq!(status, 404);
 
     // The owner is in the message header and the job row.
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg("default")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let raw: Vec<String> = list(&mut conn, "default").await;
     let msg: Value = serde_json::from_str(&raw[0]).unwrap();
     assert_eq!(msg["headers"]["xenios_owner"], "user:user-a");
     app.backend.database().flush_audit().await;
@@ -449,25 +443,13 @@ async fn only_catalogued_tasks_callable_by_the_caller_and_within_size_are_accept
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["queue"], "analytics");
     let mut conn = redis_conn(&app).await;
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg("extraction")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let raw: Vec<String> = list(&mut conn, "extraction").await;
     assert_eq!(raw.len(), 1);
     let msg: Value = serde_json::from_str(&raw[0]).unwrap();
     assert_eq!(msg["headers"]["task"], "docling.extract");
     assert_eq!(msg["headers"]["xenios_owner"], "user:user-c");
     assert_eq!(msg["headers"]["xenios_user_id"], "user-c");
-    let raw: Vec<String> = redis::cmd("LRANGE")
-        .arg("analytics")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let raw: Vec<String> = list(&mut conn, "analytics").await;
     let msg: Value = serde_json::from_str(&raw[0]).unwrap();
     assert_eq!(msg["headers"]["xenios_owner"], "service");
 

@@ -17,7 +17,7 @@ use xenios_core::jobs::{EnqueueRequest, TaskError, Worker, WorkerOptions, tasks}
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, CorrelationId, RequestContext};
 use xenios_tests::faults::{DurableRedis, HealthFile, run_worker};
-use xenios_tests::jobs_support::{ChildWorker, backend_on, count};
+use xenios_tests::jobs_support::{ChildWorker, backend_on, count, list, wait_taken};
 use xenios_tests::{
     API_KEY, RedisProcess, TcpProxy, TestApp, TestDb, TestRedis, test_vars, url_via_port, wait_for,
 };
@@ -325,13 +325,7 @@ async fn faults_a_poisoned_item_never_blocks_the_rest_of_its_finish_batch() {
     // The poisoned delivery is not left unacked (nor retried forever): it is dead-lettered.
     assert_eq!(count(&mut c, "unacked").await, 0);
     assert_eq!(count(&mut c, "default").await, 0);
-    let dead: Vec<String> = redis::cmd("LRANGE")
-        .arg("xenios.dead_letter")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let dead: Vec<String> = list(&mut c, "xenios.dead_letter").await;
     assert!(
         dead.iter().any(|d| d.contains(&poisoned)),
         "the poisoned delivery is dead-lettered: {dead:?}"
@@ -521,16 +515,12 @@ async fn faults_a_60s_job_running_at_shutdown_is_back_in_its_queue_within_the_de
         .id
         .into_string();
     let mut c = redis.conn().await;
-    wait_for(
+    wait_taken(
+        &c,
+        "default",
+        1,
         "the worker to take the job",
         Duration::from_secs(20),
-        || {
-            let mut c = c.clone();
-            async move {
-                (count(&mut c, "default").await == 0 && count(&mut c, "unacked").await == 1)
-                    .then_some(())
-            }
-        },
     )
     .await;
     let stopping = Instant::now();
@@ -544,13 +534,7 @@ async fn faults_a_60s_job_running_at_shutdown_is_back_in_its_queue_within_the_de
     );
     assert!(took < Duration::from_secs(12), "{took:?}");
     assert_eq!(count(&mut c, "unacked").await, 0);
-    let queued: Vec<String> = redis::cmd("LRANGE")
-        .arg("default")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let queued: Vec<String> = list(&mut c, "default").await;
     assert_eq!(queued.len(), 1);
     assert!(queued[0].contains(&id));
     assert_eq!(status(&mut c, &id).await, None, "no result stored for it");

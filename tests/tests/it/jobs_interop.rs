@@ -15,7 +15,7 @@ use xenios_core::jobs::{
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, CorrelationId, RequestContext};
 use xenios_tests::jobs_support::{
-    ChildProcess, ChildWorker, backend_on, count, python, python_dir, vars_for,
+    ChildProcess, ChildWorker, backend_on, count, list, python, python_dir, vars_for, wait_taken,
 };
 use xenios_tests::{TestDb, TestRedis, free_port, wait_for};
 
@@ -60,27 +60,32 @@ fn spawn_worker(
     (tx, handle)
 }
 
-async fn python_send(redis: &TestRedis, task: &str, queue: &str, args: Value) -> Value {
+/// Runs `celery_interop.py` with `args` to its end and reads the JSON of its last line;
+/// `what` names it when it fails.
+async fn python_json(redis: &TestRedis, args: &[&str], what: &str) -> Value {
     let mut cmd = python_cmd(redis);
-    cmd.args([
-        "celery_interop.py",
-        "send",
-        task,
-        queue,
-        &args.to_string(),
-        "30",
-    ]);
+    cmd.arg("celery_interop.py").args(args);
     let out = tokio::task::spawn_blocking(move || cmd.output_within_deadline())
         .await
         .unwrap();
     assert!(
         out.status.success(),
-        "python producer failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("bad output {stdout:?}: {e}"))
+}
+
+async fn python_send(redis: &TestRedis, task: &str, queue: &str, args: Value) -> Value {
+    let args = args.to_string();
+    python_json(
+        redis,
+        &["send", task, queue, &args, "30"],
+        "python producer",
+    )
+    .await
 }
 
 #[tokio::test]
@@ -191,16 +196,12 @@ async fn jobs_interop_kombu_restores_what_our_killed_worker_held() {
         .await
         .unwrap()
         .id;
-    wait_for(
+    wait_taken(
+        &conn,
+        "default",
+        1,
         "the victim to take the job",
         Duration::from_secs(20),
-        || {
-            let mut conn = conn.clone();
-            async move {
-                (count(&mut conn, "unacked").await == 1 && count(&mut conn, "default").await == 0)
-                    .then_some(())
-            }
-        },
     )
     .await;
     victim.kill();
@@ -217,26 +218,10 @@ async fn jobs_interop_kombu_restores_what_our_killed_worker_held() {
     assert_eq!((&entry[1], &entry[2]), (&json!(""), &json!("default")));
     assert_ne!(entry[0]["properties"]["delivery_tag"], json!(tag));
 
-    let mut cmd = python_cmd(&redis);
-    cmd.args(["celery_interop.py", "restore"]);
-    let out = tokio::task::spawn_blocking(move || cmd.output_within_deadline())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kombu's restore failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let left: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let left = python_json(&redis, &["restore"], "kombu's restore").await;
     assert_eq!(left, json!({"unacked": 0}));
     assert_eq!(count(&mut conn, "unacked_index").await, 0);
-    let back: Vec<String> = redis::cmd("LRANGE")
-        .arg("default")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let back: Vec<String> = list(&mut conn, "default").await;
     let [back] = back.as_slice() else {
         panic!("the job is back on its queue, once: {back:?}")
     };
@@ -390,19 +375,7 @@ async fn jobs_interop_celery_remote_control_terminates_limits_and_shuts_down_our
     let host = worker.hostname();
     // Never stopped from here: only Celery's `shutdown` command ends it.
     let handle = tokio::spawn(worker.run(std::future::pending::<()>()));
-    let mut cmd = python_cmd(&redis);
-    cmd.args(["celery_interop.py", "control", &host]);
-    let out = tokio::task::spawn_blocking(move || cmd.output_within_deadline())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python control failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("bad output {stdout:?}: {e}"));
+    let seen = python_json(&redis, &["control", &host], "python control").await;
     let reply = |k: &str| seen[k][0][&host].clone();
 
     assert_eq!(seen["active_before_terminate"], true, "{seen}");

@@ -17,7 +17,7 @@ use xenios_core::redis::redis;
 use xenios_core::{AiBackend, CorrelationId, RequestContext};
 use xenios_tests::fake_openrouter::{FakeOpenRouter, Replies};
 use xenios_tests::faults::HealthFile;
-use xenios_tests::jobs_support::{ChildWorker, backend_on, count, vars_for};
+use xenios_tests::jobs_support::{ChildWorker, backend_on, count, vars_for, wait_taken};
 use xenios_tests::{TestDb, TestRedis, wait_for};
 
 fn ctx(id: &str) -> RequestContext {
@@ -151,16 +151,12 @@ async fn a_job_revoked_while_reserved_by_a_worker_never_runs() {
             .unwrap(),
     )
     .await;
-    wait_for(
+    wait_taken(
+        &conn,
+        "default",
+        1,
         "the worker to take the first job",
         Duration::from_secs(20),
-        || {
-            let mut conn = conn.clone();
-            async move {
-                (count(&mut conn, "unacked").await == 1 && count(&mut conn, "default").await == 0)
-                    .then_some(())
-            }
-        },
     )
     .await;
     let reserved = enqueue(
@@ -171,16 +167,12 @@ async fn a_job_revoked_while_reserved_by_a_worker_never_runs() {
             .unwrap(),
     )
     .await;
-    wait_for(
+    wait_taken(
+        &conn,
+        "default",
+        2,
         "the second job to be reserved",
         Duration::from_secs(10),
-        || {
-            let mut conn = conn.clone();
-            async move {
-                (count(&mut conn, "unacked").await == 2 && count(&mut conn, "default").await == 0)
-                    .then_some(())
-            }
-        },
     )
     .await;
     assert_eq!(

@@ -24,7 +24,7 @@ use xenios_core::jobs::{
 };
 use xenios_core::redis::redis;
 use xenios_core::{AiBackend, CorrelationId, RequestContext};
-use xenios_tests::jobs_support::{ChildWorker, backend_on, count, vars_for};
+use xenios_tests::jobs_support::{ChildWorker, backend_on, count, vars_for, wait_taken};
 use xenios_tests::{API_KEY, TestApp, TestDb, TestRedis, wait_for};
 
 const CELERY_RESULT_KEYS: [&str; 6] = [

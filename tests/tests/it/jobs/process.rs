@@ -71,16 +71,12 @@ async fn jobs_worker_killed_with_sigkill_mid_job_loses_nothing() {
         .await
         .unwrap()
         .id;
-    wait_for(
+    wait_taken(
+        &conn,
+        "default",
+        1,
         "the victim to take the job",
         Duration::from_secs(20),
-        || {
-            let mut conn = conn.clone();
-            async move {
-                (count(&mut conn, "unacked").await == 1 && count(&mut conn, "default").await == 0)
-                    .then_some(())
-            }
-        },
     )
     .await;
     victim.kill();
