@@ -39,7 +39,7 @@ end
 ///
 /// A list gives up to the messages still wanted in one `RPOP key count`, and every message
 /// taken is recorded with one `ZADD` and one `HSET`: a batch of B messages costs
-/// `3 + 2 x lists` commands, not `3 x B`.
+/// `4 + 2 x lists` commands, not `3 x B`.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{TYPE_CHECK}

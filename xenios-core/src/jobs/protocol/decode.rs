@@ -225,10 +225,6 @@ impl<'de, T: Section> Visitor<'de> for SectionVisitor<T> {
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(None)
     }
-
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
 }
 
 /// A mapping's key, borrowed from the input when it has no escapes.
