@@ -31,6 +31,8 @@
 //!   fallback, streaming, one audit row per call; [`llm::input`] holds the rules for
 //!   requests from outside (roles, OpenAI content, task or model).
 //! - [`db`]: Postgres (diesel-async on bb8), schema `ai_backend`; [`db::DbError`].
+//! - [`deferred`]: work a request hands over to run after its answer is written (audit
+//!   row, access-log line).
 //! - [`redis`]: the Redis pool (bb8-redis).
 //! - [`jobs`]: the Celery-compatible job queue (producer, worker runtime, result backend,
 //!   events and pidbox for Flower).
@@ -60,6 +62,7 @@ pub mod backend;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod deferred;
 pub mod error;
 pub mod health;
 pub mod jobs;

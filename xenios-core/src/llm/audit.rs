@@ -38,7 +38,8 @@ impl AuditGuard {
             row.status = status.as_str().to_owned();
             row.latency_ms = millis_i32(self.started.elapsed());
             fill(&mut row);
-            self.audit.inference(row);
+            let audit = self.audit.clone();
+            crate::deferred::after_answer(move || audit.inference(row));
         }
     }
 }
