@@ -11,8 +11,9 @@
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// Runs `work` once the current task yields, on a current-thread Tokio runtime (each of
-/// `xenios-server`'s serving threads runs one); anywhere else (a multi-thread runtime, no
-/// runtime) at once, where a spawned task could wake another worker thread and would run
+/// `xenios-server`'s serving threads runs one, and so does `xenios-worker`, where an LLM
+/// job's audit row goes out once the job's task yields); anywhere else (a multi-thread
+/// runtime, no runtime) at once, where a spawned task could wake another worker thread and would run
 /// in no known order with the caller's next steps.
 ///
 /// `work` runs exactly once, even when the runtime shuts down before the task ran: then it

@@ -49,13 +49,12 @@ pub async fn correlation<E: Endpoint>(next: E, mut req: Request) -> poem::Result
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     // After the response is written (see xenios_core::deferred).
     xenios_core::deferred::after_answer(move || {
-        span.in_scope(|| {
-            if path.starts_with("/health") {
-                tracing::debug!(status, latency_us = micros, "request completed");
-            } else {
-                tracing::info!(status, latency_us = micros, "request completed");
-            }
-        });
+        let _in_request = span.enter();
+        if path.starts_with("/health") {
+            tracing::debug!(status, latency_us = micros, "request completed");
+        } else {
+            tracing::info!(status, latency_us = micros, "request completed");
+        }
     });
     Ok(resp)
 }

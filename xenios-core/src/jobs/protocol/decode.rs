@@ -3,10 +3,9 @@
 //!
 //! Celery tolerates odd values, so do these structs: a scalar of an unexpected type reads as
 //! absent ([`lenient`], and each [`Section`]'s fields), a section that is not a mapping as
-//! missing ([`section`]). What a
-//! message cannot do without (an id, a task name, a JSON body of `[args, kwargs, embed]`, a
-//! readable `eta`/`expires`) is a [`DecodeError`] that still carries what could be read, so
-//! the failure can be stored under the task id.
+//! missing ([`section`]). What a message cannot do without (an id, a task name, a JSON body
+//! of `[args, kwargs, embed]`, a readable `eta`/`expires`) is a [`DecodeError`] that still
+//! carries what could be read, so the failure can be stored under the task id.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -75,7 +74,7 @@ struct RawHeaders {
 }
 
 impl Section for RawHeaders {
-    fn entry<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+    fn entry<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         match key {
             "id" => self.id = string(map.next_value()?),
             "task" => self.task = string(map.next_value()?),
@@ -99,15 +98,13 @@ impl Section for RawHeaders {
             OWNER_HEADER => self.owner = string(map.next_value()?),
             // The rest of the headers `TaskMessage` holds (`argsrepr`, `stamps`...) are
             // written anew by encoding: skipped unread.
-            k if KNOWN_HEADERS.contains(&k) => {
-                map.next_value::<IgnoredAny>()?;
-            }
+            k if KNOWN_HEADERS.contains(&k) => return Ok(false),
             k => {
                 let v = map.next_value()?;
                 self.rest.insert(k.to_owned(), v);
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -121,18 +118,16 @@ struct RawProperties {
 }
 
 impl Section for RawProperties {
-    fn entry<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+    fn entry<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         match key {
             "delivery_tag" => self.delivery_tag = string(map.next_value()?),
             "body_encoding" => self.body_encoding = string(map.next_value()?),
             "reply_to" => self.reply_to = string(map.next_value()?),
             "priority" => self.priority = map.next_value::<Value>()?.as_u64(),
             "delivery_info" => self.delivery_info = map.next_value::<Sectioned<_>>()?.0,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -144,16 +139,14 @@ struct RawDeliveryInfo {
 }
 
 impl Section for RawDeliveryInfo {
-    fn entry<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+    fn entry<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         match key {
             "routing_key" => self.routing_key = string(map.next_value()?),
             "exchange" => self.exchange = string(map.next_value()?),
             "redelivered" => self.redelivered = map.next_value::<Value>()?.as_bool(),
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+            _ => return Ok(false),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -166,8 +159,9 @@ impl Section for RawDeliveryInfo {
 /// headers into a map, then into serde's buffer, then each field again, which made decoding
 /// a third of the worker's CPU per job.
 trait Section: Default {
-    /// Reads the value of `key` from `map` (it must read it, even to skip it).
-    fn entry<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error>;
+    /// Reads the value of `key` from `map` into its field; `Ok(false)`, without reading it,
+    /// when this section does not keep that key (the caller skips the value).
+    fn entry<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error>;
 }
 
 /// A section, or `None` when the value there is not a mapping.
@@ -192,7 +186,9 @@ impl<'de, T: Section> Visitor<'de> for SectionVisitor<T> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut section = T::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            section.entry(&key.0, &mut map)?;
+            if !section.entry(&key.0, &mut map)? {
+                map.next_value::<IgnoredAny>()?;
+            }
         }
         Ok(Some(section))
     }
