@@ -13,12 +13,12 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 /// Runs `work` once the current task yields, on a current-thread Tokio runtime (each of
 /// `xenios-server`'s serving threads runs one, and so does `xenios-worker`, where an LLM
 /// job's audit row goes out once the job's task yields); anywhere else (a multi-thread
-/// runtime, no runtime) at once, where a spawned task could wake another worker thread and would run
-/// in no known order with the caller's next steps.
+/// runtime, no runtime) at once, where a spawned task could wake another worker thread and
+/// would run in no known order with the caller's next steps.
 ///
 /// `work` runs exactly once, even when the runtime shuts down before the task ran: then it
-/// runs as the task is dropped. Whatever runs the runtime's tasks before its next step
-/// sees the work done: [`crate::db::audit::AuditWriter::flush`] yields first for this.
+/// runs as the task is dropped. Code that must see the work done first awaits
+/// [`run_pending`].
 pub fn after_answer(work: impl FnOnce() + Send + 'static) {
     let work = RunOnDrop(Some(work));
     match Handle::try_current() {
@@ -28,6 +28,15 @@ pub fn after_answer(work: impl FnOnce() + Send + 'static) {
         }
         _ => drop(work),
     }
+}
+
+/// Lets the work this runtime's tasks handed over with [`after_answer`] run before the
+/// caller goes on: on a current-thread runtime, yielding puts the caller behind every task
+/// already spawned. [`crate::db::audit::AuditWriter::flush`] awaits it, and so does a
+/// serving thread before it reports that it has stopped (the final flush runs on another
+/// runtime).
+pub async fn run_pending() {
+    tokio::task::yield_now().await;
 }
 
 /// Runs its closure when dropped: whether the task holding it ran or was cancelled.
@@ -65,7 +74,7 @@ mod tests {
             0,
             "ran before the task yielded"
         );
-        tokio::task::yield_now().await;
+        run_pending().await;
         assert_eq!(
             runs.load(Ordering::SeqCst),
             1,

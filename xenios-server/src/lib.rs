@@ -350,9 +350,9 @@ fn serving_thread(
             Ok(listener) => serve_listener(app, listener, stop, &backend).await,
             Err(e) => Err(e),
         };
-        // The last answers' audit rows are handed over by tasks of this runtime
-        // (`xenios_core::deferred`): they run before this resumes, so before the flush.
-        tokio::task::yield_now().await;
+        // The last answers' audit rows, handed over by tasks of this runtime, before the
+        // final flush (on the main runtime) that `done` lets start.
+        xenios_core::deferred::run_pending().await;
         let _ = done.send(served);
         let _ = released.wait_for(|r| *r).await;
     });

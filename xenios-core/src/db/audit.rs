@@ -188,9 +188,8 @@ impl AuditWriter {
     /// are stopping use [`AuditWriter::flush_within`]. Without a database it returns at once.
     pub async fn flush(&self) {
         let Some(queue) = &self.tx else { return };
-        // Rows handed over after an answer (`crate::deferred`) wait in tasks of this
-        // runtime's queue; on a current-thread runtime they all run before this resumes.
-        tokio::task::yield_now().await;
+        // Rows handed over after an answer wait in tasks of this runtime's queue.
+        crate::deferred::run_pending().await;
         let (tx, rx) = oneshot::channel();
         if queue.send(Command::Flush(tx)).await.is_ok() {
             self.flushing.notify_one();
